@@ -1,0 +1,283 @@
+//! Domain types parsed once at the boundary: billing keys, what a lookup concluded, and
+//! how a key is shown where it must not appear in full.
+
+use std::fmt;
+
+use serde::Serialize;
+
+/// Longest billing key accepted. Payple's keys are ~44 base64 characters; anything near
+/// this bound is corrupt input, not a key.
+pub const MAX_PAYER_ID_LEN: usize = 128;
+
+/// A stored Payple billing key (`PCD_PAYER_ID`): non-empty, bounded, free of control
+/// characters and surrounding whitespace. `Debug` and `Display` show it masked.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PayerId(String);
+
+/// Why an input value is not a billing key that may be sent to Payple.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RejectReason {
+    #[error("empty PCD_PAYER_ID")]
+    Empty,
+    #[error("PCD_PAYER_ID is {len} characters long (at most {max})", max = MAX_PAYER_ID_LEN)]
+    TooLong { len: usize },
+    #[error("PCD_PAYER_ID contains a control character at position {position}")]
+    ControlCharacter { position: usize },
+    #[error("PCD_PAYER_ID contains whitespace")]
+    Whitespace,
+}
+
+impl RejectReason {
+    /// The result code stored for a rejected row.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Empty => "REJECTED_EMPTY",
+            Self::TooLong { .. } => "REJECTED_TOO_LONG",
+            Self::ControlCharacter { .. } => "REJECTED_CONTROL_CHAR",
+            Self::Whitespace => "REJECTED_WHITESPACE",
+        }
+    }
+}
+
+impl PayerId {
+    /// Validates a raw value. Surrounding spaces are a data-entry artefact and are trimmed;
+    /// anything else odd is rejected rather than repaired.
+    pub fn parse(raw: &str) -> Result<Self, RejectReason> {
+        let trimmed = raw.trim_matches(' ');
+        if let Some(position) = trimmed.chars().position(char::is_control) {
+            return Err(RejectReason::ControlCharacter { position });
+        }
+        if trimmed.is_empty() {
+            return Err(RejectReason::Empty);
+        }
+        let len = trimmed.chars().count();
+        if len > MAX_PAYER_ID_LEN {
+            return Err(RejectReason::TooLong { len });
+        }
+        if trimmed.chars().any(char::is_whitespace) {
+            return Err(RejectReason::Whitespace);
+        }
+        Ok(Self(trimmed.to_owned()))
+    }
+
+    /// The full key, for the wire and the results table only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The key as logs and reports show it.
+    pub fn masked(&self) -> String {
+        mask_payer_id(&self.0)
+    }
+
+    /// A stable 64-bit hash (FNV-1a) of the key: the same on every machine and every
+    /// version, so shards and the simulator agree on it.
+    pub fn stable_hash(&self) -> u64 {
+        stable_hash(self.0.as_bytes())
+    }
+}
+
+impl fmt::Debug for PayerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PayerId({})", self.masked())
+    }
+}
+
+impl fmt::Display for PayerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.masked())
+    }
+}
+
+/// Masks a billing key: the first and last four characters of a long key, less of a short
+/// one, never more than half of it.
+pub fn mask_payer_id(id: &str) -> String {
+    let chars: Vec<char> = id.chars().collect();
+    let keep = match chars.len() {
+        n if n >= 16 => 4,
+        n if n >= 8 => 2,
+        _ => 0,
+    };
+    if keep == 0 {
+        return "****".to_owned();
+    }
+    let head: String = chars[..keep].iter().collect();
+    let tail: String = chars[chars.len() - keep..].iter().collect();
+    format!("{head}****{tail}")
+}
+
+/// FNV-1a, 64 bit.
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    bytes
+        .iter()
+        .fold(OFFSET, |h, b| (h ^ u64::from(*b)).wrapping_mul(PRIME))
+}
+
+/// A key's status after one run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyStatus {
+    /// Payple answered success + `0000`: the key can be charged.
+    Active,
+    /// Payple says the key no longer exists.
+    Gone,
+    /// The lookup did not give an answer about the key (error code, retries exhausted).
+    Failed,
+    /// The input value was never sent: it is not a valid key.
+    Rejected,
+}
+
+impl KeyStatus {
+    pub const ALL: [KeyStatus; 4] = [Self::Active, Self::Gone, Self::Failed, Self::Rejected];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Gone => "gone",
+            Self::Failed => "failed",
+            Self::Rejected => "rejected",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl fmt::Display for KeyStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a key is paid: card or bank transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PayType {
+    Card,
+    Transfer,
+}
+
+impl PayType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Card => "card",
+            Self::Transfer => "transfer",
+        }
+    }
+}
+
+/// What Payple told us about the payment instrument behind an active key. Only masked
+/// numbers ever arrive, and only they are kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct KeyDetails {
+    pub pay_type: Option<PayType>,
+    pub card_code: Option<String>,
+    pub card_name: Option<String>,
+    pub card_mask: Option<String>,
+    pub bank_code: Option<String>,
+    pub bank_name: Option<String>,
+    pub bank_mask: Option<String>,
+    pub bank_account_type: Option<String>,
+    pub payer_name: Option<String>,
+    pub payer_phone_mask: Option<String>,
+    pub is_tax: Option<String>,
+}
+
+impl KeyDetails {
+    /// Drops the personal fields (`--omit-pii`).
+    pub fn without_pii(mut self) -> Self {
+        self.payer_name = None;
+        self.payer_phone_mask = None;
+        self
+    }
+}
+
+/// The conclusion about one key: the only thing the pipeline passes on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LookupOutcome {
+    pub status: KeyStatus,
+    pub details: KeyDetails,
+    /// Payple's `PCD_PAY_CODE` (or our own code for transport failures and rejections).
+    pub result_code: Option<String>,
+    /// Payple's message verbatim, or the reason we give.
+    pub result_msg: Option<String>,
+    /// HTTP lookups sent for this key.
+    pub attempts: u32,
+}
+
+impl LookupOutcome {
+    pub fn failed(code: impl Into<String>, msg: impl Into<String>, attempts: u32) -> Self {
+        Self {
+            status: KeyStatus::Failed,
+            details: KeyDetails::default(),
+            result_code: Some(code.into()),
+            result_msg: Some(msg.into()),
+            attempts,
+        }
+    }
+
+    pub fn rejected(reason: &RejectReason, context: String) -> Self {
+        Self {
+            status: KeyStatus::Rejected,
+            details: KeyDetails::default(),
+            result_code: Some(reason.code().to_owned()),
+            result_msg: Some(format!("{reason} ({context})")),
+            attempts: 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_accepts_a_real_looking_key_and_trims_spaces() {
+        let id = PayerId::parse("  NS9qNTgzU2xRNHR2RmFBWWFBTWk5UT09 ").unwrap();
+        assert_eq!(id.expose(), "NS9qNTgzU2xRNHR2RmFBWWFBTWk5UT09");
+    }
+
+    #[test]
+    fn parse_rejects_bad_values() {
+        assert_eq!(PayerId::parse(""), Err(RejectReason::Empty));
+        assert_eq!(PayerId::parse("   "), Err(RejectReason::Empty));
+        assert!(matches!(
+            PayerId::parse("ab\0cd"),
+            Err(RejectReason::ControlCharacter { position: 2 })
+        ));
+        assert!(matches!(
+            PayerId::parse("ab\tcd"),
+            Err(RejectReason::ControlCharacter { .. })
+        ));
+        assert!(matches!(
+            PayerId::parse(&"x".repeat(MAX_PAYER_ID_LEN + 1)),
+            Err(RejectReason::TooLong { .. })
+        ));
+        assert_eq!(PayerId::parse("ab cd"), Err(RejectReason::Whitespace));
+    }
+
+    #[test]
+    fn masking_never_shows_the_whole_key() {
+        let id = PayerId::parse("NS9qNTgzU2xRNHR2RmFBWWFBTWk5UT09").unwrap();
+        assert_eq!(id.masked(), "NS9q****UT09");
+        assert_eq!(format!("{id:?}"), "PayerId(NS9q****UT09)");
+        assert_eq!(mask_payer_id("abcdefghij"), "ab****ij");
+        assert_eq!(mask_payer_id("abc"), "****");
+    }
+
+    #[test]
+    fn stable_hash_is_fnv1a() {
+        assert_eq!(stable_hash(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(stable_hash(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[test]
+    fn status_round_trips() {
+        for s in KeyStatus::ALL {
+            assert_eq!(KeyStatus::parse(s.as_str()), Some(s));
+        }
+    }
+}
