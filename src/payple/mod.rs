@@ -160,6 +160,20 @@ impl PaypleClient {
         })
     }
 
+    /// The settings that shape results, for the runs table (no credentials).
+    pub fn describe(&self) -> serde_json::Value {
+        let c = &self.config;
+        serde_json::json!({
+            "origin": c.origin.origin().ascii_serialization(),
+            "max_attempts": c.max_attempts,
+            "rate": c.rate.map(|r| r.per_second.get()),
+            "rate_share": c.rate.map(|r| r.share.get()),
+            "token_ttl_secs": c.token_ttl.as_secs(),
+            "request_timeout_secs": c.request_timeout.as_secs_f64(),
+            "gone_codes": c.codes.gone,
+        })
+    }
+
     /// Auth requests sent so far.
     pub fn auth_calls(&self) -> u64 {
         self.auth_calls.load(Ordering::Relaxed)

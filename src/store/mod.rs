@@ -368,9 +368,12 @@ impl Store {
         const INSERT: &str = "INSERT INTO reconcile_runs \
             (run_key, started_at, source, source_spec, options, state, shard_count) \
             VALUES (?, ?, ?, ?, ?, 'running', ?)";
-        let sql = match self.dialect {
-            Dialect::Postgres => format!("{INSERT} RETURNING id"),
-            _ => INSERT.to_owned(),
+        // SQLite and PostgreSQL return the id; MySQL reports it as the last insert id.
+        let returning = self.dialect != Dialect::MySql;
+        let sql = if returning {
+            format!("{INSERT} RETURNING id")
+        } else {
+            INSERT.to_owned()
         };
         let query = sqlx::query(self.sql(&sql))
             .bind(new.run_key.clone())
@@ -379,7 +382,7 @@ impl Store {
             .bind(new.source_spec.clone())
             .bind(new.options.clone())
             .bind(i64::from(new.shard_count));
-        if self.dialect == Dialect::Postgres {
+        if returning {
             let row = query
                 .fetch_one(&self.pool)
                 .await
@@ -395,6 +398,50 @@ impl Store {
                 source: sqlx::Error::Protocol("no id returned for the new run".into()),
             })
         }
+    }
+
+    /// Creates a run, or joins the run another shard just created with the same key.
+    pub async fn create_or_join_run(&self, new: &NewRun) -> Result<i64, StoreError> {
+        match self.create_run(new).await {
+            Ok(id) => Ok(id),
+            Err(StoreError::Query {
+                source: sqlx::Error::Database(db),
+                ..
+            }) if db.is_unique_violation() => {
+                let key = new.run_key.as_deref().unwrap_or_default();
+                match self.run_by_key(key).await? {
+                    Some(run) => Ok(run.id),
+                    None => Err(StoreError::Query {
+                        doing: "joining a run",
+                        source: sqlx::Error::Database(db),
+                    }),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Frees a completed run's key for `--rerun`: it becomes `KEY~ID`.
+    pub async fn retire_run_key(&self, run_id: i64) -> Result<(), StoreError> {
+        let run = self.run(run_id).await?.ok_or(StoreError::NoSuchRun(run_id))?;
+        let retired = format!("{}~{run_id}", run.run_key.unwrap_or_default());
+        sqlx::query(self.sql("UPDATE reconcile_runs SET run_key = ? WHERE id = ?"))
+            .bind(retired)
+            .bind(run_id)
+            .execute(&self.pool)
+            .await
+            .map_err(ctx("retiring a run key"))?;
+        Ok(())
+    }
+
+    pub async fn set_exit_code(&self, run_id: i64, code: i32) -> Result<(), StoreError> {
+        sqlx::query(self.sql("UPDATE reconcile_runs SET exit_code = ? WHERE id = ?"))
+            .bind(i64::from(code))
+            .bind(run_id)
+            .execute(&self.pool)
+            .await
+            .map_err(ctx("recording the exit code"))?;
+        Ok(())
     }
 
     pub async fn run(&self, id: i64) -> Result<Option<RunRecord>, StoreError> {
@@ -457,6 +504,7 @@ impl Store {
 
     /// Recounts a run's rows and records the outcome of one shard; the run is `completed`
     /// once every shard is.
+    #[allow(clippy::too_many_arguments)]
     pub async fn finish_shard(
         &self,
         run_id: i64,
@@ -897,6 +945,23 @@ impl Store {
             holder: row.try_get(1).map_err(ctx("reading the run lease"))?,
             expires_at: row.try_get(2).map_err(ctx("reading the run lease"))?,
         })
+    }
+
+    /// Names the run a lease protects, once it has an id.
+    pub async fn set_lease_run(
+        &self,
+        name: &str,
+        holder: &str,
+        run_id: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(self.sql("UPDATE run_leases SET run_id = ? WHERE name = ? AND holder = ?"))
+            .bind(run_id)
+            .bind(name.to_owned())
+            .bind(holder.to_owned())
+            .execute(&self.pool)
+            .await
+            .map_err(ctx("recording the lease's run"))?;
+        Ok(())
     }
 
     /// Extends the lease while the run is alive.

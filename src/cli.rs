@@ -1,0 +1,221 @@
+//! The command line as typed: clap structures only. [`crate::settings`] turns them into
+//! validated settings; nothing past that sees a flag.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::exit::EXIT_CODES_HELP;
+use crate::simulator::SimulateArgs;
+use crate::telemetry::LogFormat;
+
+const CREDENTIALS_HELP: &str = "\
+Credentials come from the environment only, never from flags:
+  PAYPLE_CST_ID     partner id (cst_id)
+  PAYPLE_CUST_KEY   partner key (custKey), or --cust-key-file PATH
+  PAYPLE_REFERER    the partner's registered domain, sent as Referer";
+
+/// Checks stored Payple billing keys (PCD_PAYER_ID) and records which still work.
+#[derive(Debug, Parser)]
+#[command(name = "payple-reconcile", version, after_help = EXIT_CODES_HELP)]
+pub struct Cli {
+    /// Log line format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "PAYPLE_LOG_FORMAT", hide_env_values = true)]
+    pub log_format: LogFormat,
+    /// Log filter (`info`, `debug`, `payple_reconcile=trace`); RUST_LOG wins when set.
+    #[arg(long, global = true, default_value = "info")]
+    pub log_level: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The nightly batch: read keys, look each up, write results.
+    #[command(after_help = format!("{CREDENTIALS_HELP}\n\n{EXIT_CODES_HELP}"))]
+    Run(Box<RunArgs>),
+    /// Look a few keys up now and print one JSON object per key on stdout.
+    #[command(after_help = format!("{CREDENTIALS_HELP}\n\n{EXIT_CODES_HELP}"))]
+    Lookup(LookupArgs),
+    /// Serve a Payple simulator on loopback (tests, demos, benchmarks).
+    Simulate(SimulateArgs),
+    /// Create or upgrade the results schema.
+    Migrate(DatabaseArgs),
+    /// Write a run's results as CSV for finance.
+    Report(ReportArgs),
+    /// List keys whose status changed between two runs.
+    Changes(ChangesArgs),
+    /// Counts per status, card company and bank for a run.
+    Summary(SummaryArgs),
+}
+
+/// How to reach Payple, shared by `run` and `lookup`.
+#[derive(Debug, Clone, Args)]
+pub struct PaypleArgs {
+    /// Payple origin: `test` (https://democpay.payple.kr), `live` (https://cpay.payple.kr),
+    /// or a URL (plain http only on loopback).
+    #[arg(long, env = "PAYPLE_URL", hide_env_values = true, default_value = "test")]
+    pub payple_url: String,
+    /// Read custKey from this file instead of PAYPLE_CUST_KEY (e.g. a mounted Secret).
+    #[arg(long, env = "PAYPLE_CUST_KEY_FILE", hide_env_values = true)]
+    pub cust_key_file: Option<PathBuf>,
+    /// Start the built-in simulator on an ephemeral loopback port and use it; credentials
+    /// default to Payple's documented test partner.
+    #[arg(long)]
+    pub simulator: bool,
+    /// Token lifetime in seconds (Payple: 30 minutes).
+    #[arg(long, default_value_t = 1800, value_name = "SECS")]
+    pub token_ttl: u64,
+    /// Renew the token this many seconds before it lapses (at most half the lifetime).
+    #[arg(long, default_value_t = 300, value_name = "SECS")]
+    pub token_refresh_margin: u64,
+    /// Timeout of one HTTP request, in seconds.
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    pub request_timeout: f64,
+    /// Attempts per key for transient failures (timeouts, 5xx, broken replies).
+    #[arg(long, default_value_t = 4)]
+    pub max_attempts: u32,
+    /// Lookups per second (burst 1); 0 for no limit. With shards, the global budget.
+    #[arg(long, default_value_t = 10)]
+    pub rate: u32,
+    /// Result codes meaning the key is gone (comma-separated); replaces the defaults
+    /// SPAY0005,SPCD0001,CPAY0002,CPAY0004.
+    #[arg(long, value_delimiter = ',', value_name = "CODES")]
+    pub gone_codes: Option<Vec<String>>,
+    /// First retry delay in milliseconds (doubles, with jitter, up to 10 s).
+    #[arg(long, default_value_t = 250, hide = true)]
+    pub retry_base_ms: u64,
+}
+
+/// Where the results database is.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// Results database: sqlite://FILE, postgres://..., or mysql://...
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, default_value = "sqlite://payple-reconcile.db")]
+    pub database_url: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Read keys from a CSV file (header `payer_id`, optional `customer_ref`); `-` for stdin.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["source_table", "source_query"])]
+    pub csv: Option<PathBuf>,
+    /// Read keys from this table (the default source when no --csv or --source-query).
+    #[arg(long, value_name = "NAME", default_value = "billing_keys")]
+    pub source_table: String,
+    /// The key column of --source-table.
+    #[arg(long, value_name = "COL", default_value = "payer_id")]
+    pub id_column: String,
+    /// The customer reference column of --source-table; `none` for no such column.
+    #[arg(long, value_name = "COL", default_value = "customer_ref")]
+    pub ref_column: String,
+    /// Read keys with this query: first column the key, second the customer reference.
+    #[arg(long, value_name = "SQL", conflicts_with = "csv")]
+    pub source_query: Option<String>,
+    /// The database --source-table/--source-query read from (default: the results one).
+    #[arg(long, env = "SOURCE_DATABASE_URL", hide_env_values = true)]
+    pub source_database_url: Option<String>,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub payple: PaypleArgs,
+    /// Lookups in flight at most.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// Continue the latest unfinished run, or the run RUN_ID: only keys without a result
+    /// are looked up.
+    #[arg(long, value_name = "RUN_ID", num_args = 0..=1, default_missing_value = "latest")]
+    pub resume: Option<String>,
+    /// Name this logical run (e.g. the schedule's date): the same key continues its
+    /// unfinished run, and a completed one is not run again unless --rerun.
+    #[arg(long, env = "PAYPLE_RUN_KEY", hide_env_values = true)]
+    pub run_key: Option<String>,
+    /// Run again even though the run key already completed.
+    #[arg(long, requires = "run_key")]
+    pub rerun: bool,
+    /// Check configuration, source and credentials (one auth call), count keys, write
+    /// nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Seconds in-flight lookups get to finish after SIGTERM/SIGINT.
+    #[arg(long, default_value_t = 20, value_name = "SECS")]
+    pub shutdown_grace: u64,
+    /// Seconds between progress log lines when stderr is not a terminal.
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    pub progress_interval: u64,
+    /// Write the finance CSV report here at the end of the run.
+    #[arg(long, value_name = "PATH")]
+    pub report: Option<PathBuf>,
+    /// With --report: start the file with a UTF-8 BOM so Excel reads Korean text.
+    #[arg(long)]
+    pub excel: bool,
+    /// This process's shard, INDEX/COUNT (e.g. 0/3); keys split by a stable hash.
+    #[arg(long, value_name = "INDEX/COUNT", conflicts_with = "shards")]
+    pub shard: Option<String>,
+    /// Shard count; the index comes from JOB_COMPLETION_INDEX (Kubernetes Indexed Job).
+    #[arg(long, value_name = "COUNT")]
+    pub shards: Option<u32>,
+    /// Write Prometheus text-format metrics here at the end (node_exporter textfile).
+    #[arg(long, value_name = "PATH")]
+    pub metrics_file: Option<PathBuf>,
+    /// Store no payer name or phone mask.
+    #[arg(long)]
+    pub omit_pii: bool,
+    /// Result rows per write transaction.
+    #[arg(long, default_value_t = 500, hide = true)]
+    pub write_batch: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct LookupArgs {
+    /// Billing keys to look up.
+    #[arg(required = true, value_name = "PAYER_ID")]
+    pub payer_ids: Vec<String>,
+    #[command(flatten)]
+    pub payple: PaypleArgs,
+    /// Lookups in flight at most.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// The run: an id, or `latest` (the newest completed run).
+    #[arg(long, default_value = "latest")]
+    pub run: String,
+    /// Only these statuses (comma-separated: active,gone,failed,rejected).
+    #[arg(long, value_delimiter = ',')]
+    pub status: Option<Vec<String>>,
+    /// Where to write the CSV; `-` for stdout.
+    #[arg(long, short)]
+    pub output: PathBuf,
+    /// Start with a UTF-8 BOM so Excel reads Korean text.
+    #[arg(long)]
+    pub excel: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ChangesArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// The earlier run (default: the completed run before --run).
+    #[arg(long)]
+    pub since: Option<i64>,
+    /// The later run (default: the latest completed run).
+    #[arg(long)]
+    pub run: Option<i64>,
+    /// Write CSV here (`-` for stdout) instead of a text table.
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct SummaryArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// The run (default: the latest completed run).
+    #[arg(long)]
+    pub run: Option<i64>,
+}

@@ -1,0 +1,130 @@
+//! Progress of a run: a bar with counts per status on a terminal, and a log line every
+//! `--progress-interval` everywhere (a Kubernetes pod has no terminal).
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use tracing::Span;
+use tracing_indicatif::span_ext::IndicatifSpanExt;
+use tracing_indicatif::style::ProgressStyle;
+
+use crate::domain::KeyStatus;
+use crate::store::StatusCounts;
+
+/// Counters shared between the lookup loop and the reporter.
+#[derive(Debug, Default)]
+struct Counters {
+    active: AtomicI64,
+    gone: AtomicI64,
+    failed: AtomicI64,
+    rejected: AtomicI64,
+}
+
+impl Counters {
+    fn slot(&self, status: KeyStatus) -> &AtomicI64 {
+        match status {
+            KeyStatus::Active => &self.active,
+            KeyStatus::Gone => &self.gone,
+            KeyStatus::Failed => &self.failed,
+            KeyStatus::Rejected => &self.rejected,
+        }
+    }
+
+    fn snapshot(&self) -> StatusCounts {
+        StatusCounts {
+            active: self.active.load(Ordering::Relaxed),
+            gone: self.gone.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            rejected: self.rejected.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The progress of one run. Dropping it stops the periodic log line.
+pub struct Progress {
+    counters: Arc<Counters>,
+    span: Span,
+    ticker: tokio::task::JoinHandle<()>,
+}
+
+impl Progress {
+    /// `total` keys, of which `before` already had rows (a resumed run).
+    pub fn start(total: i64, before: StatusCounts, interval: Duration) -> Self {
+        let counters = Arc::new(Counters::default());
+        for status in KeyStatus::ALL {
+            counters.slot(status).store(before.get(status), Ordering::Relaxed);
+        }
+        let span = tracing::info_span!("lookups");
+        if std::io::stderr().is_terminal() {
+            let style = ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} keys  {per_sec}  ETA {eta}  {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
+            span.pb_set_style(&style);
+            span.pb_set_length(u64::try_from(total).unwrap_or(0));
+            span.pb_set_position(u64::try_from(before.total()).unwrap_or(0));
+            span.pb_start();
+        }
+        let ticker = tokio::spawn(report_every(
+            Arc::clone(&counters),
+            total,
+            before.total(),
+            interval,
+        ));
+        Self {
+            counters,
+            span,
+            ticker,
+        }
+    }
+
+    pub fn record(&self, status: KeyStatus) {
+        self.counters.slot(status).fetch_add(1, Ordering::Relaxed);
+        self.span.pb_inc(1);
+        let c = self.counters.snapshot();
+        self.span.pb_set_message(&format!(
+            "active {} gone {} failed {} rejected {}",
+            c.active, c.gone, c.failed, c.rejected
+        ));
+    }
+
+    pub fn counts(&self) -> StatusCounts {
+        self.counters.snapshot()
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.ticker.abort();
+    }
+}
+
+async fn report_every(counters: Arc<Counters>, total: i64, before: i64, interval: Duration) {
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(interval);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let c = counters.snapshot();
+        let done = c.total();
+        let rate = (done - before) as f64 / started.elapsed().as_secs_f64().max(0.001);
+        let eta = if rate > 0.0 {
+            format!("{:.0}s", (total - done).max(0) as f64 / rate)
+        } else {
+            "unknown".to_owned()
+        };
+        tracing::info!(
+            done,
+            total,
+            per_second = format!("{rate:.1}"),
+            eta,
+            active = c.active,
+            gone = c.gone,
+            failed = c.failed,
+            rejected = c.rejected,
+            "progress"
+        );
+    }
+}

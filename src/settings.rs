@@ -1,0 +1,428 @@
+//! Validated settings: the raw flags and environment turned, once, into typed values
+//! (`Duration`s, non-zero counts, secret credentials, an enum for the key source). A bad
+//! configuration stops here, before any lookup is sent.
+
+use std::net::IpAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use url::Url;
+
+use crate::cli::{PaypleArgs, RunArgs};
+use crate::payple::classify::CodeBook;
+use crate::payple::{ClientConfig, LIVE_ORIGIN, Rate, TEST_ORIGIN};
+use crate::simulator;
+use crate::source::{SourceSpec, validate_identifier};
+
+/// A configuration that cannot run: exit code 3.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0} is not set (see --help for the credentials the job needs)")]
+    MissingEnv(&'static str),
+    #[error("--payple-url {value:?}: {reason}")]
+    BadOrigin { value: String, reason: String },
+    #[error("cannot read --cust-key-file {path}: {source}")]
+    CustKeyFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{flag}: {reason}")]
+    Invalid { flag: &'static str, reason: String },
+}
+
+fn invalid(flag: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        flag,
+        reason: reason.into(),
+    }
+}
+
+/// Reads an environment variable; injectable so tests need not touch the process's.
+pub trait Env {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl<F: Fn(&str) -> Option<String>> Env for F {
+    fn var(&self, name: &str) -> Option<String> {
+        self(name)
+    }
+}
+
+/// Turns `--payple-url` into an origin: `test`, `live`, or an https URL (plain http only
+/// on loopback), with no path.
+pub fn parse_origin(value: &str) -> Result<Url, ConfigError> {
+    let bad = |reason: &str| ConfigError::BadOrigin {
+        value: value.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let raw = match value.trim() {
+        "test" | "" => TEST_ORIGIN,
+        "live" => LIVE_ORIGIN,
+        other => other,
+    };
+    let url = Url::parse(raw).map_err(|e| bad(&e.to_string()))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(bad("credentials do not belong in the URL"));
+    }
+    if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+        return Err(bad("give the origin only (scheme, host, port), no path"));
+    }
+    match url.scheme() {
+        "https" => {}
+        "http" if is_loopback(&url) => {}
+        "http" => return Err(bad("plain http is allowed only for loopback addresses")),
+        _ => return Err(bad("the scheme must be https")),
+    }
+    Ok(url)
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        None => false,
+    }
+}
+
+/// Builds the Payple client configuration. `simulator_url` is set when `--simulator`
+/// started one: it becomes the origin and the test partner the default credentials.
+pub fn payple_config(
+    args: &PaypleArgs,
+    env: &dyn Env,
+    simulator_url: Option<&str>,
+) -> Result<ClientConfig, ConfigError> {
+    let origin = parse_origin(simulator_url.unwrap_or(&args.payple_url))?;
+    let sim = simulator_url.is_some();
+    let or_test = |name: &'static str, test: &str| -> Result<String, ConfigError> {
+        match env.var(name) {
+            Some(v) => Ok(v),
+            None if sim => Ok(test.to_owned()),
+            None => Err(ConfigError::MissingEnv(name)),
+        }
+    };
+    let cst_id = or_test("PAYPLE_CST_ID", simulator::TEST_CST_ID)?;
+    let cust_key = match &args.cust_key_file {
+        Some(path) => std::fs::read_to_string(path)
+            .map(|s| s.trim().to_owned())
+            .map_err(|source| ConfigError::CustKeyFile {
+                path: path.clone(),
+                source,
+            })?,
+        None => or_test("PAYPLE_CUST_KEY", simulator::TEST_CUST_KEY)?,
+    };
+    if cust_key.is_empty() {
+        return Err(ConfigError::MissingEnv("PAYPLE_CUST_KEY"));
+    }
+    let referer = or_test("PAYPLE_REFERER", simulator::TEST_REFERER)?;
+    if referer.parse::<reqwest::header::HeaderValue>().is_err() {
+        return Err(invalid("PAYPLE_REFERER", "not a valid header value"));
+    }
+    if args.token_ttl < 2 {
+        return Err(invalid("--token-ttl", "must be at least 2 seconds"));
+    }
+    if !(args.request_timeout > 0.0 && args.request_timeout <= 600.0) {
+        return Err(invalid("--request-timeout", "must be within (0, 600] seconds"));
+    }
+    if args.max_attempts == 0 || args.max_attempts > 20 {
+        return Err(invalid("--max-attempts", "must be within 1..=20"));
+    }
+    let mut codes = CodeBook::default();
+    if let Some(gone) = &args.gone_codes {
+        let gone: Vec<String> = gone
+            .iter()
+            .map(|c| c.trim().to_owned())
+            .filter(|c| !c.is_empty())
+            .collect();
+        if gone.is_empty() {
+            return Err(invalid("--gone-codes", "give at least one code"));
+        }
+        codes = codes.with_gone(gone);
+    }
+    let request_timeout = Duration::from_secs_f64(args.request_timeout);
+    Ok(ClientConfig {
+        origin,
+        cst_id: SecretString::from(cst_id),
+        cust_key: SecretString::from(cust_key),
+        referer,
+        token_ttl: Duration::from_secs(args.token_ttl),
+        refresh_margin: Duration::from_secs(args.token_refresh_margin),
+        request_timeout,
+        connect_timeout: request_timeout.min(Duration::from_secs(5)),
+        max_attempts: args.max_attempts,
+        retry_base: Duration::from_millis(args.retry_base_ms.max(1)),
+        retry_cap: Duration::from_secs(10),
+        rate: NonZeroU32::new(args.rate).map(|per_second| Rate {
+            per_second,
+            share: NonZeroU32::MIN,
+        }),
+        codes,
+    })
+}
+
+/// Which part of the keys this process checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: u32,
+    pub count: NonZeroU32,
+}
+
+impl Shard {
+    pub const WHOLE: Shard = Shard {
+        index: 0,
+        count: NonZeroU32::MIN,
+    };
+
+    /// Whether a key (by its stable hash) belongs to this shard.
+    pub fn owns(&self, hash: u64) -> bool {
+        hash % u64::from(self.count.get()) == u64::from(self.index)
+    }
+
+    pub fn is_whole(&self) -> bool {
+        self.count.get() == 1
+    }
+
+    /// Parses `INDEX/COUNT`.
+    pub fn parse(value: &str) -> Result<Self, ConfigError> {
+        let bad = || invalid("--shard", format!("{value:?} is not INDEX/COUNT, e.g. 0/3"));
+        let (index, count) = value.split_once('/').ok_or_else(bad)?;
+        let index: u32 = index.trim().parse().map_err(|_| bad())?;
+        let count: u32 = count.trim().parse().map_err(|_| bad())?;
+        Self::new(index, count)
+    }
+
+    pub fn new(index: u32, count: u32) -> Result<Self, ConfigError> {
+        let count = NonZeroU32::new(count)
+            .ok_or_else(|| invalid("--shard", "the shard count must be at least 1"))?;
+        if index >= count.get() {
+            return Err(invalid(
+                "--shard",
+                format!("index {index} is not below the count {count}"),
+            ));
+        }
+        Ok(Self { index, count })
+    }
+}
+
+/// Which run to continue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resume {
+    /// Start a new run (or continue the run key's).
+    No,
+    /// The latest unfinished run; a new one if there is none.
+    Latest,
+    Run(i64),
+}
+
+/// Everything `run` needs besides the Payple client configuration.
+#[derive(Debug, Clone)]
+pub struct RunSettings {
+    pub source: SourceSpec,
+    pub source_database_url: Option<String>,
+    pub database_url: String,
+    pub concurrency: NonZeroUsize,
+    pub resume: Resume,
+    pub run_key: Option<String>,
+    pub rerun: bool,
+    pub dry_run: bool,
+    pub shutdown_grace: Duration,
+    pub progress_interval: Duration,
+    pub report: Option<PathBuf>,
+    pub excel: bool,
+    pub shard: Shard,
+    pub metrics_file: Option<PathBuf>,
+    pub omit_pii: bool,
+    pub write_batch: usize,
+}
+
+/// Validates `run`'s flags. `env` supplies `JOB_COMPLETION_INDEX` for `--shards`.
+pub fn run_settings(args: &RunArgs, env: &dyn Env) -> Result<RunSettings, ConfigError> {
+    let source = if let Some(path) = &args.csv {
+        SourceSpec::Csv { path: path.clone() }
+    } else if let Some(sql) = &args.source_query {
+        if sql.trim().is_empty() {
+            return Err(invalid("--source-query", "empty query"));
+        }
+        SourceSpec::Query { sql: sql.clone() }
+    } else {
+        let check = |flag: &'static str, v: &str| {
+            validate_identifier(v)
+                .map(str::to_owned)
+                .map_err(|e| invalid(flag, e.to_string()))
+        };
+        SourceSpec::Table {
+            table: check("--source-table", &args.source_table)?,
+            id_column: check("--id-column", &args.id_column)?,
+            ref_column: match args.ref_column.as_str() {
+                "none" | "" => None,
+                other => Some(check("--ref-column", other)?),
+            },
+        }
+    };
+    let concurrency = NonZeroUsize::new(args.concurrency)
+        .filter(|n| n.get() <= 1024)
+        .ok_or_else(|| invalid("--concurrency", "must be within 1..=1024"))?;
+    let resume = match args.resume.as_deref() {
+        None => Resume::No,
+        Some("latest") => Resume::Latest,
+        Some(id) => Resume::Run(
+            id.parse()
+                .map_err(|_| invalid("--resume", format!("{id:?} is not a run id")))?,
+        ),
+    };
+    if resume != Resume::No && args.run_key.is_some() {
+        return Err(invalid(
+            "--resume",
+            "--run-key already continues its unfinished run; give one or the other",
+        ));
+    }
+    let shard = match (&args.shard, args.shards) {
+        (Some(s), _) => Shard::parse(s)?,
+        (None, Some(count)) => {
+            let index = env.var("JOB_COMPLETION_INDEX").ok_or_else(|| {
+                invalid(
+                    "--shards",
+                    "JOB_COMPLETION_INDEX is not set (use --shard INDEX/COUNT outside an Indexed Job)",
+                )
+            })?;
+            let index = index
+                .trim()
+                .parse()
+                .map_err(|_| invalid("--shards", "JOB_COMPLETION_INDEX is not a number"))?;
+            Shard::new(index, count)?
+        }
+        (None, None) => Shard::WHOLE,
+    };
+    if !shard.is_whole() && args.run_key.is_none() && resume == Resume::No {
+        return Err(invalid(
+            "--shard",
+            "shards must share a run: give them the same --run-key",
+        ));
+    }
+    if !shard.is_whole() && args.rerun {
+        return Err(invalid("--rerun", "not supported with shards"));
+    }
+    if !shard.is_whole() && args.csv.as_deref().is_some_and(|p| p.as_os_str() == "-") {
+        return Err(invalid("--csv", "stdin cannot be shared by shards"));
+    }
+    if args.run_key.as_deref().is_some_and(|k| k.trim().is_empty() || k.len() > 200) {
+        return Err(invalid("--run-key", "must be 1 to 200 characters"));
+    }
+    if !(1..=100_000).contains(&args.write_batch) {
+        return Err(invalid("--write-batch", "must be within 1..=100000"));
+    }
+    Ok(RunSettings {
+        source,
+        source_database_url: args.source_database_url.clone(),
+        database_url: args.database.database_url.clone(),
+        concurrency,
+        resume,
+        run_key: args.run_key.clone(),
+        rerun: args.rerun,
+        dry_run: args.dry_run,
+        shutdown_grace: Duration::from_secs(args.shutdown_grace),
+        progress_interval: Duration::from_secs(args.progress_interval.max(1)),
+        report: args.report.clone(),
+        excel: args.excel,
+        shard,
+        metrics_file: args.metrics_file.clone(),
+        omit_pii: args.omit_pii,
+        write_batch: args.write_batch,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn payple_args(extra: &[&str]) -> PaypleArgs {
+        #[derive(Parser)]
+        struct T {
+            #[command(flatten)]
+            p: PaypleArgs,
+        }
+        let mut argv = vec!["t"];
+        argv.extend_from_slice(extra);
+        T::try_parse_from(argv).unwrap().p
+    }
+
+    fn env(vars: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    }
+
+    const CREDS: &[(&str, &str)] = &[
+        ("PAYPLE_CST_ID", "partner"),
+        ("PAYPLE_CUST_KEY", "s3cr3t-cust-key"),
+        ("PAYPLE_REFERER", "https://shop.example"),
+    ];
+
+    #[test]
+    fn origins() {
+        assert_eq!(parse_origin("test").unwrap().as_str(), "https://democpay.payple.kr/");
+        assert_eq!(parse_origin("live").unwrap().as_str(), "https://cpay.payple.kr/");
+        assert!(parse_origin("http://127.0.0.1:8080").is_ok());
+        assert!(parse_origin("http://localhost:1").is_ok());
+        assert!(parse_origin("http://[::1]:1").is_ok());
+        assert!(parse_origin("http://democpay.payple.kr").is_err());
+        assert!(parse_origin("https://cpay.payple.kr/php/auth.php").is_err());
+        assert!(parse_origin("ftp://x").is_err());
+        assert!(parse_origin("https://u:p@cpay.payple.kr").is_err());
+    }
+
+    #[test]
+    fn credentials_come_from_the_environment() {
+        let config = payple_config(&payple_args(&[]), &env(CREDS), None).unwrap();
+        assert_eq!(config.referer, "https://shop.example");
+        assert!(!format!("{config:?}").contains("s3cr3t-cust-key"));
+        let e = payple_config(&payple_args(&[]), &env(&[]), None).unwrap_err();
+        assert!(matches!(e, ConfigError::MissingEnv("PAYPLE_CST_ID")));
+        // The simulator supplies the documented test partner.
+        let sim = payple_config(&payple_args(&[]), &env(&[]), Some("http://127.0.0.1:9")).unwrap();
+        assert_eq!(sim.referer, simulator::TEST_REFERER);
+    }
+
+    #[test]
+    fn bad_numbers_are_refused() {
+        for flags in [
+            &["--max-attempts", "0"][..],
+            &["--token-ttl", "1"],
+            &["--request-timeout", "0"],
+            &["--gone-codes", ","],
+        ] {
+            assert!(
+                payple_config(&payple_args(flags), &env(CREDS), None).is_err(),
+                "{flags:?}"
+            );
+        }
+        let config =
+            payple_config(&payple_args(&["--rate", "0"]), &env(CREDS), None).unwrap();
+        assert!(config.rate.is_none());
+    }
+
+    #[test]
+    fn shards() {
+        let s = Shard::parse("1/3").unwrap();
+        assert!(s.owns(4) && !s.owns(3));
+        assert!(Shard::parse("3/3").is_err());
+        assert!(Shard::parse("x").is_err());
+        assert!(Shard::parse("0/0").is_err());
+        assert!(Shard::WHOLE.owns(12345));
+    }
+}
