@@ -1,0 +1,1 @@
+//! The nightly batch against the simulator and real databases: rows, sources, limits.

@@ -1,0 +1,1 @@
+//! Operations: leases, run keys, dry runs, shards, MySQL, the samples.

@@ -1,0 +1,1 @@
+//! Finance reports, run-to-run changes, summaries and metrics.
