@@ -110,7 +110,12 @@ async fn run(args: RunArgs) -> ExitStatus {
         };
         return match pipeline::dry_run(&settings, &client, source_db).await {
             Ok(report) => {
-                tracing::info!(keys = report.keys, duplicates = report.duplicates, rejected = report.rejected, "dry run: configuration, source and credentials are fine; nothing written");
+                tracing::info!(
+                    keys = report.keys,
+                    duplicates = report.duplicates,
+                    rejected = report.rejected,
+                    "dry run: configuration, source and credentials are fine; nothing written"
+                );
                 print_json(&report);
                 ExitStatus::Success
             }
@@ -152,7 +157,11 @@ async fn run(args: RunArgs) -> ExitStatus {
         );
         print_json(summary);
         if let Err(status) = crate::report::command::after_run(&settings, &store, summary).await {
-            exit = if exit == ExitStatus::Success { status } else { exit };
+            exit = if exit == ExitStatus::Success {
+                status
+            } else {
+                exit
+            };
         }
     }
     store.close().await;

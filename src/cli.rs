@@ -54,7 +54,12 @@ pub enum Command {
 pub struct PaypleArgs {
     /// Payple origin: `test` (https://democpay.payple.kr), `live` (https://cpay.payple.kr),
     /// or a URL (plain http only on loopback).
-    #[arg(long, env = "PAYPLE_URL", hide_env_values = true, default_value = "test")]
+    #[arg(
+        long,
+        env = "PAYPLE_URL",
+        hide_env_values = true,
+        default_value = "test"
+    )]
     pub payple_url: String,
     /// Read custKey from this file instead of PAYPLE_CUST_KEY (e.g. a mounted Secret).
     #[arg(long, env = "PAYPLE_CUST_KEY_FILE", hide_env_values = true)]
@@ -91,7 +96,12 @@ pub struct PaypleArgs {
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
     /// Results database: sqlite://FILE, postgres://..., or mysql://...
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true, default_value = "sqlite://payple-reconcile.db")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        default_value = "sqlite://payple-reconcile.db"
+    )]
     pub database_url: String,
 }
 

@@ -134,7 +134,10 @@ pub fn payple_config(
         return Err(invalid("--token-ttl", "must be at least 2 seconds"));
     }
     if !(args.request_timeout > 0.0 && args.request_timeout <= 600.0) {
-        return Err(invalid("--request-timeout", "must be within (0, 600] seconds"));
+        return Err(invalid(
+            "--request-timeout",
+            "must be within (0, 600] seconds",
+        ));
     }
     if args.max_attempts == 0 || args.max_attempts > 20 {
         return Err(invalid("--max-attempts", "must be within 1..=20"));
@@ -317,7 +320,11 @@ pub fn run_settings(args: &RunArgs, env: &dyn Env) -> Result<RunSettings, Config
     if !shard.is_whole() && args.csv.as_deref().is_some_and(|p| p.as_os_str() == "-") {
         return Err(invalid("--csv", "stdin cannot be shared by shards"));
     }
-    if args.run_key.as_deref().is_some_and(|k| k.trim().is_empty() || k.len() > 200) {
+    if args
+        .run_key
+        .as_deref()
+        .is_some_and(|k| k.trim().is_empty() || k.len() > 200)
+    {
         return Err(invalid("--run-key", "must be 1 to 200 characters"));
     }
     if !(1..=100_000).contains(&args.write_batch) {
@@ -375,8 +382,14 @@ mod tests {
 
     #[test]
     fn origins() {
-        assert_eq!(parse_origin("test").unwrap().as_str(), "https://democpay.payple.kr/");
-        assert_eq!(parse_origin("live").unwrap().as_str(), "https://cpay.payple.kr/");
+        assert_eq!(
+            parse_origin("test").unwrap().as_str(),
+            "https://democpay.payple.kr/"
+        );
+        assert_eq!(
+            parse_origin("live").unwrap().as_str(),
+            "https://cpay.payple.kr/"
+        );
         assert!(parse_origin("http://127.0.0.1:8080").is_ok());
         assert!(parse_origin("http://localhost:1").is_ok());
         assert!(parse_origin("http://[::1]:1").is_ok());
@@ -411,8 +424,7 @@ mod tests {
                 "{flags:?}"
             );
         }
-        let config =
-            payple_config(&payple_args(&["--rate", "0"]), &env(CREDS), None).unwrap();
+        let config = payple_config(&payple_args(&["--rate", "0"]), &env(CREDS), None).unwrap();
         assert!(config.rate.is_none());
     }
 

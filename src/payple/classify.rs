@@ -50,7 +50,7 @@ impl CodeBook {
 pub enum Verdict {
     /// Success + `0000`: the key works.
     Active {
-        details: KeyDetails,
+        details: Box<KeyDetails>,
         code: String,
         msg: Option<String>,
     },
@@ -153,7 +153,11 @@ pub fn classify_lookup(reply: &Fields, asked: &PayerId, book: &CodeBook) -> Verd
                 };
             }
             match details(reply) {
-                Some(details) => Verdict::Active { details, code, msg },
+                Some(details) => Verdict::Active {
+                    details: Box::new(details),
+                    code,
+                    msg,
+                },
                 None => Verdict::Failed {
                     code: codes::NO_PAY_TYPE.to_owned(),
                     msg: format!(
@@ -224,9 +228,15 @@ fn details(reply: &Fields) -> Option<KeyDetails> {
 pub enum AuthVerdict {
     Success,
     /// Wrong credentials, Referer or partner: stop the run.
-    Config { code: String, msg: String },
+    Config {
+        code: String,
+        msg: String,
+    },
     /// Worth retrying (`AUTH0005`, or an error without a known code).
-    Transient { code: String, msg: String },
+    Transient {
+        code: String,
+        msg: String,
+    },
 }
 
 /// Classifies a partner-auth reply by `result` and the code inside `result_msg`.
@@ -269,7 +279,8 @@ mod tests {
             "PCD_PAY_CARDNUM":"1111-****-****-2222","PCD_PAY_ISTAX":"Y",
             "PCD_PAY_BANK":"","PCD_NEW_FIELD":{"x":1}}"#,
         );
-        let Verdict::Active { details, code, msg } = classify_lookup(&r, &id(), &CodeBook::default())
+        let Verdict::Active { details, code, msg } =
+            classify_lookup(&r, &id(), &CodeBook::default())
         else {
             panic!("not active");
         };
@@ -349,8 +360,7 @@ mod tests {
             r#"{"PCD_PAY_RST":"success","PCD_PAY_CODE":"0000","PCD_PAY_TYPE":"card",
             "PCD_PAYER_ID":"SomeoneElsesKey0000000000000000"}"#,
         );
-        let Verdict::Failed { code, msg } = classify_lookup(&r, &id(), &CodeBook::default())
-        else {
+        let Verdict::Failed { code, msg } = classify_lookup(&r, &id(), &CodeBook::default()) else {
             panic!("not failed");
         };
         assert_eq!(code, codes::MISMATCH);
@@ -390,7 +400,10 @@ mod tests {
             classify_status(503, None),
             Some(Verdict::Transient { .. })
         ));
-        assert!(matches!(classify_status(404, None), Some(Verdict::Failed { .. })));
+        assert!(matches!(
+            classify_status(404, None),
+            Some(Verdict::Failed { .. })
+        ));
         assert_eq!(parse_retry_after(" 2 "), Some(Duration::from_secs(2)));
         assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
     }
@@ -402,8 +415,13 @@ mod tests {
         assert_eq!(classify_auth(&ok, &book), AuthVerdict::Success);
         let referer =
             reply(r#"{"result":"error","result_msg":"AUTH0004 : CONNECT SERVER ERROR!!"}"#);
-        assert!(matches!(classify_auth(&referer, &book), AuthVerdict::Config { code, .. } if code == "AUTH0004"));
+        assert!(
+            matches!(classify_auth(&referer, &book), AuthVerdict::Config { code, .. } if code == "AUTH0004")
+        );
         let busy = reply(r#"{"result":"error","result_msg":"AUTH0005"}"#);
-        assert!(matches!(classify_auth(&busy, &book), AuthVerdict::Transient { .. }));
+        assert!(matches!(
+            classify_auth(&busy, &book),
+            AuthVerdict::Transient { .. }
+        ));
     }
 }

@@ -71,9 +71,8 @@ pub struct Rate {
 impl Rate {
     /// The governor quota: evenly spaced cells, burst 1.
     pub fn quota(self) -> Quota {
-        let period = Duration::from_secs_f64(
-            f64::from(self.share.get()) / f64::from(self.per_second.get()),
-        );
+        let period =
+            Duration::from_secs_f64(f64::from(self.share.get()) / f64::from(self.per_second.get()));
         Quota::with_period(period)
             .unwrap_or_else(|| Quota::per_second(self.per_second))
             .allow_burst(NonZeroU32::MIN)
@@ -207,7 +206,7 @@ impl PaypleClient {
                 Verdict::Active { details, code, msg } => {
                     return Ok(LookupOutcome {
                         status: KeyStatus::Active,
-                        details,
+                        details: *details,
                         result_code: Some(code),
                         result_msg: msg,
                         attempts,
@@ -240,8 +239,7 @@ impl PaypleClient {
                     msg,
                     retry_after,
                 } => {
-                    let delay = if code == codes::RATE_LIMITED && rate_limited < MAX_RATE_LIMITED
-                    {
+                    let delay = if code == codes::RATE_LIMITED && rate_limited < MAX_RATE_LIMITED {
                         // Pushback is about our pace, not this key: pause everyone and
                         // do not spend the key's retry budget on it.
                         rate_limited += 1;
@@ -378,18 +376,19 @@ impl PaypleClient {
             };
             let started = Instant::now();
             let reason = match self.post(self.auth_url.clone(), &body).await {
-                Ok(Reply::Body(fields)) => match classify::classify_auth(&fields, &self.config.codes)
-                {
-                    AuthVerdict::Success => {
-                        let token = self.token_from(&fields, started)?;
-                        tracing::info!(generation = token.generation, "partner auth succeeded");
-                        return Ok(token);
+                Ok(Reply::Body(fields)) => {
+                    match classify::classify_auth(&fields, &self.config.codes) {
+                        AuthVerdict::Success => {
+                            let token = self.token_from(&fields, started)?;
+                            tracing::info!(generation = token.generation, "partner auth succeeded");
+                            return Ok(token);
+                        }
+                        AuthVerdict::Config { code, msg } => {
+                            return Err(PaypleError::Config { code, msg });
+                        }
+                        AuthVerdict::Transient { code, msg } => format!("{code}: {msg}"),
                     }
-                    AuthVerdict::Config { code, msg } => {
-                        return Err(PaypleError::Config { code, msg });
-                    }
-                    AuthVerdict::Transient { code, msg } => format!("{code}: {msg}"),
-                },
+                }
                 Ok(Reply::Status(Verdict::Failed { code, msg })) => {
                     return Err(PaypleError::Config { code, msg });
                 }

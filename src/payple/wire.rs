@@ -42,8 +42,8 @@ impl Fields {
     /// JSON object at the top.
     pub fn parse(body: &[u8]) -> Result<Self, BadBody> {
         let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
-        let text = std::str::from_utf8(body)
-            .map_err(|e| BadBody(format!("reply is not UTF-8 ({e})")))?;
+        let text =
+            std::str::from_utf8(body).map_err(|e| BadBody(format!("reply is not UTF-8 ({e})")))?;
         let text = text.trim();
         if text.is_empty() {
             return Err(BadBody("empty reply".to_owned()));
@@ -52,7 +52,10 @@ impl Fields {
             Ok(Value::Object(map)) => Ok(Self(map)),
             Ok(_) => Err(BadBody("reply is JSON but not an object".to_owned())),
             Err(e) if e.is_eof() => Err(BadBody(format!("truncated JSON reply ({e})"))),
-            Err(e) => Err(BadBody(format!("reply is not JSON ({e}): {}", preview(text)))),
+            Err(e) => Err(BadBody(format!(
+                "reply is not JSON ({e}): {}",
+                preview(text)
+            ))),
         }
     }
 
@@ -103,10 +106,9 @@ mod tests {
 
     #[test]
     fn strings_numbers_and_empty_values() {
-        let f = Fields::parse(
-            br#"{"a":"0200","b":200,"c":"","d":null,"e":true,"f":" x ","g":[1]}"#,
-        )
-        .unwrap();
+        let f =
+            Fields::parse(br#"{"a":"0200","b":200,"c":"","d":null,"e":true,"f":" x ","g":[1]}"#)
+                .unwrap();
         assert_eq!(f.get("a").as_deref(), Some("0200"));
         assert_eq!(f.get("b").as_deref(), Some("200"));
         assert_eq!(f.get("c"), None);
@@ -142,7 +144,10 @@ mod tests {
             find_code("AUTH0004 : CONNECT SERVER ERROR!!").as_deref(),
             Some("AUTH0004")
         );
-        assert_eq!(find_code("[AUTH0003] 파트너 없음").as_deref(), Some("AUTH0003"));
+        assert_eq!(
+            find_code("[AUTH0003] 파트너 없음").as_deref(),
+            Some("AUTH0003")
+        );
         assert_eq!(find_code("사용자 인증 완료!!"), None);
         assert_eq!(find_code("XAUTH00041"), None);
     }

@@ -25,9 +25,7 @@ use crate::settings::{ConfigError, Resume, RunSettings};
 use crate::shutdown::Shutdown;
 use crate::source::{SourceError, SourceSpec};
 use crate::store::writer::{self, WriterConfig, WriterError};
-use crate::store::{
-    CheckRow, NewRun, RunRecord, RunState, StagedKey, Store, StoreError, now_text,
-};
+use crate::store::{CheckRow, NewRun, RunRecord, RunState, StagedKey, Store, StoreError, now_text};
 use progress::Progress;
 
 /// Keys read per page of the run's key list.
@@ -235,7 +233,18 @@ pub async fn run(
     {
         return RunEnd::error(e.into());
     }
-    let end = run_leased(settings, store, client, source_db, shutdown, existing, started, &lease_name, &holder).await;
+    let end = run_leased(
+        settings,
+        store,
+        client,
+        source_db,
+        shutdown,
+        existing,
+        started,
+        &lease_name,
+        &holder,
+    )
+    .await;
     if let Err(e) = store.release_lease(&lease_name, &holder).await {
         tracing::warn!(error = %e, "could not release the run lease (it expires by itself)");
     }
@@ -296,7 +305,11 @@ async fn run_leased(
     if let Err(e) = store.set_lease_run(lease_name, holder, run_id).await {
         return RunEnd::error(e.into());
     }
-    let heartbeat = tokio::spawn(heartbeat(store.clone(), lease_name.to_owned(), holder.to_owned()));
+    let heartbeat = tokio::spawn(heartbeat(
+        store.clone(),
+        lease_name.to_owned(),
+        holder.to_owned(),
+    ));
     let outcome = drive(settings, store, &client, source_db, shutdown, run_id, &spec).await;
     heartbeat.abort();
 
@@ -342,7 +355,11 @@ async fn run_leased(
         Err(e) => {
             tracing::error!(run_id, error = %e, "could not record the end of the run; it stays resumable");
             return RunEnd {
-                exit: if exit == ExitStatus::Success { ExitStatus::Internal } else { exit },
+                exit: if exit == ExitStatus::Success {
+                    ExitStatus::Internal
+                } else {
+                    exit
+                },
                 summary: None,
                 error: error.or(Some(e.into())),
             };
@@ -357,10 +374,11 @@ async fn run_leased(
     } else {
         exit
     };
-    if exit != ExitStatus::Success && error.is_none() {
-        if let Err(e) = store.set_exit_code(run_id, i32::from(exit.code())).await {
-            tracing::warn!(error = %e, "could not record the exit code");
-        }
+    if exit != ExitStatus::Success
+        && error.is_none()
+        && let Err(e) = store.set_exit_code(run_id, i32::from(exit.code())).await
+    {
+        tracing::warn!(error = %e, "could not record the exit code");
     }
     let summary = summary_of(
         &run,
@@ -447,9 +465,15 @@ async fn drive(
     spec: &SourceSpec,
 ) -> Result<Driven, (RunError, u64)> {
     let shard = settings.shard;
-    let record = store.start_shard(run_id, shard.index).await.map_err(|e| (e.into(), 0))?;
+    let record = store
+        .start_shard(run_id, shard.index)
+        .await
+        .map_err(|e| (e.into(), 0))?;
     if !record.staged {
-        if spec.is_stdin() && record.keys_total.is_none() && store.count_staged(run_id, shard.index).await.unwrap_or(0) > 0 {
+        if spec.is_stdin()
+            && record.keys_total.is_none()
+            && store.count_staged(run_id, shard.index).await.unwrap_or(0) > 0
+        {
             return Err((SourceError::StdinNotResumable(run_id).into(), 0));
         }
         let staged = stage::stage(store, run_id, shard, spec, source_db, shutdown)
@@ -463,8 +487,14 @@ async fn drive(
             "key list complete"
         );
     }
-    let pending = store.count_pending(run_id, shard.index).await.map_err(|e| (e.into(), 0))?;
-    let before = store.status_counts(run_id).await.map_err(|e| (e.into(), 0))?;
+    let pending = store
+        .count_pending(run_id, shard.index)
+        .await
+        .map_err(|e| (e.into(), 0))?;
+    let before = store
+        .status_counts(run_id)
+        .await
+        .map_err(|e| (e.into(), 0))?;
     let progress = Progress::start(before.total() + pending, before, settings.progress_interval);
 
     let writer = writer::spawn(
@@ -475,7 +505,16 @@ async fn drive(
             ..WriterConfig::default()
         },
     );
-    let looked = lookups(settings, store, client, shutdown, run_id, writer.sender, &progress).await;
+    let looked = lookups(
+        settings,
+        store,
+        client,
+        shutdown,
+        run_id,
+        writer.sender,
+        &progress,
+    )
+    .await;
     let written = match writer.task.await {
         Ok(result) => result,
         Err(join) => {
@@ -494,7 +533,12 @@ async fn drive(
         (Some(error), _) => Err((error, checked)),
         (None, Err(e)) => Err((e.into(), checked)),
         (None, Ok(stats)) => {
-            tracing::debug!(rows = stats.rows, batches = stats.batches, retries = stats.retries, "results written");
+            tracing::debug!(
+                rows = stats.rows,
+                batches = stats.batches,
+                retries = stats.retries,
+                "results written"
+            );
             Ok(Driven {
                 checked,
                 stopped: looked.stopped,
@@ -622,7 +666,10 @@ fn pending_keys(
                 Ok(keys) if keys.is_empty() => None,
                 Ok(keys) => {
                     let next = keys.last().map(|k| k.seq);
-                    Some((stream::iter(keys.into_iter().map(Ok).collect::<Vec<_>>()), next))
+                    Some((
+                        stream::iter(keys.into_iter().map(Ok).collect::<Vec<_>>()),
+                        next,
+                    ))
                 }
                 Err(e) => Some((stream::iter(vec![Err(e.into())]), None)),
             }

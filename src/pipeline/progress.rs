@@ -54,7 +54,9 @@ impl Progress {
     pub fn start(total: i64, before: StatusCounts, interval: Duration) -> Self {
         let counters = Arc::new(Counters::default());
         for status in KeyStatus::ALL {
-            counters.slot(status).store(before.get(status), Ordering::Relaxed);
+            counters
+                .slot(status)
+                .store(before.get(status), Ordering::Relaxed);
         }
         let span = tracing::info_span!("lookups");
         if std::io::stderr().is_terminal() {

@@ -20,7 +20,11 @@ pub fn spawn(path: PathBuf) -> ItemReceiver {
             read(std::io::stdin().lock(), &name, &tx)
         } else {
             match std::fs::File::open(&path) {
-                Ok(file) => read(std::io::BufReader::with_capacity(64 * 1024, file), &name, &tx),
+                Ok(file) => read(
+                    std::io::BufReader::with_capacity(64 * 1024, file),
+                    &name,
+                    &tx,
+                ),
                 Err(source) => Err(SourceError::Io { path: name, source }),
             }
         };
@@ -211,7 +215,9 @@ mod tests {
         assert_eq!(key(&got[0]), ("abcdefgh1", Some("C-1"), 2));
         assert_eq!(key(&got[1]), ("abcdefgh2", None, 3));
         let got = items(b"payer_id,customer_ref\n\"multi\nline\",r\nlast_key_1,\"r\"\r\n").unwrap();
-        assert!(matches!(&got[0], Item::Rejected { location, .. } if location == "keys.csv line 2"));
+        assert!(
+            matches!(&got[0], Item::Rejected { location, .. } if location == "keys.csv line 2")
+        );
         assert_eq!(key(&got[1]), ("last_key_1", Some("r"), 4));
     }
 
@@ -242,7 +248,10 @@ mod tests {
     fn malformed_files_name_file_and_line() {
         assert!(matches!(items(b""), Err(SourceError::Empty { .. })));
         let e = items(b"id,ref\nx,y\n").unwrap_err();
-        assert!(e.to_string().starts_with("keys.csv line 1: no `payer_id`"), "{e}");
+        assert!(
+            e.to_string().starts_with("keys.csv line 1: no `payer_id`"),
+            "{e}"
+        );
         let e = items(b"payer_id\nabcdefgh\nab\xffcd\n").unwrap_err();
         assert_eq!(e.to_string(), "keys.csv line 3: not valid UTF-8");
     }

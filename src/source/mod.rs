@@ -168,7 +168,9 @@ pub fn validate_identifier(name: &str) -> Result<&str, SourceError> {
     let part_ok = |p: &str| {
         !p.is_empty()
             && p.len() <= 63
-            && p.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && p.chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
             && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
     };
     let parts: Vec<&str> = name.split('.').collect();

@@ -73,9 +73,12 @@ async fn read(
         } else {
             None
         };
-        let item = Item::from_raw(seq, raw.as_deref().unwrap_or_default(), customer_ref, || {
-            format!("{what} row {seq}")
-        });
+        let item = Item::from_raw(
+            seq,
+            raw.as_deref().unwrap_or_default(),
+            customer_ref,
+            || format!("{what} row {seq}"),
+        );
         chunk.push(item);
         if chunk.len() >= CHUNK {
             let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));

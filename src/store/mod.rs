@@ -423,7 +423,10 @@ impl Store {
 
     /// Frees a completed run's key for `--rerun`: it becomes `KEY~ID`.
     pub async fn retire_run_key(&self, run_id: i64) -> Result<(), StoreError> {
-        let run = self.run(run_id).await?.ok_or(StoreError::NoSuchRun(run_id))?;
+        let run = self
+            .run(run_id)
+            .await?
+            .ok_or(StoreError::NoSuchRun(run_id))?;
         let retired = format!("{}~{run_id}", run.run_key.unwrap_or_default());
         sqlx::query(self.sql("UPDATE reconcile_runs SET run_key = ? WHERE id = ?"))
             .bind(retired)
@@ -530,7 +533,10 @@ impl Store {
         .await
         .map_err(ctx("finishing a shard"))?;
 
-        let run = self.run(run_id).await?.ok_or(StoreError::NoSuchRun(run_id))?;
+        let run = self
+            .run(run_id)
+            .await?
+            .ok_or(StoreError::NoSuchRun(run_id))?;
         let counts = self.status_counts(run_id).await?;
         let shards = sqlx::query(self.sql(
             "SELECT state, keys_total, duplicates, auth_calls, lookups FROM run_shards \
@@ -704,9 +710,9 @@ impl Store {
     }
 
     pub async fn count_staged(&self, run_id: i64, shard_index: u32) -> Result<i64, StoreError> {
-        sqlx::query_scalar(self.sql(
-            "SELECT COUNT(*) FROM run_keys WHERE run_id = ? AND shard_index = ?",
-        ))
+        sqlx::query_scalar(
+            self.sql("SELECT COUNT(*) FROM run_keys WHERE run_id = ? AND shard_index = ?"),
+        )
         .bind(run_id)
         .bind(i64::from(shard_index))
         .fetch_one(&self.pool)
@@ -800,7 +806,10 @@ impl Store {
                     .bind(i64::from(o.attempts))
                     .bind(row.checked_at.clone());
             }
-            query.execute(&mut *tx).await.map_err(ctx("writing results"))?;
+            query
+                .execute(&mut *tx)
+                .await
+                .map_err(ctx("writing results"))?;
         }
         tx.commit().await.map_err(ctx("writing results"))
     }
@@ -931,9 +940,9 @@ impl Store {
         if taken > 0 {
             return Ok(());
         }
-        let row = sqlx::query(self.sql(
-            "SELECT run_id, holder, expires_at FROM run_leases WHERE name = ?",
-        ))
+        let row = sqlx::query(
+            self.sql("SELECT run_id, holder, expires_at FROM run_leases WHERE name = ?"),
+        )
         .bind(name.to_owned())
         .fetch_one(&self.pool)
         .await
