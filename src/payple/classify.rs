@@ -210,10 +210,10 @@ fn details(reply: &Fields) -> Option<KeyDetails> {
     let only = |keep: bool, name: &str| if keep { reply.get(name) } else { None };
     Some(KeyDetails {
         pay_type: Some(pay_type),
-        card_code: only(card, "PCD_PAY_CARD"),
+        card_code: only(card, "PCD_PAY_CARD").map(|c| zero_pad(c, 4)),
         card_name: only(card, "PCD_PAY_CARDNAME"),
         card_mask: only(card, "PCD_PAY_CARDNUM"),
-        bank_code: only(!card, "PCD_PAY_BANK"),
+        bank_code: only(!card, "PCD_PAY_BANK").map(|c| zero_pad(c, 3)),
         bank_name: only(!card, "PCD_PAY_BANKNAME"),
         bank_mask: only(!card, "PCD_PAY_BANKNUM"),
         bank_account_type: reply.get("PCD_PAY_BANKACCTYPE"),
@@ -221,6 +221,16 @@ fn details(reply: &Fields) -> Option<KeyDetails> {
         payer_phone_mask: reply.get("PCD_PAYER_HP"),
         is_tax: reply.get("PCD_PAY_ISTAX"),
     })
+}
+
+/// Restores the leading zeros of a code that arrived as a JSON number (`200` for card
+/// company `0200`, `81` for bank `081`), so one company is always recorded one way.
+fn zero_pad(code: String, width: usize) -> String {
+    if code.len() < width && code.bytes().all(|b| b.is_ascii_digit()) {
+        format!("{code:0>width$}")
+    } else {
+        code
+    }
 }
 
 /// What a partner-auth reply means.
@@ -287,7 +297,7 @@ mod tests {
         assert_eq!(code, "0000");
         assert_eq!(msg.as_deref(), Some("회원조회 성공"));
         assert_eq!(details.pay_type, Some(PayType::Card));
-        assert_eq!(details.card_code.as_deref(), Some("200"));
+        assert_eq!(details.card_code.as_deref(), Some("0200"));
         assert_eq!(details.card_name.as_deref(), Some("BC카드"));
         assert_eq!(details.card_mask.as_deref(), Some("1111-****-****-2222"));
         assert_eq!(details.bank_code, None);

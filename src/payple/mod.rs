@@ -10,6 +10,7 @@
 //! in a [`LookupOutcome`].
 
 pub mod classify;
+pub mod pace;
 pub mod token;
 pub mod wire;
 
@@ -19,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use backon::BackoffBuilder;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use governor::Quota;
 use reqwest::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderMap, HeaderValue, REFERER, RETRY_AFTER};
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
@@ -95,13 +96,18 @@ pub enum PaypleError {
     AuthUnavailable { attempts: u32, reason: String },
     #[error("cannot build the HTTP client: {0}")]
     Client(#[source] reqwest::Error),
+    #[error("cannot start the pacer thread: {0}")]
+    Pacer(#[source] std::io::Error),
 }
 
 impl PaypleError {
     /// Whether the error is the partner's configuration (exit code 3) rather than an
     /// outage.
     pub fn is_configuration(&self) -> bool {
-        !matches!(self, Self::AuthUnavailable { .. } | Self::Client(_))
+        !matches!(
+            self,
+            Self::AuthUnavailable { .. } | Self::Client(_) | Self::Pacer(_)
+        )
     }
 }
 
@@ -112,7 +118,7 @@ pub struct PaypleClient {
     config: ClientConfig,
     auth_url: Url,
     slot: TokenSlot,
-    limiter: Option<DefaultDirectRateLimiter>,
+    pacer: Option<pace::Pacer>,
     /// Set on HTTP 429: no lookup starts before this instant.
     pause_until: std::sync::Mutex<Option<Instant>>,
     auth_calls: AtomicU64,
@@ -147,11 +153,15 @@ impl PaypleClient {
             .join(AUTH_PATH)
             .map_err(|_| PaypleError::IncompleteAuth("auth URL"))?;
         let lifetime = Lifetime::new(config.token_ttl, config.refresh_margin);
+        let pacer = match config.rate {
+            Some(rate) => Some(pace::Pacer::start(rate.quota()).map_err(PaypleError::Pacer)?),
+            None => None,
+        };
         Ok(Self {
             http,
             auth_url,
             slot: TokenSlot::new(lifetime),
-            limiter: config.rate.map(|r| RateLimiter::direct(r.quota())),
+            pacer,
             pause_until: std::sync::Mutex::new(None),
             auth_calls: AtomicU64::new(0),
             lookups: AtomicU64::new(0),
@@ -195,8 +205,9 @@ impl PaypleClient {
         let mut rate_limited = 0u32;
         let mut renewed = false;
         loop {
-            let token = self.token().await?;
+            // Wait for our turn first: a token taken before a long wait could lapse.
             self.wait_turn().await;
+            let token = self.token().await?;
             attempts += 1;
             let Attempt {
                 verdict,
@@ -289,8 +300,8 @@ impl PaypleClient {
                 _ => break,
             }
         }
-        if let Some(limiter) = &self.limiter {
-            limiter.until_ready().await;
+        if let Some(pacer) = &self.pacer {
+            pacer.ready().await;
         }
     }
 
@@ -417,7 +428,7 @@ impl PaypleClient {
         };
         let lookup_url = lookup_url(fields, &self.config.origin)?;
         Ok(Token {
-            generation: self.slot.next_generation(),
+            generation: self.slot.issue_generation(),
             cst_id: secret("cst_id")?,
             cust_key: secret("custKey")?,
             auth_key: secret("AuthKey")?,

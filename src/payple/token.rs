@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use secrecy::SecretString;
@@ -47,6 +48,8 @@ impl Lifetime {
 #[derive(Debug)]
 pub struct TokenSlot {
     current: Mutex<Option<Arc<Token>>>,
+    /// The last generation issued; only ever goes up, even across invalidation.
+    generations: AtomicU64,
     lifetime: Lifetime,
     /// Held while renewing.
     pub gate: tokio::sync::Mutex<()>,
@@ -56,6 +59,7 @@ impl TokenSlot {
     pub fn new(lifetime: Lifetime) -> Self {
         Self {
             current: Mutex::new(None),
+            generations: AtomicU64::new(0),
             lifetime,
             gate: tokio::sync::Mutex::new(()),
         }
@@ -70,10 +74,9 @@ impl TokenSlot {
             .cloned()
     }
 
-    /// The generation the next token will get.
-    pub fn next_generation(&self) -> u64 {
-        let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        current.as_ref().map_or(1, |t| t.generation + 1)
+    /// A new generation number for a token about to be stored.
+    pub fn issue_generation(&self) -> u64 {
+        self.generations.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     pub fn store(&self, token: Arc<Token>) {
@@ -130,13 +133,18 @@ mod tests {
                 issued_at: Instant::now(),
             })
         };
-        assert_eq!(slot.next_generation(), 1);
+        assert_eq!(slot.issue_generation(), 1);
         slot.store(token(1));
-        assert_eq!(slot.next_generation(), 2);
+        assert_eq!(slot.issue_generation(), 2);
         slot.store(token(2));
         assert!(!slot.invalidate(1));
         assert!(slot.fresh().is_some());
         assert!(slot.invalidate(2));
         assert!(slot.fresh().is_none());
+        // After invalidation, numbering goes on: a late refusal of token 2 cannot hit 3.
+        assert_eq!(slot.issue_generation(), 3);
+        slot.store(token(3));
+        assert!(!slot.invalidate(2));
+        assert!(slot.fresh().is_some());
     }
 }
