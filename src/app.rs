@@ -232,18 +232,21 @@ async fn lookup(args: LookupArgs) -> ExitStatus {
         return fail(status, &e);
     }
     let mut exit = ExitStatus::Success;
+    let never = tokio_util::sync::CancellationToken::new();
     let mut lines = futures::stream::iter(args.payer_ids)
         .map(|raw| {
             let client = Arc::clone(&client);
+            let never = never.clone();
             async move {
-                let outcome = pipeline::check_one(&client, &raw).await;
+                let outcome = pipeline::check_one(&client, &raw, &never).await;
                 (raw, outcome)
             }
         })
         .buffered(args.concurrency.clamp(1, 64));
     while let Some((raw, outcome)) = lines.next().await {
         match outcome {
-            Ok(outcome) => {
+            Ok(None) => {}
+            Ok(Some(outcome)) => {
                 if matches!(outcome.status, KeyStatus::Failed | KeyStatus::Rejected) {
                     exit = ExitStatus::KeysFailed;
                 }

@@ -23,6 +23,7 @@ use backon::BackoffBuilder;
 use governor::Quota;
 use reqwest::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderMap, HeaderValue, REFERER, RETRY_AFTER};
 use secrecy::{ExposeSecret, SecretString};
+use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use crate::domain::{KeyStatus, LookupOutcome, PayerId};
@@ -200,13 +201,31 @@ impl PaypleClient {
 
     /// Looks one key up. `Err` only for what stops the run.
     pub async fn check(&self, id: &PayerId) -> Result<LookupOutcome, PaypleError> {
+        let never = CancellationToken::new();
+        let outcome = self.check_until(id, &never).await?;
+        Ok(outcome.unwrap_or_else(|| {
+            LookupOutcome::failed("STOPPED", "the lookup was stopped before it was sent", 0)
+        }))
+    }
+
+    /// Looks one key up unless `stop` fires while it waits for its turn or for a retry:
+    /// then `Ok(None)`, and no request is sent after the signal.
+    pub async fn check_until(
+        &self,
+        id: &PayerId,
+        stop: &CancellationToken,
+    ) -> Result<Option<LookupOutcome>, PaypleError> {
         let mut delays = self.backoff();
         let mut attempts = 0u32;
         let mut rate_limited = 0u32;
         let mut renewed = false;
         loop {
             // Wait for our turn first: a token taken before a long wait could lapse.
-            self.wait_turn().await;
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => return Ok(None),
+                _ = self.wait_turn() => {}
+            }
             let token = self.token().await?;
             attempts += 1;
             let Attempt {
@@ -215,25 +234,25 @@ impl PaypleClient {
             } = self.attempt(&token, id).await;
             match verdict {
                 Verdict::Active { details, code, msg } => {
-                    return Ok(LookupOutcome {
+                    return Ok(Some(LookupOutcome {
                         status: KeyStatus::Active,
                         details: *details,
                         result_code: Some(code),
                         result_msg: msg,
                         attempts,
-                    });
+                    }));
                 }
                 Verdict::Gone { code, msg } => {
-                    return Ok(LookupOutcome {
+                    return Ok(Some(LookupOutcome {
                         status: KeyStatus::Gone,
                         details: Default::default(),
                         result_code: Some(code),
                         result_msg: msg,
                         attempts,
-                    });
+                    }));
                 }
                 Verdict::Failed { code, msg } => {
-                    return Ok(LookupOutcome::failed(code, msg, attempts));
+                    return Ok(Some(LookupOutcome::failed(code, msg, attempts)));
                 }
                 Verdict::Config { code, msg } => return Err(PaypleError::Config { code, msg }),
                 Verdict::Reauth { code, msg } => {
@@ -241,7 +260,7 @@ impl PaypleClient {
                         tracing::info!(%code, "Payple refused the token; renewing it");
                     }
                     if renewed {
-                        return Ok(LookupOutcome::failed(code, msg, attempts));
+                        return Ok(Some(LookupOutcome::failed(code, msg, attempts)));
                     }
                     renewed = true;
                 }
@@ -263,10 +282,14 @@ impl PaypleClient {
                             .map(|d| d.max(retry_after.unwrap_or_default()))
                     };
                     let Some(delay) = delay else {
-                        return Ok(LookupOutcome::failed(code, msg, attempts));
+                        return Ok(Some(LookupOutcome::failed(code, msg, attempts)));
                     };
                     tracing::debug!(key = %id, %code, attempt = attempts, ?delay, "retrying");
-                    tokio::time::sleep(delay.min(MAX_RETRY_AFTER)).await;
+                    tokio::select! {
+                        biased;
+                        _ = stop.cancelled() => return Ok(None),
+                        _ = tokio::time::sleep(delay.min(MAX_RETRY_AFTER)) => {}
+                    }
                 }
             }
         }

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt, stream};
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
 use crate::domain::{KeyStatus, LookupOutcome, PayerId};
 use crate::exit::ExitStatus;
@@ -571,9 +572,10 @@ async fn lookups(
     let results = keys
         .map(|key| {
             let client = Arc::clone(client);
+            let stop = shutdown.stop.clone();
             async move {
                 let key = key?;
-                let outcome = check_one(&client, &key.payer_id).await?;
+                let outcome = check_one(&client, &key.payer_id, &stop).await?;
                 Ok::<_, RunError>((key, outcome))
             }
         })
@@ -588,7 +590,9 @@ async fn lookups(
     let drain = async {
         while let Some(result) = results.next().await {
             let (key, mut outcome) = match result {
-                Ok(done) => done,
+                Ok((key, Some(outcome))) => (key, outcome),
+                // Stopped before it was sent: no row, so a resume checks it.
+                Ok((_, None)) => continue,
                 Err(e) => {
                     looked.error = Some(e);
                     return;
@@ -644,11 +648,19 @@ fn log_outcome(key: &StagedKey, outcome: &LookupOutcome) {
     }
 }
 
-/// One key: validated again (a table row may have changed), then looked up.
-pub async fn check_one(client: &PaypleClient, raw: &str) -> Result<LookupOutcome, RunError> {
+/// One key: validated again (a table row may have changed), then looked up. `None` when
+/// `stop` fired before its request went out: it gets no row, and a resume checks it.
+pub async fn check_one(
+    client: &PaypleClient,
+    raw: &str,
+    stop: &CancellationToken,
+) -> Result<Option<LookupOutcome>, RunError> {
     match PayerId::parse(raw) {
-        Ok(id) => Ok(client.check(&id).await?),
-        Err(reason) => Ok(LookupOutcome::rejected(&reason, "stored key".to_owned())),
+        Ok(id) => Ok(client.check_until(&id, stop).await?),
+        Err(reason) => Ok(Some(LookupOutcome::rejected(
+            &reason,
+            "stored key".to_owned(),
+        ))),
     }
 }
 

@@ -19,9 +19,10 @@ pub struct Staged {
     pub rejected: i64,
 }
 
-/// The placeholder key of a rejected input row: its position, never its value.
+/// The placeholder key of a rejected input row: its position, never its value. The space
+/// makes it something no valid key can be, so it never hides a real key.
 pub fn rejected_key(seq: i64) -> String {
-    format!("#{seq}")
+    format!("#{seq} rejected")
 }
 
 /// The result row of a rejected input row.

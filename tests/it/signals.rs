@@ -1,1 +1,421 @@
 //! The real binary as a child process: SIGKILL then resume, SIGTERM, exit codes.
+//!
+//! Each test starts `run` with `--rate 50` on 400 keys against an in-process simulator,
+//! waits until the results table has rows (the run is well under way), signals the child
+//! with the `kill` command, and then reads the database and the simulator's counters.
+
+use std::collections::HashMap;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use payple_reconcile::domain::stable_hash;
+use payple_reconcile::simulator::{Faults, KeyBook};
+use payple_reconcile::store::{RunState, Store};
+use serde_json::Value;
+
+use crate::batch::{
+    all_checks, assert_exit, derived_status, only_run, output_of, run_cmd, scalar_i64, sim_with,
+    summary_of,
+};
+use crate::helpers::{self, TestDb};
+
+const KEYS: usize = 400;
+const RATE: &str = "50";
+const CONCURRENCY: u64 = 8;
+
+/// Sends `signal` (e.g. `TERM`) to `pid` with the `kill` command.
+fn kill(signal: &str, pid: u32) {
+    let status = std::process::Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()
+        .expect("the kill command runs");
+    assert!(status.success(), "kill -{signal} {pid}: {status}");
+}
+
+/// Polls until the results table holds at least `rows` rows; panics after `limit`.
+async fn wait_for_rows(
+    store: &Store,
+    rows: i64,
+    limit: Duration,
+    child: &mut tokio::process::Child,
+) {
+    let start = Instant::now();
+    loop {
+        let n = scalar_i64(store, "SELECT COUNT(*) FROM billing_key_checks").await;
+        if n >= rows {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the run ended ({status}) before {rows} rows were written (had {n})");
+        }
+        assert!(start.elapsed() < limit, "only {n} rows after {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Starts `run` on `csv` with `--rate 50` as a child process with piped output.
+fn spawn_run(
+    sim: &payple_reconcile::simulator::SimHandle,
+    db: &TestDb,
+    csv: &std::path::Path,
+) -> tokio::process::Child {
+    let mut cmd = tokio::process::Command::from(run_cmd(
+        sim,
+        &db.url,
+        &[
+            "--csv",
+            csv.to_str().unwrap(),
+            "--rate",
+            RATE,
+            "--concurrency",
+            &CONCURRENCY.to_string(),
+        ],
+    ));
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd.spawn().expect("the binary starts")
+}
+
+async fn finish(child: tokio::process::Child) -> Output {
+    tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("the child ends within 30 s of the signal")
+        .expect("wait for the child")
+}
+
+/// Request-log lines of lookups: the key hash of each, in arrival order.
+fn logged_lookups(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .expect("request log")
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("log line"))
+        .filter(|l| l["kind"] == "lookup")
+        .map(|l| l["key"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+fn key_hash(id: &str) -> String {
+    format!("{:016x}", stable_hash(id.as_bytes()))
+}
+
+/// Every input key has exactly one row in the run, with the status its derived answer
+/// implies.
+async fn assert_every_key_once(store: &Store, run_id: i64, ids: &[String]) {
+    let checks = all_checks(store, run_id).await;
+    assert_eq!(checks.len(), ids.len(), "one row per key");
+    let rows = scalar_i64(
+        store,
+        &format!("SELECT COUNT(*) FROM billing_key_checks WHERE run_id = {run_id}"),
+    )
+    .await;
+    assert_eq!(rows, ids.len() as i64);
+    for id in ids {
+        let c = checks.get(id).unwrap_or_else(|| panic!("no row for {id}"));
+        assert_eq!(c.status, derived_status(id), "{id}");
+        assert_eq!(c.attempts, 1, "{id}");
+    }
+}
+
+/// SIGKILL mid-run, then `run --resume`: only keys without a row are looked up again, every
+/// key ends with exactly one row, and the run completes under its first id.
+async fn sigkill_then_resume(db: TestDb) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("requests.jsonl");
+    let ids = helpers::payer_ids(KEYS, "sigkill");
+    let csv = helpers::write_csv(dir.path(), "keys.csv", &ids);
+    let sim = sim_with(KeyBook::derived(), Faults::none(), Some(log.clone())).await;
+    // Migrated before the child starts, so polling never races the child's migrations.
+    let store = db.store().await;
+
+    let mut child = spawn_run(&sim, &db, &csv);
+    let pid = child.id().expect("child pid");
+    wait_for_rows(&store, 100, Duration::from_secs(15), &mut child).await;
+    kill("KILL", pid);
+    let out = finish(child).await;
+    assert_eq!(out.status.signal(), Some(9), "{:?}", out.status);
+    assert!(out.stdout.is_empty(), "a killed run printed a summary");
+
+    let run = only_run(&store).await;
+    assert_eq!(run.state, RunState::Running, "a killed run stays `running`");
+    let written_at_kill = scalar_i64(&store, "SELECT COUNT(*) FROM billing_key_checks").await;
+    let sent_at_kill = sim.stats().lookups as i64;
+    assert!(
+        written_at_kill >= 100 && written_at_kill < KEYS as i64,
+        "{written_at_kill} rows at the kill"
+    );
+    // Looked up but not yet written when killed: those in flight plus the writer's open
+    // batch (flushed every 250 ms, about rate/4 rows; 35 leaves room for a slow machine).
+    let lost = sent_at_kill - written_at_kill;
+    assert!(
+        (0..=CONCURRENCY as i64 + 35).contains(&lost),
+        "{sent_at_kill} lookups sent, {written_at_kill} rows written at the kill"
+    );
+    let rows_before: Vec<String> = all_checks(&store, run.id).await.into_keys().collect();
+
+    let out = output_of(run_cmd(&sim, &db.url, &["--resume", "--rate", "0"])).await;
+    assert_exit(&out, 0);
+    let summary = summary_of(&out);
+    assert_eq!(summary["run_id"], run.id, "resume continues the killed run");
+    assert_eq!(summary["state"], "completed");
+    assert_eq!(summary["checked_now"], KEYS as i64 - written_at_kill);
+
+    let run = store.run(run.id).await.expect("read").expect("the run");
+    assert_eq!(run.state, RunState::Completed);
+    assert_eq!(run.exit_code, Some(0));
+    assert_eq!(run.keys_total, Some(KEYS as i64));
+    assert_eq!(
+        store.latest_runs(None, 10).await.expect("runs").len(),
+        1,
+        "no second run"
+    );
+    assert_every_key_once(&store, run.id, &ids).await;
+
+    // The resume looked up exactly the keys that had no row: nothing written was redone.
+    let total = sim.stats().lookups as i64;
+    assert_eq!(
+        total,
+        sent_at_kill + (KEYS as i64 - written_at_kill),
+        "lookups in all"
+    );
+    assert!(
+        total <= KEYS as i64 + CONCURRENCY as i64 + 35,
+        "{total} lookups for {KEYS} keys"
+    );
+    sim.shutdown().await;
+    let mut per_key: HashMap<String, usize> = HashMap::new();
+    for key in logged_lookups(&log) {
+        *per_key.entry(key).or_default() += 1;
+    }
+    assert_eq!(per_key.len(), KEYS, "every key looked up");
+    for id in &rows_before {
+        assert_eq!(
+            per_key[&key_hash(id)],
+            1,
+            "{id} had a row before the kill but was looked up again"
+        );
+    }
+    let twice = per_key.values().filter(|n| **n > 1).count() as i64;
+    assert_eq!(
+        twice, lost,
+        "keys looked up twice are those unwritten at the kill"
+    );
+    assert!(per_key.values().all(|n| *n <= 2));
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_run_then_resume_checks_every_key_exactly_once_on_sqlite() {
+    sigkill_then_resume(TestDb::sqlite()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_run_then_resume_checks_every_key_exactly_once_on_postgres() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    sigkill_then_resume(db).await;
+}
+
+/// SIGTERM or SIGINT mid-run: in-flight lookups finish and are written, the run is
+/// `interrupted` with exit code 143 / 130, and `--resume` completes it without looking
+/// any key up twice.
+async fn graceful_stop_then_resume(signal: &str, code: i32) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ids = helpers::payer_ids(KEYS, &format!("graceful-{signal}"));
+    let csv = helpers::write_csv(dir.path(), "keys.csv", &ids);
+    // 300 ms per lookup: eight lookups are on the wire when the signal comes.
+    let slow = Faults {
+        latency: Duration::from_millis(300),
+        ..Faults::none()
+    };
+    let sim = sim_with(KeyBook::derived(), slow, None).await;
+    let db = TestDb::sqlite();
+    let store = db.store().await;
+
+    let mut child = spawn_run(&sim, &db, &csv);
+    let pid = child.id().expect("child pid");
+    wait_for_rows(&store, 50, Duration::from_secs(15), &mut child).await;
+    let signalled = Instant::now();
+    kill(signal, pid);
+    let out = finish(child).await;
+    assert_exit(&out, code);
+    assert!(
+        signalled.elapsed() < Duration::from_secs(5),
+        "stopping took {:?}",
+        signalled.elapsed()
+    );
+    let summary = summary_of(&out);
+    assert_eq!(summary["state"], "interrupted");
+    assert_eq!(summary["exit_code"], code);
+
+    let run = only_run(&store).await;
+    assert_eq!(run.state, RunState::Interrupted);
+    assert_eq!(run.exit_code, Some(i64::from(code)));
+    assert!(run.finished_at.is_some());
+    let written = scalar_i64(&store, "SELECT COUNT(*) FROM billing_key_checks").await;
+    assert!(
+        written > 0 && written < KEYS as i64,
+        "{written} rows after {signal}"
+    );
+    // Everything that was looked up was written: no lookup is lost on a graceful stop.
+    let sent = sim.stats().lookups as i64;
+    assert_eq!(sent, written, "lookups sent vs rows written after {signal}");
+    assert_eq!(run.counts.active + run.counts.gone, written);
+    assert_eq!(
+        summary["active"].as_i64().unwrap_or(-1) + summary["gone"].as_i64().unwrap_or(-1),
+        written
+    );
+
+    let out = output_of(run_cmd(
+        &sim,
+        &db.url,
+        &["--resume", "--rate", "0", "--concurrency", "64"],
+    ))
+    .await;
+    assert_exit(&out, 0);
+    let summary = summary_of(&out);
+    assert_eq!(summary["run_id"], run.id);
+    assert_eq!(summary["checked_now"], KEYS as i64 - written);
+    let run = store.run(run.id).await.expect("read").expect("the run");
+    assert_eq!(run.state, RunState::Completed);
+    assert_eq!(run.exit_code, Some(0));
+    assert_every_key_once(&store, run.id, &ids).await;
+    assert_eq!(sim.stats().lookups, KEYS as u64, "no key looked up twice");
+    store.close().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_run_exits_143_interrupted_then_resumes() {
+    graceful_stop_then_resume("TERM", 143).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_mid_run_exits_130_interrupted_then_resumes() {
+    graceful_stop_then_resume("INT", 130).await;
+}
+
+/// After SIGTERM no new lookup is dispatched: keys that were only waiting for the rate
+/// limiter (with `--concurrency` far above `--rate`, most of them are) are not sent, and
+/// the process exits promptly instead of draining the limiter's queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_sends_nothing_that_was_waiting_for_the_rate_limiter() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ids = helpers::payer_ids(200, "limiter-queue");
+    let csv = helpers::write_csv(dir.path(), "keys.csv", &ids);
+    let sim = sim_with(KeyBook::derived(), Faults::none(), None).await;
+    let db = TestDb::sqlite();
+    let store = db.store().await;
+
+    let mut cmd = tokio::process::Command::from(run_cmd(
+        &sim,
+        &db.url,
+        &[
+            "--csv",
+            csv.to_str().unwrap(),
+            "--rate",
+            "10",
+            "--concurrency",
+            "64",
+        ],
+    ));
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().expect("the binary starts");
+    let pid = child.id().expect("child pid");
+    wait_for_rows(&store, 5, Duration::from_secs(15), &mut child).await;
+    let sent_before = sim.stats().lookups;
+    let signalled = Instant::now();
+    kill("TERM", pid);
+    let out = finish(child).await;
+    let took = signalled.elapsed();
+    assert_exit(&out, 143);
+    let sent_after = sim.stats().lookups - sent_before;
+    // With no latency at most one lookup is on the wire at any moment (10 per second).
+    assert!(
+        sent_after <= 1,
+        "{sent_after} lookups were dispatched after SIGTERM (the limiter's queue was drained)"
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "exiting took {took:?} after SIGTERM"
+    );
+    let written = scalar_i64(&store, "SELECT COUNT(*) FROM billing_key_checks").await;
+    assert_eq!(
+        written as u64,
+        sim.stats().lookups,
+        "every lookup sent was written"
+    );
+    assert_eq!(only_run(&store).await.state, RunState::Interrupted);
+    store.close().await;
+    sim.shutdown().await;
+}
+
+/// A second signal abandons the lookups still in flight: the process exits at once, the
+/// run is `interrupted`, nothing half-done is written, and `--resume` checks those keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_signal_abandons_in_flight_lookups_and_resume_checks_them() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ids = helpers::payer_ids(60, "second-signal");
+    let csv = helpers::write_csv(dir.path(), "keys.csv", &ids);
+    let slow = Faults {
+        latency: Duration::from_millis(1500),
+        ..Faults::none()
+    };
+    let sim = sim_with(KeyBook::derived(), slow, None).await;
+    let db = TestDb::sqlite();
+    let store = db.store().await;
+
+    let mut cmd = tokio::process::Command::from(run_cmd(
+        &sim,
+        &db.url,
+        &[
+            "--csv",
+            csv.to_str().unwrap(),
+            "--rate",
+            "0",
+            "--concurrency",
+            "4",
+        ],
+    ));
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().expect("the binary starts");
+    let pid = child.id().expect("child pid");
+    wait_for_rows(&store, 4, Duration::from_secs(15), &mut child).await;
+    kill("TERM", pid);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let signalled = Instant::now();
+    kill("INT", pid);
+    let out = finish(child).await;
+    let took = signalled.elapsed();
+    // The first signal decides the exit code.
+    assert_exit(&out, 143);
+    assert!(
+        took < Duration::from_millis(1000),
+        "exiting took {took:?} after the second signal"
+    );
+    let run = only_run(&store).await;
+    assert_eq!(run.state, RunState::Interrupted);
+    let written = scalar_i64(&store, "SELECT COUNT(*) FROM billing_key_checks").await;
+    let sent = sim.stats().lookups as i64;
+    assert!(
+        written >= 4 && written < sent,
+        "{written} rows written, {sent} lookups sent"
+    );
+    sim.shutdown().await;
+
+    // Resume against a fast simulator: the abandoned keys are checked, each key once.
+    let sim = sim_with(KeyBook::derived(), Faults::none(), None).await;
+    let out = output_of(run_cmd(&sim, &db.url, &["--resume", "--rate", "0"])).await;
+    assert_exit(&out, 0);
+    assert_eq!(summary_of(&out)["run_id"], run.id);
+    assert_eq!(sim.stats().lookups as i64, 60 - written);
+    assert_every_key_once(&store, run.id, &ids).await;
+    store.close().await;
+    sim.shutdown().await;
+}
