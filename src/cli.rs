@@ -219,6 +219,9 @@ pub struct ChangesArgs {
     /// Write CSV here (`-` for stdout) instead of a text table.
     #[arg(long, short)]
     pub output: Option<PathBuf>,
+    /// With --output: start the CSV with a UTF-8 BOM so Excel reads Korean text.
+    #[arg(long, requires = "output")]
+    pub excel: bool,
 }
 
 #[derive(Debug, Args)]

@@ -1,3 +1,4 @@
+-- (MySQL: payer_id compares byte for byte; Payple keys are case-sensitive base64.)
 -- Runs, the keys each run set out to check, one result row per (run, key), and the
 -- lease that keeps two runs from overlapping. Times are UTC RFC 3339 text.
 CREATE TABLE reconcile_runs (
@@ -40,7 +41,7 @@ CREATE TABLE run_keys (
     run_id       BIGINT       NOT NULL,
     shard_index  INTEGER      NOT NULL,
     seq          BIGINT       NOT NULL,
-    payer_id     VARCHAR(255) NOT NULL,
+    payer_id     VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
     customer_ref VARCHAR(255),
     PRIMARY KEY (run_id, payer_id)
 );
@@ -48,7 +49,7 @@ CREATE INDEX run_keys_by_seq ON run_keys (run_id, shard_index, seq);
 
 CREATE TABLE billing_key_checks (
     run_id            BIGINT       NOT NULL,
-    payer_id          VARCHAR(255) NOT NULL,
+    payer_id          VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
     customer_ref      VARCHAR(255),
     status            VARCHAR(16)  NOT NULL,
     pay_type          VARCHAR(16),

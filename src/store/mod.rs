@@ -7,6 +7,7 @@
 //! `$n` for PostgreSQL; only upserts and id retrieval differ per [`Dialect`]. Schemas are
 //! embedded migrations, one folder per dialect.
 
+pub mod reports;
 pub mod writer;
 
 use std::time::Duration;

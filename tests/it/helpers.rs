@@ -101,7 +101,9 @@ impl TestDb {
                 panic!("{require}=1 but {kind:?} at {base} is not usable: {e}")
             }
             Err(e) => {
-                eprintln!("skipping: no {kind:?} server at {base} ({e}); set {require}=1 to fail instead");
+                eprintln!(
+                    "skipping: no {kind:?} server at {base} ({e}); set {require}=1 to fail instead"
+                );
                 None
             }
         }

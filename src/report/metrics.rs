@@ -1,0 +1,231 @@
+//! Prometheus text-format metrics of the last run, for node_exporter's textfile collector:
+//! duration, keys per status, auth calls, lookups, exit code, last success time.
+//!
+//! The file is a snapshot rewritten at the end of every run, so every metric is a gauge.
+//! The last success time survives failed runs: it is read back from the previous file.
+
+use std::fmt::Write as _;
+
+use crate::domain::KeyStatus;
+use crate::pipeline::RunSummary;
+use crate::store::StatusCounts;
+
+/// The metric that must survive runs that did not succeed.
+pub const LAST_SUCCESS: &str = "payple_reconcile_last_success_timestamp_seconds";
+
+/// What the metrics file says about one run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunMetrics {
+    pub duration_secs: f64,
+    pub keys: StatusCounts,
+    pub auth_calls: u64,
+    pub lookups: u64,
+    pub exit_code: u8,
+    /// Unix time of the last successful run; `None` if there never was one.
+    pub last_success: Option<f64>,
+}
+
+/// Whether a run counts as a success for alerting: it completed, and every key resolved
+/// (exit 0) or only some keys failed (exit 2).
+pub fn succeeded(summary: &RunSummary) -> bool {
+    summary.state == "completed" && matches!(summary.exit_code, 0 | 2)
+}
+
+/// The metrics of a finished run. `now` is the Unix time the run ended; `previous` the
+/// text of the metrics file it replaces, if any.
+pub fn from_summary(summary: &RunSummary, now: f64, previous: Option<&str>) -> RunMetrics {
+    let last_success = if succeeded(summary) {
+        Some(now)
+    } else {
+        previous.and_then(previous_last_success)
+    };
+    RunMetrics {
+        duration_secs: summary.duration_secs,
+        keys: StatusCounts {
+            active: summary.active,
+            gone: summary.gone,
+            failed: summary.failed,
+            rejected: summary.rejected,
+        },
+        auth_calls: summary.auth_calls,
+        lookups: summary.lookups,
+        exit_code: summary.exit_code,
+        last_success,
+    }
+}
+
+/// The last success time recorded in an earlier metrics file (`None` if absent, zero or
+/// unreadable).
+pub fn previous_last_success(text: &str) -> Option<f64> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.strip_prefix(LAST_SUCCESS))
+        .filter(|rest| rest.starts_with([' ', '\t', '{']))
+        .filter_map(|rest| rest.split_whitespace().last()?.parse::<f64>().ok())
+        .find(|v| v.is_finite() && *v > 0.0)
+}
+
+fn metric(out: &mut String, name: &str, help: &str, samples: &[(&str, String)]) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} gauge");
+    for (labels, value) in samples {
+        let _ = writeln!(out, "{name}{labels} {value}");
+    }
+}
+
+/// The metrics in Prometheus text format (version 0.0.4).
+pub fn render(m: &RunMetrics) -> String {
+    let mut out = String::new();
+    metric(
+        &mut out,
+        "payple_reconcile_run_duration_seconds",
+        "Wall-clock duration of the last run of this process.",
+        &[("", m.duration_secs.to_string())],
+    );
+    let keys: Vec<(String, String)> = KeyStatus::ALL
+        .iter()
+        .map(|s| {
+            (
+                format!("{{status=\"{}\"}}", s.as_str()),
+                m.keys.get(*s).to_string(),
+            )
+        })
+        .collect();
+    let keys: Vec<(&str, String)> = keys.iter().map(|(l, v)| (l.as_str(), v.clone())).collect();
+    metric(
+        &mut out,
+        "payple_reconcile_keys",
+        "Keys of the last run per status (the whole run, all shards so far).",
+        &keys,
+    );
+    metric(
+        &mut out,
+        "payple_reconcile_auth_calls",
+        "Partner auth calls made by the last run.",
+        &[("", m.auth_calls.to_string())],
+    );
+    metric(
+        &mut out,
+        "payple_reconcile_lookups",
+        "PUSERINFO lookups (HTTP requests, retries included) made by the last run.",
+        &[("", m.lookups.to_string())],
+    );
+    metric(
+        &mut out,
+        "payple_reconcile_run_exit_code",
+        "Exit code of the last run (0 all resolved, 2 some failed, 3 configuration, 1 internal).",
+        &[("", m.exit_code.to_string())],
+    );
+    metric(
+        &mut out,
+        LAST_SUCCESS,
+        "Unix time the last successful run (completed, exit 0 or 2) ended; 0 if none yet.",
+        &[("", m.last_success.unwrap_or(0.0).to_string())],
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(state: &'static str, exit_code: u8) -> RunSummary {
+        RunSummary {
+            run_id: 3,
+            state,
+            source: "csv".to_owned(),
+            keys: Some(10),
+            duplicates: 0,
+            active: 7,
+            gone: 1,
+            failed: 1,
+            rejected: 1,
+            checked_now: 9,
+            duration_secs: 12.5,
+            lookups_per_second: 0.7,
+            auth_calls: 1,
+            lookups: 11,
+            exit_code,
+            note: None,
+        }
+    }
+
+    /// Every sample line is `name{labels} value`, every metric has HELP and TYPE.
+    fn samples(text: &str) -> Vec<(String, f64)> {
+        let mut out = Vec::new();
+        for line in text.lines() {
+            if line.starts_with('#') {
+                let mut parts = line.splitn(4, ' ');
+                let kind = parts.nth(1).unwrap();
+                assert!(kind == "HELP" || kind == "TYPE", "{line}");
+                continue;
+            }
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            let name = series.split('{').next().unwrap();
+            assert!(
+                name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                "{line}"
+            );
+            assert!(text.contains(&format!("# TYPE {name} gauge\n")), "{name}");
+            assert!(text.contains(&format!("# HELP {name} ")), "{name}");
+            out.push((series.to_owned(), value.parse().unwrap()));
+        }
+        out
+    }
+
+    #[test]
+    fn a_successful_run_records_everything() {
+        let m = from_summary(&summary("completed", 2), 1_764_208_800.5, None);
+        let text = render(&m);
+        let got = samples(&text);
+        let value = |series: &str| {
+            got.iter()
+                .find(|(s, _)| s == series)
+                .map(|(_, v)| *v)
+                .unwrap_or_else(|| panic!("{series} missing in\n{text}"))
+        };
+        assert_eq!(value("payple_reconcile_run_duration_seconds"), 12.5);
+        assert_eq!(value("payple_reconcile_keys{status=\"active\"}"), 7.0);
+        assert_eq!(value("payple_reconcile_keys{status=\"rejected\"}"), 1.0);
+        assert_eq!(value("payple_reconcile_auth_calls"), 1.0);
+        assert_eq!(value("payple_reconcile_lookups"), 11.0);
+        assert_eq!(value("payple_reconcile_run_exit_code"), 2.0);
+        assert_eq!(value(LAST_SUCCESS), 1_764_208_800.5);
+        assert_eq!(got.len(), 9);
+    }
+
+    #[test]
+    fn a_failed_run_keeps_the_previous_success_time() {
+        let earlier = render(&from_summary(
+            &summary("completed", 0),
+            1_700_000_000.0,
+            None,
+        ));
+        for (state, code) in [("completed", 1), ("interrupted", 130), ("failed", 3)] {
+            let m = from_summary(&summary(state, code), 1_800_000_000.0, Some(&earlier));
+            assert_eq!(m.last_success, Some(1_700_000_000.0), "{state} {code}");
+        }
+        let never = from_summary(&summary("interrupted", 143), 1.0, None);
+        assert_eq!(never.last_success, None);
+        assert!(render(&never).contains(&format!("\n{LAST_SUCCESS} 0\n")));
+    }
+
+    #[test]
+    fn previous_values_parse_leniently() {
+        assert_eq!(previous_last_success(""), None);
+        assert_eq!(previous_last_success("garbage"), None);
+        assert_eq!(
+            previous_last_success(&format!("# {LAST_SUCCESS} 5\n{LAST_SUCCESS} 0\n")),
+            None
+        );
+        assert_eq!(
+            previous_last_success(&format!("{LAST_SUCCESS}{{job=\"x\"}} 1.5e9\n")),
+            Some(1.5e9)
+        );
+        assert_eq!(
+            previous_last_success(&format!("{LAST_SUCCESS}_other 7\n")),
+            None
+        );
+    }
+}

@@ -1,0 +1,187 @@
+//! Where a report goes: stdout (`-`), or a file that appears only once complete (written
+//! to a temporary file in the same folder, synced, then renamed over the target).
+
+use std::fs::File;
+use std::io::{self, BufWriter, StdoutLock, Write};
+use std::path::{Path, PathBuf};
+
+use super::ReportError;
+
+/// Buffer size of report output.
+const BUFFER: usize = 256 * 1024;
+
+/// An open report destination. Dropped without [`Output::commit`], a file target is
+/// left untouched and the temporary file is removed.
+pub struct Output {
+    /// The path errors name (`-` for stdout).
+    path: PathBuf,
+    sink: Sink,
+    /// The temporary file while it is not yet renamed over `path`.
+    temp: Option<PathBuf>,
+}
+
+enum Sink {
+    Stdout(BufWriter<StdoutLock<'static>>),
+    File(BufWriter<File>),
+}
+
+impl Output {
+    /// Opens `path`; `-` is stdout. An existing target that is not a regular file (a pipe,
+    /// `/dev/stdout`) is written in place.
+    pub fn open(path: &Path) -> Result<Self, ReportError> {
+        if path.as_os_str() == "-" {
+            return Ok(Self::stdout());
+        }
+        let special = std::fs::metadata(path).is_ok_and(|m| !m.is_file());
+        if special {
+            let file = File::create(path).map_err(ReportError::write(path))?;
+            return Ok(Self {
+                path: path.to_owned(),
+                sink: Sink::File(BufWriter::with_capacity(BUFFER, file)),
+                temp: None,
+            });
+        }
+        let temp = temp_path(path);
+        let file = File::create(&temp).map_err(ReportError::write(path))?;
+        Ok(Self {
+            path: path.to_owned(),
+            sink: Sink::File(BufWriter::with_capacity(BUFFER, file)),
+            temp: Some(temp),
+        })
+    }
+
+    /// Standard output.
+    pub fn stdout() -> Self {
+        Self {
+            path: PathBuf::from("-"),
+            sink: Sink::Stdout(BufWriter::with_capacity(BUFFER, io::stdout().lock())),
+            temp: None,
+        }
+    }
+
+    /// The path errors name (`-` for stdout).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Flushes, and for a file target syncs the temporary file and renames it over the
+    /// target.
+    pub fn commit(mut self) -> Result<(), ReportError> {
+        let path = self.path.clone();
+        let fail = ReportError::write(&path);
+        match &mut self.sink {
+            Sink::Stdout(out) => out.flush().map_err(fail),
+            Sink::File(out) => {
+                out.flush().map_err(ReportError::write(&path))?;
+                out.get_ref()
+                    .sync_all()
+                    .map_err(ReportError::write(&path))?;
+                if let Some(temp) = self.temp.take()
+                    && let Err(e) = std::fs::rename(&temp, &path)
+                {
+                    let _ = std::fs::remove_file(&temp);
+                    return Err(fail(e));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Write for Output {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match &mut self.sink {
+            Sink::Stdout(out) => out.write(buf),
+            Sink::File(out) => out.write(buf),
+        }
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match &mut self.sink {
+            Sink::Stdout(out) => out.write_all(buf),
+            Sink::File(out) => out.write_all(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match &mut self.sink {
+            Sink::Stdout(out) => out.flush(),
+            Sink::File(out) => out.flush(),
+        }
+    }
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        if let Some(temp) = self.temp.take() {
+            let _ = std::fs::remove_file(temp);
+        }
+    }
+}
+
+/// `dir/.name.tmp-PID` next to `path` (so the rename stays on one file system; the name
+/// does not end in `.prom`, so node_exporter ignores it).
+fn temp_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "report".to_owned());
+    let temp = format!(".{name}.tmp-{}", std::process::id());
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.join(temp),
+        _ => PathBuf::from(temp),
+    }
+}
+
+/// Writes `bytes` to `path` atomically (temporary file, sync, rename).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
+    let mut out = Output::open(path)?;
+    out.write_all(bytes).map_err(ReportError::write(path))?;
+    out.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_appear_only_when_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.prom");
+        std::fs::write(&path, "old").unwrap();
+        let mut out = Output::open(&path).unwrap();
+        out.write_all(b"new").unwrap();
+        out.flush().unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "old");
+        drop(out);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "old");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "temp removed"
+        );
+
+        write_atomic(&path, b"new").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "new");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_missing_folder_is_a_write_error_naming_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("no/such/report.csv");
+        let err = Output::open(&path).err().unwrap();
+        assert!(err.to_string().contains("no/such/report.csv"), "{err}");
+        assert_eq!(err.exit_status(), crate::exit::ExitStatus::Internal);
+    }
+
+    #[test]
+    fn temp_files_sit_next_to_the_target() {
+        assert_eq!(
+            temp_path(Path::new("/var/lib/node/m.prom")).parent(),
+            Some(Path::new("/var/lib/node"))
+        );
+        let bare = temp_path(Path::new("r.csv"));
+        assert!(bare.to_string_lossy().starts_with(".r.csv.tmp-"));
+    }
+}

@@ -1,0 +1,196 @@
+//! A run at a glance: keys per status, and the active keys per card company and per bank,
+//! counted by the database (`GROUP BY`) and shown as text tables.
+
+use super::ReportError;
+use super::csv::kst_label;
+use super::table;
+use crate::domain::KeyStatus;
+use crate::store::reports::{GroupCount, Grouping};
+use crate::store::{RunRecord, StatusCounts, Store};
+
+/// What `summary` shows about one run.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub run: RunRecord,
+    pub counts: StatusCounts,
+    pub cards: Vec<GroupCount>,
+    pub banks: Vec<GroupCount>,
+}
+
+/// Counts a run's rows.
+pub async fn load(store: &Store, run: RunRecord) -> Result<Summary, ReportError> {
+    let id = run.id;
+    let counts = store
+        .status_counts(id)
+        .await
+        .map_err(ReportError::store(id))?;
+    let cards = store
+        .active_counts_by(id, Grouping::CardName)
+        .await
+        .map_err(ReportError::store(id))?;
+    let banks = store
+        .active_counts_by(id, Grouping::BankName)
+        .await
+        .map_err(ReportError::store(id))?;
+    Ok(Summary {
+        run,
+        counts,
+        cards,
+        banks,
+    })
+}
+
+/// `12.5%` of `total` (an empty total is 0%).
+fn share(n: i64, total: i64) -> String {
+    if total <= 0 {
+        return "0.0%".to_owned();
+    }
+    format!("{:.1}%", n as f64 * 100.0 / total as f64)
+}
+
+fn groups(title: &str, empty: &str, rows: &[GroupCount]) -> String {
+    if rows.is_empty() {
+        return format!("{empty}\n");
+    }
+    let total: i64 = rows.iter().map(|g| g.keys).sum();
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|g| {
+            let name = g
+                .name
+                .as_deref()
+                .filter(|n| !n.trim().is_empty())
+                .unwrap_or("(not reported)");
+            vec![name.to_owned(), g.keys.to_string(), share(g.keys, total)]
+        })
+        .collect();
+    table::render(&[title, "keys", "share"], &cells, &[false, true, true])
+}
+
+/// The summary as text: a line about the run, then three tables.
+pub fn render(s: &Summary) -> String {
+    let run = &s.run;
+    let finished = run
+        .finished_at
+        .as_deref()
+        .map(|f| format!(", finished {}", kst_label(f)))
+        .unwrap_or_default();
+    let key = run
+        .run_key
+        .as_deref()
+        .map(|k| format!(" (key {k})"))
+        .unwrap_or_default();
+    let mut out = format!(
+        "run {}{key}: {}, started {}{finished}\n\n",
+        run.id,
+        run.state.as_str(),
+        kst_label(&run.started_at),
+    );
+    let total = s.counts.total();
+    let mut rows: Vec<Vec<String>> = KeyStatus::ALL
+        .iter()
+        .map(|status| {
+            let n = s.counts.get(*status);
+            vec![status.as_str().to_owned(), n.to_string(), share(n, total)]
+        })
+        .collect();
+    rows.push(vec![
+        "total".to_owned(),
+        total.to_string(),
+        share(total, total),
+    ]);
+    out.push_str(&table::render(
+        &["status", "keys", "share"],
+        &rows,
+        &[false, true, true],
+    ));
+    out.push('\n');
+    out.push_str(&groups(
+        "card company (active)",
+        "no active card keys",
+        &s.cards,
+    ));
+    out.push('\n');
+    out.push_str(&groups(
+        "bank (active)",
+        "no active bank-account keys",
+        &s.banks,
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::RunState;
+
+    fn run() -> RunRecord {
+        RunRecord {
+            id: 4,
+            run_key: Some("2026-11-27".to_owned()),
+            started_at: "2026-11-26T17:00:00.000Z".to_owned(),
+            finished_at: Some("2026-11-26T17:14:40.000Z".to_owned()),
+            source: "csv".to_owned(),
+            source_spec: "keys.csv".to_owned(),
+            options: "{}".to_owned(),
+            state: RunState::Completed,
+            shard_count: 1,
+            keys_total: Some(10),
+            duplicates: 0,
+            counts: StatusCounts::default(),
+            auth_calls: 1,
+            lookups: 10,
+            exit_code: Some(0),
+        }
+    }
+
+    #[test]
+    fn renders_counts_and_shares() {
+        let s = Summary {
+            run: run(),
+            counts: StatusCounts {
+                active: 6,
+                gone: 2,
+                failed: 1,
+                rejected: 1,
+            },
+            cards: vec![
+                GroupCount {
+                    name: Some("신한카드".to_owned()),
+                    keys: 3,
+                },
+                GroupCount {
+                    name: Some("BC카드".to_owned()),
+                    keys: 1,
+                },
+            ],
+            banks: vec![],
+        };
+        let text = render(&s);
+        assert!(text.starts_with(
+            "run 4 (key 2026-11-27): completed, started 2026-11-27 02:00:00 KST, \
+             finished 2026-11-27 02:14:40 KST\n"
+        ));
+        assert!(text.contains("active       6   60.0%\n"), "{text}");
+        assert!(text.contains("total       10  100.0%\n"), "{text}");
+        assert!(
+            text.contains("신한카드                  3  75.0%\n"),
+            "{text}"
+        );
+        assert!(text.contains("no active bank-account keys"), "{text}");
+    }
+
+    #[test]
+    fn unnamed_groups_and_empty_totals() {
+        assert_eq!(share(0, 0), "0.0%");
+        let text = groups(
+            "bank (active)",
+            "none",
+            &[GroupCount {
+                name: None,
+                keys: 2,
+            }],
+        );
+        assert!(text.contains("(not reported)"), "{text}");
+    }
+}
