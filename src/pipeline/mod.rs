@@ -25,6 +25,7 @@ use crate::payple::{PaypleClient, PaypleError};
 use crate::settings::{ConfigError, Resume, RunSettings};
 use crate::shutdown::Shutdown;
 use crate::source::{SourceError, SourceSpec};
+use crate::store::retrying;
 use crate::store::writer::{self, WriterConfig, WriterError};
 use crate::store::{CheckRow, NewRun, RunRecord, RunState, StagedKey, Store, StoreError, now_text};
 use progress::Progress;
@@ -340,17 +341,18 @@ async fn run_leased(
         }
     };
     let message = error.as_ref().map(ToString::to_string);
-    let finished = store
-        .finish_shard(
+    let finished = retrying(|| {
+        store.finish_shard(
             run_id,
             shard.index,
             state,
             client.auth_calls(),
             client.lookups(),
             i32::from(exit.code()),
-            message,
+            message.clone(),
         )
-        .await;
+    })
+    .await;
     let run = match finished {
         Ok(run) => run,
         Err(e) => {
@@ -674,7 +676,8 @@ fn pending_keys(
         let store = store.clone();
         async move {
             let after = cursor?;
-            match store.pending_keys(run_id, shard_index, after, PAGE).await {
+            let page = retrying(|| store.pending_keys(run_id, shard_index, after, PAGE)).await;
+            match page {
                 Ok(keys) if keys.is_empty() => None,
                 Ok(keys) => {
                     let next = keys.last().map(|k| k.seq);

@@ -6,7 +6,7 @@ use crate::domain::LookupOutcome;
 use crate::settings::Shard;
 use crate::shutdown::Shutdown;
 use crate::source::{self, Item, SourceError, SourceSpec};
-use crate::store::{CheckRow, StagedKey, Store, now_text};
+use crate::store::{CheckRow, StagedKey, Store, now_text, retrying};
 
 use super::RunError;
 
@@ -84,9 +84,9 @@ pub async fn stage(
         }
         valid_read += keys.len() as i64;
         rejected += rejected_rows.len() as i64;
-        store.stage_keys(run_id, shard.index, &keys).await?;
+        retrying(|| store.stage_keys(run_id, shard.index, &keys)).await?;
         if !rejected_rows.is_empty() {
-            store.insert_checks(run_id, &rejected_rows).await?;
+            retrying(|| store.insert_checks(run_id, &rejected_rows)).await?;
         }
     }
     let (keys, duplicates) = store.mark_staged(run_id, shard.index, valid_read).await?;

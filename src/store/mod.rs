@@ -116,6 +116,29 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// Whether trying again may help: connection trouble, not a wrong query or a
+    /// constraint.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Query { source, .. } | Self::Connect { source, .. } => {
+                matches!(
+                    source,
+                    sqlx::Error::Io(_)
+                        | sqlx::Error::PoolTimedOut
+                        | sqlx::Error::PoolClosed
+                        | sqlx::Error::WorkerCrashed
+                        | sqlx::Error::Protocol(_)
+                ) || matches!(source, sqlx::Error::Database(db) if db.code().is_some_and(|c| {
+                    // PostgreSQL admin shutdown / connection failure classes, MySQL gone away.
+                    c.starts_with("57P") || c.starts_with("08") || c == "2006" || c == "2013"
+                }))
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Attaches what was being done to a sqlx error.
 fn ctx(doing: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
     move |source| StoreError::Query { doing, source }
@@ -1005,6 +1028,29 @@ impl Store {
             .await
             .map_err(ctx("releasing the run lease"))?;
         Ok(())
+    }
+}
+
+/// Runs an idempotent database step again after a failure (a dropped connection, a
+/// restarted server), up to six attempts over about ten seconds.
+pub async fn retrying<T, F, Fut>(mut step: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut delay = Duration::from_millis(200);
+    let mut attempt = 1;
+    loop {
+        match step().await {
+            Ok(value) => return Ok(value),
+            Err(e) if attempt >= 6 || !e.is_transient() => return Err(e),
+            Err(e) => {
+                tracing::warn!(attempt, error = %e, ?delay, "database step failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+                attempt += 1;
+            }
+        }
     }
 }
 

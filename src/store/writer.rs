@@ -120,7 +120,7 @@ async fn write_batch(
                 stats.batches += 1;
                 return Ok(());
             }
-            Err(source) if attempt >= config.attempts => {
+            Err(source) if attempt >= config.attempts || !source.is_transient() => {
                 tracing::error!(rows = batch.len(), error = %source, "giving up writing results");
                 return Err(WriterError {
                     lost: batch.len(),
