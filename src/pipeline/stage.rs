@@ -83,6 +83,7 @@ pub async fn stage(
             }
         }
         valid_read += keys.len() as i64;
+        keys.sort_unstable_by(|a, b| a.payer_id.cmp(&b.payer_id));
         rejected += rejected_rows.len() as i64;
         retrying(|| store.stage_keys(run_id, shard.index, &keys)).await?;
         if !rejected_rows.is_empty() {

@@ -327,7 +327,8 @@ impl Store {
         let mut url = url.to_owned();
         let mut options = AnyPoolOptions::new()
             .acquire_timeout(Duration::from_secs(30))
-            .max_connections(if dialect == Dialect::Sqlite { 4 } else { 8 });
+            // SQLite has one writer anyway: the writer, a page reader and the heartbeat.
+            .max_connections(if dialect == Dialect::Sqlite { 3 } else { 8 });
         if dialect == Dialect::Sqlite {
             if !url.contains("mode=") && !url.contains(":memory:") {
                 url.push(if url.contains('?') { '&' } else { '?' });
@@ -339,6 +340,9 @@ impl Store {
                     conn.execute("PRAGMA journal_mode = WAL").await?;
                     conn.execute("PRAGMA busy_timeout = 30000").await?;
                     conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    // 1 MiB of page cache per connection (SQLite's default is 2 MiB):
+                    // memory stays flat however many keys a run holds.
+                    conn.execute("PRAGMA cache_size = -1024").await?;
                     Ok(())
                 })
             });
@@ -695,7 +699,9 @@ impl Store {
                 &values,
                 "run_id, payer_id",
             );
-            let mut query = sqlx::query(self.sql(&sql));
+            // Not cached: every batch size is a different statement, and a cache of
+            // large multi-row statements grows with the run.
+            let mut query = sqlx::query(self.sql(&sql)).persistent(false);
             for key in chunk {
                 query = query
                     .bind(run_id)
@@ -805,7 +811,7 @@ impl Store {
                 &values,
                 "run_id, payer_id",
             );
-            let mut query = sqlx::query(self.sql(&sql));
+            let mut query = sqlx::query(self.sql(&sql)).persistent(false);
             for row in chunk {
                 let o = &row.outcome;
                 let d = &o.details;

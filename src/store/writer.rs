@@ -73,6 +73,8 @@ async fn write_loop(
     loop {
         let open = fill(&mut receiver, &mut batch, &config).await;
         if !batch.is_empty() {
+            // In key order, the batch touches the primary-key index page by page.
+            batch.sort_unstable_by(|a, b| a.payer_id.cmp(&b.payer_id));
             write_batch(&store, run_id, &batch, &config, &mut stats).await?;
             batch.clear();
         }
