@@ -9,6 +9,7 @@
 //! first signal the key stream ends, in-flight lookups get `--shutdown-grace`, and the run
 //! is marked `interrupted`.
 
+pub mod lease;
 pub mod progress;
 pub mod stage;
 
@@ -32,9 +33,6 @@ use progress::Progress;
 
 /// Keys read per page of the run's key list.
 const PAGE: i64 = 1000;
-/// How long a lease lives without a heartbeat: a crashed run blocks the next for this long.
-pub const LEASE_TTL: Duration = Duration::from_secs(60);
-const HEARTBEAT: Duration = Duration::from_secs(15);
 
 /// Why a run stopped early.
 #[derive(Debug, thiserror::Error)]
@@ -218,22 +216,17 @@ pub async fn run(
     } else {
         format!("reconcile/shard-{}-of-{}", shard.index, shard.count)
     };
-    let holder = format!(
-        "{}:{}:{}",
-        hostname(),
-        std::process::id(),
-        chrono::Utc::now().timestamp_millis()
-    );
-    if let Err(e) = store
-        .acquire_lease(
-            &lease_name,
-            existing.as_ref().map_or(0, |r| r.id),
-            &holder,
-            LEASE_TTL,
-        )
-        .await
+    let holder = lease::holder_name();
+    if let Err(e) = lease::take(
+        store,
+        &lease_name,
+        &holder,
+        existing.as_ref().map(|r| r.id),
+        shutdown,
+    )
+    .await
     {
-        return RunEnd::error(e.into());
+        return RunEnd::error(e);
     }
     let end = run_leased(
         settings,
@@ -438,11 +431,11 @@ fn summary_of(
 }
 
 async fn heartbeat(store: Store, name: String, holder: String) {
-    let mut tick = tokio::time::interval(HEARTBEAT);
+    let mut tick = tokio::time::interval(lease::HEARTBEAT);
     tick.tick().await;
     loop {
         tick.tick().await;
-        match store.renew_lease(&name, &holder, LEASE_TTL).await {
+        match store.renew_lease(&name, &holder, lease::TTL).await {
             Ok(true) => {}
             Ok(false) => tracing::warn!("the run lease was taken over by another process"),
             Err(e) => tracing::warn!(error = %e, "could not renew the run lease"),
@@ -691,13 +684,4 @@ fn pending_keys(
         }
     })
     .flatten()
-}
-
-fn hostname() -> String {
-    std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".to_owned())
 }

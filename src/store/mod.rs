@@ -204,6 +204,15 @@ pub struct ShardRecord {
     pub lookups: i64,
 }
 
+/// Who holds a run lease, and until when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub run_id: i64,
+    pub holder: String,
+    pub heartbeat_at: String,
+    pub expires_at: String,
+}
+
 /// What a new run is about.
 #[derive(Debug, Clone)]
 pub struct NewRun {
@@ -547,6 +556,14 @@ impl Store {
         error: Option<String>,
     ) -> Result<RunRecord, StoreError> {
         let now = now_text();
+        // One transaction, with the run row locked before the shards are read: shards that
+        // finish at the same moment are serialized, and the last one sees every other.
+        let lock = if self.dialect == Dialect::Sqlite {
+            ""
+        } else {
+            " FOR UPDATE"
+        };
+        let mut tx = self.pool.begin().await.map_err(ctx("finishing a shard"))?;
         sqlx::query(self.sql(
             "UPDATE run_shards SET state = ?, finished_at = ?, auth_calls = auth_calls + ?, \
              lookups = lookups + ? WHERE run_id = ? AND shard_index = ?",
@@ -557,36 +574,38 @@ impl Store {
         .bind(to_i64(lookups))
         .bind(run_id)
         .bind(i64::from(shard_index))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(ctx("finishing a shard"))?;
-
-        let run = self
-            .run(run_id)
-            .await?
-            .ok_or(StoreError::NoSuchRun(run_id))?;
-        let counts = self.status_counts(run_id).await?;
-        let shards = sqlx::query(self.sql(
-            "SELECT state, keys_total, duplicates, auth_calls, lookups FROM run_shards \
-             WHERE run_id = ?",
-        ))
+        let shard_count: i64 = sqlx::query_scalar(self.sql(&format!(
+            "SELECT shard_count FROM reconcile_runs WHERE id = ?{lock}"
+        )))
         .bind(run_id)
-        .fetch_all(&self.pool)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(ctx("finishing a run"))?
+        .ok_or(StoreError::NoSuchRun(run_id))?;
+        let shards = sqlx::query(self.sql(&format!(
+            "SELECT state, keys_total, duplicates, auth_calls, lookups FROM run_shards \
+             WHERE run_id = ?{lock}"
+        )))
+        .bind(run_id)
+        .fetch_all(&mut *tx)
         .await
         .map_err(ctx("reading shards"))?;
-        let mut completed = 0u32;
+        let mut completed = 0i64;
         let (mut keys, mut dups, mut auths, mut looks) = (Some(0i64), 0i64, 0i64, 0i64);
         for row in &shards {
             let shard_state: String = row.try_get(0).map_err(ctx("reading shards"))?;
-            completed += u32::from(RunState::parse(&shard_state) == RunState::Completed);
+            completed += i64::from(RunState::parse(&shard_state) == RunState::Completed);
             let total: Option<i64> = row.try_get(1).map_err(ctx("reading shards"))?;
             keys = keys.zip(total).map(|(a, b)| a + b);
             dups += row.try_get::<i64, _>(2).map_err(ctx("reading shards"))?;
             auths += row.try_get::<i64, _>(3).map_err(ctx("reading shards"))?;
             looks += row.try_get::<i64, _>(4).map_err(ctx("reading shards"))?;
         }
-        let all_done = completed == run.shard_count;
-        let run_state = if all_done {
+        let counts = self.count_statuses(&mut *tx, run_id).await?;
+        let run_state = if completed == shard_count {
             RunState::Completed
         } else if state == RunState::Completed {
             RunState::Running
@@ -601,7 +620,7 @@ impl Store {
         ))
         .bind(run_state.as_str())
         .bind((run_state != RunState::Running).then_some(now))
-        .bind(keys.filter(|_| shards.len() as u32 == run.shard_count))
+        .bind(keys.filter(|_| shards.len() as i64 == shard_count))
         .bind(dups)
         .bind(counts.active)
         .bind(counts.gone)
@@ -612,9 +631,10 @@ impl Store {
         .bind(i64::from(exit_code))
         .bind(error)
         .bind(run_id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(ctx("finishing a run"))?;
+        tx.commit().await.map_err(ctx("finishing a run"))?;
         self.run(run_id).await?.ok_or(StoreError::NoSuchRun(run_id))
     }
 
@@ -846,11 +866,19 @@ impl Store {
 
     /// Result rows per status of a run.
     pub async fn status_counts(&self, run_id: i64) -> Result<StatusCounts, StoreError> {
+        self.count_statuses(&self.pool, run_id).await
+    }
+
+    async fn count_statuses<'e>(
+        &self,
+        executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
+        run_id: i64,
+    ) -> Result<StatusCounts, StoreError> {
         let rows = sqlx::query(self.sql(
             "SELECT status, COUNT(*) FROM billing_key_checks WHERE run_id = ? GROUP BY status",
         ))
         .bind(run_id)
-        .fetch_all(&self.pool)
+        .fetch_all(executor)
         .await
         .map_err(ctx("counting results"))?;
         let mut counts = StatusCounts::default();
@@ -938,7 +966,9 @@ impl Store {
             "(?, ?, ?, ?, ?)",
             "name",
         );
-        let inserted = sqlx::query(self.sql(&insert))
+        // Whether the insert took the lease cannot be read from rows_affected: MySQL's
+        // ON DUPLICATE KEY UPDATE reports 1 for an untouched row (CLIENT_FOUND_ROWS).
+        sqlx::query(self.sql(&insert))
             .bind(name.to_owned())
             .bind(run_id)
             .bind(holder.to_owned())
@@ -946,15 +976,11 @@ impl Store {
             .bind(expires.clone())
             .execute(&self.pool)
             .await
-            .map_err(ctx("taking the run lease"))?
-            .rows_affected();
-        if inserted > 0 {
-            return Ok(());
-        }
-        // Take over an expired lease, or one this run already holds (a resumed run).
-        let taken = sqlx::query(self.sql(
+            .map_err(ctx("taking the run lease"))?;
+        // Take over an expired lease.
+        sqlx::query(self.sql(
             "UPDATE run_leases SET run_id = ?, holder = ?, heartbeat_at = ?, expires_at = ? \
-             WHERE name = ? AND (expires_at < ? OR run_id = ?)",
+             WHERE name = ? AND expires_at < ?",
         ))
         .bind(run_id)
         .bind(holder.to_owned())
@@ -962,14 +988,9 @@ impl Store {
         .bind(expires)
         .bind(name.to_owned())
         .bind(now_s)
-        .bind(run_id)
         .execute(&self.pool)
         .await
-        .map_err(ctx("taking the run lease"))?
-        .rows_affected();
-        if taken > 0 {
-            return Ok(());
-        }
+        .map_err(ctx("taking the run lease"))?;
         let row = sqlx::query(
             self.sql("SELECT run_id, holder, expires_at FROM run_leases WHERE name = ?"),
         )
@@ -978,12 +999,66 @@ impl Store {
         .await
         .map_err(ctx("reading the run lease"))?;
         let read = ctx("reading the run lease");
+        let current: String = row.try_get(1).map_err(ctx("reading the run lease"))?;
+        if current == holder {
+            return Ok(());
+        }
         Err(StoreError::LeaseHeld {
             name: name.to_owned(),
             run_id: row.try_get(0).map_err(read)?,
             holder: row.try_get(1).map_err(ctx("reading the run lease"))?,
             expires_at: row.try_get(2).map_err(ctx("reading the run lease"))?,
         })
+    }
+
+    /// The lease row `name`, if any.
+    pub async fn lease(&self, name: &str) -> Result<Option<Lease>, StoreError> {
+        let row =
+            sqlx::query(self.sql(
+                "SELECT run_id, holder, heartbeat_at, expires_at FROM run_leases WHERE name = ?",
+            ))
+            .bind(name.to_owned())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(ctx("reading the run lease"))?;
+        row.map(|r| {
+            Ok(Lease {
+                run_id: r.try_get(0)?,
+                holder: r.try_get(1)?,
+                heartbeat_at: r.try_get(2)?,
+                expires_at: r.try_get(3)?,
+            })
+        })
+        .transpose()
+        .map_err(ctx("reading the run lease"))
+    }
+
+    /// Takes the lease from `previous`, a holder known to be dead; false if it changed.
+    pub async fn take_over_lease(
+        &self,
+        name: &str,
+        previous: &str,
+        run_id: i64,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let now = chrono::Utc::now();
+        let expires = fmt_time(now + chrono::Duration::from_std(ttl).unwrap_or_default());
+        let n = sqlx::query(self.sql(
+            "UPDATE run_leases SET run_id = ?, holder = ?, heartbeat_at = ?, expires_at = ? \
+             WHERE name = ? AND holder = ?",
+        ))
+        .bind(run_id)
+        .bind(holder.to_owned())
+        .bind(fmt_time(now))
+        .bind(expires)
+        .bind(name.to_owned())
+        .bind(previous.to_owned())
+        .execute(&self.pool)
+        .await
+        .map_err(ctx("taking the run lease over"))?
+        .rows_affected();
+        Ok(n > 0)
     }
 
     /// Names the run a lease protects, once it has an id.
