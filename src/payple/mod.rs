@@ -317,14 +317,30 @@ impl PaypleClient {
     /// Waits for any global pause, then for the rate limiter.
     async fn wait_turn(&self) {
         loop {
-            let until = *self.pause_until.lock().unwrap_or_else(|p| p.into_inner());
-            match until {
-                Some(t) if t > Instant::now() => tokio::time::sleep_until(t.into()).await,
-                _ => break,
+            self.wait_pause().await;
+            if let Some(pacer) = &self.pacer {
+                pacer.ready().await;
+            }
+            // A 429 may have paused everyone while this lookup queued for the pacer.
+            if !self.paused() {
+                return;
             }
         }
-        if let Some(pacer) = &self.pacer {
-            pacer.ready().await;
+    }
+
+    /// The end of the current `Retry-After` pause, if one is in effect.
+    fn pause_end(&self) -> Option<Instant> {
+        let until = *self.pause_until.lock().unwrap_or_else(|p| p.into_inner());
+        until.filter(|t| *t > Instant::now())
+    }
+
+    fn paused(&self) -> bool {
+        self.pause_end().is_some()
+    }
+
+    async fn wait_pause(&self) {
+        while let Some(t) = self.pause_end() {
+            tokio::time::sleep_until(t.into()).await;
         }
     }
 

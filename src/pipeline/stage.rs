@@ -83,7 +83,9 @@ pub async fn stage(
             }
         }
         valid_read += keys.len() as i64;
-        keys.sort_unstable_by(|a, b| a.payer_id.cmp(&b.payer_id));
+        // In key order for the index; among duplicates the first occurrence comes first
+        // and is the one kept.
+        keys.sort_unstable_by(|a, b| a.payer_id.cmp(&b.payer_id).then(a.seq.cmp(&b.seq)));
         rejected += rejected_rows.len() as i64;
         retrying(|| store.stage_keys(run_id, shard.index, &keys)).await?;
         if !rejected_rows.is_empty() {

@@ -73,11 +73,12 @@ pub fn read_items(
 ) -> Result<bool, SourceError> {
     // Records end at `\n` (a CRLF's `\r` is trimmed from the last field below), and a
     // final `\n` is added, so the reader's position after a record always tells its line.
+    let tally = Tally::default();
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
         .terminator(csv::Terminator::Any(b'\n'))
-        .from_reader(input.chain(&b"\n"[..]));
+        .from_reader(tally.wrap(input).chain(&b"\n"[..]));
     let mut record = csv::ByteRecord::new();
     let malformed = |e: csv::Error| match e.kind() {
         csv::ErrorKind::Io(_) => SourceError::Io {
@@ -97,6 +98,7 @@ pub fn read_items(
             path: name.to_owned(),
         });
     }
+    unclosed_quote(&reader, &record, &tally, name)?;
     let header_line = start_line(&reader, &record);
     let mut names = Vec::with_capacity(record.len());
     for i in 0..record.len() {
@@ -127,6 +129,7 @@ pub fn read_items(
     let ref_at = names.iter().position(|n| n == REF_COLUMN);
 
     while reader.read_byte_record(&mut record).map_err(malformed)? {
+        unclosed_quote(&reader, &record, &tally, name)?;
         let line = start_line(&reader, &record);
         // A blank CRLF line reads as one field holding `\r`: not a row.
         if record.len() == 1 && field(&record, 0).is_some_and(<[u8]>::is_empty) {
@@ -156,6 +159,72 @@ pub fn read_items(
         }
     }
     Ok(true)
+}
+
+/// Counts the bytes of the input and remembers the last one.
+#[derive(Clone, Default)]
+struct Tally(std::rc::Rc<std::cell::Cell<(u64, Option<u8>)>>);
+
+impl Tally {
+    fn wrap<R: Read>(&self, inner: R) -> Counted<R> {
+        Counted {
+            inner,
+            tally: self.clone(),
+        }
+    }
+
+    fn bytes(&self) -> u64 {
+        self.0.get().0
+    }
+
+    fn last(&self) -> Option<u8> {
+        self.0.get().1
+    }
+}
+
+struct Counted<R> {
+    inner: R,
+    tally: Tally,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n > 0 {
+            let (bytes, _) = self.tally.0.get();
+            self.tally.0.set((bytes + n as u64, Some(buf[n - 1])));
+        }
+        Ok(n)
+    }
+}
+
+/// A quote opened and never closed swallows the rest of the file into one field: the
+/// record then runs through the newline appended after the input. That is a malformed
+/// file, not a row.
+fn unclosed_quote<R: Read>(
+    reader: &csv::Reader<R>,
+    record: &csv::ByteRecord,
+    tally: &Tally,
+    name: &str,
+) -> Result<(), SourceError> {
+    let ends_in_newline = record
+        .get(record.len().saturating_sub(1))
+        .is_some_and(|f| f.ends_with(b"\n"));
+    if ends_in_newline
+        && reader.position().byte() == tally.bytes() + 1
+        && tally.last() != Some(b'"')
+    {
+        let inner: usize = record
+            .iter()
+            .map(|f| f.iter().filter(|b| **b == b'\n').count())
+            .sum();
+        return Err(SourceError::Malformed {
+            path: name.to_owned(),
+            line: reader.position().line().saturating_sub(inner as u64).max(1),
+            reason: "a quoted field opened here is never closed".to_owned(),
+        });
+    }
+    Ok(())
 }
 
 /// A field, with the `\r` of a CRLF line end trimmed from the last one.
@@ -254,6 +323,19 @@ mod tests {
         );
         let e = items(b"payer_id\nabcdefgh\nab\xffcd\n").unwrap_err();
         assert_eq!(e.to_string(), "keys.csv line 3: not valid UTF-8");
+    }
+
+    #[test]
+    fn an_unclosed_quote_is_malformed_not_a_row() {
+        let e =
+            items(b"payer_id,customer_ref\nkey_one_1,a\n\"key_two,b\nkey_three_3,c\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "keys.csv line 3: malformed CSV: a quoted field opened here is never closed"
+        );
+        // A quoted field that closes at the very end is fine, newline inside or not.
+        let got = items(b"payer_id,customer_ref\nkey_one_1,\"multi\nline\"").unwrap();
+        assert_eq!(got.len(), 1);
     }
 
     #[test]

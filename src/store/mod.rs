@@ -130,8 +130,10 @@ impl StoreError {
                         | sqlx::Error::WorkerCrashed
                         | sqlx::Error::Protocol(_)
                 ) || matches!(source, sqlx::Error::Database(db) if db.code().is_some_and(|c| {
-                    // PostgreSQL admin shutdown / connection failure classes, MySQL gone away.
-                    c.starts_with("57P") || c.starts_with("08") || c == "2006" || c == "2013"
+                    // PostgreSQL admin shutdown, connection failure, too many connections;
+                // MySQL server gone away.
+                    c.starts_with("57P") || c.starts_with("08") || c == "53300"
+                    || c == "2006" || c == "2013"
                 }))
             }
             _ => false,
