@@ -9,121 +9,18 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::time::Duration;
 
 use payple_reconcile::domain::stable_hash;
-use payple_reconcile::simulator::{
-    Faults, KeyBook, SimConfig, SimHandle, SimKey, SimKind, derive_key,
-};
+use payple_reconcile::simulator::{Faults, KeyBook, SimKey, SimKind, derive_key};
 use payple_reconcile::store::{CheckRecord, RunState, Store};
 use serde_json::{Value, json};
 use sqlx::Row;
 
-use crate::helpers::{self, TestDb};
-
-// ---- shared with signals.rs ---------------------------------------------------------------
-
-/// `payple-reconcile run --database-url URL ARGS...` against the simulator, quick retries.
-pub(crate) fn run_cmd(sim: &SimHandle, db_url: &str, args: &[&str]) -> Command {
-    let mut cmd = helpers::command(&sim.url());
-    cmd.args(["run", "--database-url", db_url, "--retry-base-ms", "10"])
-        .args(args);
-    cmd
-}
-
-/// Runs a command to the end without blocking the runtime the simulator lives on.
-pub(crate) async fn output_of(cmd: Command) -> Output {
-    let mut cmd = tokio::process::Command::from(cmd);
-    cmd.kill_on_drop(true);
-    tokio::time::timeout(Duration::from_secs(60), cmd.output())
-        .await
-        .expect("the binary finishes within 60 s")
-        .expect("the binary starts")
-}
-
-pub(crate) fn stderr_of(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// stdout of `run` is exactly one JSON object on one line: the summary.
-pub(crate) fn summary_of(out: &Output) -> Value {
-    let stdout = String::from_utf8(out.stdout.clone()).expect("stdout is UTF-8");
-    let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "stdout must be exactly one JSON summary line: {stdout:?}\nstderr: {}",
-        stderr_of(out)
-    );
-    assert!(stdout.ends_with('\n'), "{stdout:?}");
-    let value: Value = serde_json::from_str(lines[0])
-        .unwrap_or_else(|e| panic!("summary is not JSON ({e}): {:?}", lines[0]));
-    assert!(value.is_object(), "{value}");
-    value
-}
-
-/// Asserts the exit code, showing stderr when it differs.
-pub(crate) fn assert_exit(out: &Output, code: i32) {
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "exit status {:?}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        stderr_of(out)
-    );
-}
-
-/// A simulator with these keys and faults (and optionally a request log).
-pub(crate) async fn sim_with(keys: KeyBook, faults: Faults, log: Option<PathBuf>) -> SimHandle {
-    helpers::spawn_sim(SimConfig {
-        keys,
-        faults,
-        request_log: log,
-        seed: 7,
-        ..SimConfig::default()
-    })
-    .await
-}
-
-/// Runs `sql` on the store's pool and returns the first column of the first row.
-pub(crate) async fn scalar_i64(store: &Store, sql: &str) -> i64 {
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
-        .fetch_one(store.pool())
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    row.try_get::<i64, _>(0)
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-}
-
-/// Every result row of a run, by payer id.
-pub(crate) async fn all_checks(store: &Store, run_id: i64) -> BTreeMap<String, CheckRecord> {
-    let rows = store
-        .checks_page(run_id, "", &[], 1_000_000)
-        .await
-        .expect("read results");
-    let n = rows.len();
-    let map: BTreeMap<_, _> = rows.into_iter().map(|r| (r.payer_id.clone(), r)).collect();
-    assert_eq!(map.len(), n, "a payer id has two rows in run {run_id}");
-    map
-}
-
-/// The one run the database holds (tests that start one run per database).
-pub(crate) async fn only_run(store: &Store) -> payple_reconcile::store::RunRecord {
-    let runs = store.latest_runs(None, 10).await.expect("list runs");
-    assert_eq!(runs.len(), 1, "{runs:?}");
-    runs.into_iter().next().expect("one run")
-}
-
-/// The status `derive_key` implies for a key the simulator derives.
-pub(crate) fn derived_status(payer_id: &str) -> &'static str {
-    match derive_key(payer_id).kind {
-        SimKind::Card | SimKind::Transfer => "active",
-        SimKind::Gone => "gone",
-        other => panic!("derive_key gave {other:?}"),
-    }
-}
+use crate::helpers::{
+    self, TestDb, all_checks, assert_exit, csv_run, derived_status, key_file, only_run, output_of,
+    run_cmd, scalar_i64, sim_with, slow_sim, stderr_of, summary_of,
+};
 
 // ---- expected rows ------------------------------------------------------------------------
 
@@ -213,14 +110,6 @@ fn write_rows(dir: &Path, name: &str, rows: &[(String, Option<String>)]) -> Path
     }
     std::fs::write(&path, text).expect("write csv");
     path
-}
-
-/// A JSON Lines key file for the simulator.
-fn key_file(dir: &Path, name: &str, lines: &[Value]) -> KeyBook {
-    let path = dir.join(name);
-    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
-    std::fs::write(&path, text).expect("write key file");
-    KeyBook::from_file(&path).expect("valid key file")
 }
 
 // ---- every column, on every database ------------------------------------------------------
@@ -407,25 +296,57 @@ async fn rows_and_run_record(db: TestDb) {
     sim.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_column_of_every_row_on_sqlite() {
-    rows_and_run_record(TestDb::sqlite()).await;
+helpers::per_database!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    rows_and_run_record:
+        Sqlite => every_column_of_every_row_on_sqlite,
+        Postgres => every_column_of_every_row_on_postgres,
+        MySql => every_column_of_every_row_on_mysql,
+);
+
+/// `run --csv CSV --rate 0` against a simulator answering from `keys`: asserts the exit
+/// code and returns the run id.
+async fn csv_run_id(db: &TestDb, keys: KeyBook, csv: &Path, code: i32) -> i64 {
+    let sim = sim_with(keys, Faults::none(), None).await;
+    let out = output_of(run_cmd(
+        &sim,
+        &db.url,
+        &["--csv", csv.to_str().unwrap(), "--rate", "0"],
+    ))
+    .await;
+    assert_exit(&out, code);
+    let run_id = summary_of(&out)["run_id"].as_i64().expect("run id");
+    sim.shutdown().await;
+    run_id
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_column_of_every_row_on_postgres() {
-    let Some(db) = TestDb::postgres().await else {
-        return;
-    };
-    rows_and_run_record(db).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_column_of_every_row_on_mysql() {
-    let Some(db) = TestDb::mysql().await else {
-        return;
-    };
-    rows_and_run_record(db).await;
+/// A completed run's row: its counts `(active, gone, failed, rejected)` and `(keys_total,
+/// auth_calls, lookups, exit_code)`.
+async fn assert_completed_run(
+    store: &Store,
+    run_id: i64,
+    counts: (i64, i64, i64, i64),
+    totals: (Option<i64>, i64, i64, Option<i64>),
+) {
+    let run = store
+        .run(run_id)
+        .await
+        .expect("read")
+        .unwrap_or_else(|| panic!("run {run_id}"));
+    assert_eq!(run.state, RunState::Completed);
+    assert_eq!(
+        (
+            run.counts.active,
+            run.counts.gone,
+            run.counts.failed,
+            run.counts.rejected
+        ),
+        counts
+    );
+    assert_eq!(
+        (run.keys_total, run.auth_calls, run.lookups, run.exit_code),
+        totals
+    );
 }
 
 /// Two runs against simulators that answer differently: `billing_key_latest` gives each
@@ -467,60 +388,13 @@ async fn latest_view_across_two_runs(db: TestDb) {
         &[0, 1, 4, 6].map(|i| (k[i].clone(), None)),
     );
 
-    let sim = sim_with(first, Faults::none(), None).await;
-    let out = output_of(run_cmd(
-        &sim,
-        &db.url,
-        &["--csv", csv1.to_str().unwrap(), "--rate", "0"],
-    ))
-    .await;
-    assert_exit(&out, 2);
-    let run1 = summary_of(&out)["run_id"].as_i64().expect("run id");
-    sim.shutdown().await;
-
-    let sim = sim_with(second, Faults::none(), None).await;
-    let out = output_of(run_cmd(
-        &sim,
-        &db.url,
-        &["--csv", csv2.to_str().unwrap(), "--rate", "0"],
-    ))
-    .await;
-    assert_exit(&out, 0);
-    let run2 = summary_of(&out)["run_id"].as_i64().expect("run id");
+    let run1 = csv_run_id(&db, first, &csv1, 2).await;
+    let run2 = csv_run_id(&db, second, &csv2, 0).await;
     assert!(run2 > run1);
-    sim.shutdown().await;
 
     let store = db.store().await;
-    let r1 = store.run(run1).await.expect("read").expect("run 1");
-    assert_eq!(r1.state, RunState::Completed);
-    assert_eq!(
-        (
-            r1.counts.active,
-            r1.counts.gone,
-            r1.counts.failed,
-            r1.counts.rejected
-        ),
-        (4, 1, 1, 1)
-    );
-    assert_eq!(
-        (r1.keys_total, r1.auth_calls, r1.lookups, r1.exit_code),
-        (Some(6), 1, 6, Some(2))
-    );
-    let r2 = store.run(run2).await.expect("read").expect("run 2");
-    assert_eq!(r2.state, RunState::Completed);
-    assert_eq!(
-        (
-            r2.counts.active,
-            r2.counts.gone,
-            r2.counts.failed,
-            r2.counts.rejected
-        ),
-        (3, 1, 0, 0)
-    );
-    assert_eq!(
-        (r2.keys_total, r2.auth_calls, r2.lookups, r2.exit_code),
-        (Some(4), 1, 4, Some(0))
-    );
+    assert_completed_run(&store, run1, (4, 1, 1, 1), (Some(6), 1, 6, Some(2))).await;
+    assert_completed_run(&store, run2, (3, 1, 0, 0), (Some(4), 1, 4, Some(0))).await;
     let latest = store
         .latest_runs(Some(RunState::Completed), 1)
         .await
@@ -561,26 +435,13 @@ async fn latest_view_across_two_runs(db: TestDb) {
     store.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn latest_view_across_runs_on_sqlite() {
-    latest_view_across_two_runs(TestDb::sqlite()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn latest_view_across_runs_on_postgres() {
-    let Some(db) = TestDb::postgres().await else {
-        return;
-    };
-    latest_view_across_two_runs(db).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn latest_view_across_runs_on_mysql() {
-    let Some(db) = TestDb::mysql().await else {
-        return;
-    };
-    latest_view_across_two_runs(db).await;
-}
+helpers::per_database!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    latest_view_across_two_runs:
+        Sqlite => latest_view_across_runs_on_sqlite,
+        Postgres => latest_view_across_runs_on_postgres,
+        MySql => latest_view_across_runs_on_mysql,
+);
 
 // ---- sources ------------------------------------------------------------------------------
 
@@ -757,18 +618,12 @@ async fn table_and_query_sources(db: TestDb) {
     sim.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn table_query_and_other_database_sources_on_sqlite() {
-    table_and_query_sources(TestDb::sqlite()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn table_query_and_other_database_sources_on_postgres() {
-    let Some(db) = TestDb::postgres().await else {
-        return;
-    };
-    table_and_query_sources(db).await;
-}
+helpers::per_database!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    table_and_query_sources:
+        Sqlite => table_query_and_other_database_sources_on_sqlite,
+        Postgres => table_query_and_other_database_sources_on_postgres,
+);
 
 // ---- input hygiene ------------------------------------------------------------------------
 
@@ -954,24 +809,10 @@ async fn exit_code_zero_only_when_every_key_resolved() {
 /// A run shorter than the token's life authenticates once, whatever the number of keys.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_auth_call_for_a_run_shorter_than_the_token_life() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let ids = helpers::payer_ids(150, "one-auth");
-    let csv = helpers::write_csv(dir.path(), "keys.csv", &ids);
+    let (_dir, _, csv) = helpers::keys_csv(150, "one-auth");
     let sim = sim_with(KeyBook::derived(), Faults::none(), None).await;
     let db = TestDb::sqlite();
-    let out = output_of(run_cmd(
-        &sim,
-        &db.url,
-        &[
-            "--csv",
-            csv.to_str().unwrap(),
-            "--rate",
-            "0",
-            "--concurrency",
-            "16",
-        ],
-    ))
-    .await;
+    let out = output_of(csv_run(&sim, &db.url, &csv, "0", "16")).await;
     assert_exit(&out, 0);
     let stats = sim.stats();
     assert_eq!(stats.auth_calls, 1, "{stats:?}");
@@ -991,29 +832,11 @@ async fn one_auth_call_for_a_run_shorter_than_the_token_life() {
 /// as the simulator counts requests in flight.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peak_in_flight_lookups_reach_but_never_exceed_concurrency() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let ids = helpers::payer_ids(60, "concurrency");
-    let csv = helpers::write_csv(dir.path(), "keys.csv", &ids);
+    let (_dir, _, csv) = helpers::keys_csv(60, "concurrency");
     for n in [1u64, 5] {
-        let faults = Faults {
-            latency: Duration::from_millis(20),
-            ..Faults::none()
-        };
-        let sim = sim_with(KeyBook::derived(), faults, None).await;
+        let sim = slow_sim(Duration::from_millis(20), None).await;
         let db = TestDb::sqlite();
-        let out = output_of(run_cmd(
-            &sim,
-            &db.url,
-            &[
-                "--csv",
-                csv.to_str().unwrap(),
-                "--rate",
-                "0",
-                "--concurrency",
-                &n.to_string(),
-            ],
-        ))
-        .await;
+        let out = output_of(csv_run(&sim, &db.url, &csv, "0", &n.to_string())).await;
         assert_exit(&out, 0);
         let stats = sim.stats();
         assert_eq!(stats.lookups, 60);
@@ -1033,28 +856,10 @@ async fn peak_in_flight_lookups_reach_but_never_exceed_concurrency() {
 /// holds more than 21 lookups, and the run is paced, not bunched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_second_holds_more_than_rate_plus_burst_lookups() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let ids = helpers::payer_ids(100, "rate");
-    let csv = helpers::write_csv(dir.path(), "keys.csv", &ids);
-    let faults = Faults {
-        latency: Duration::from_millis(5),
-        ..Faults::none()
-    };
-    let sim = sim_with(KeyBook::derived(), faults, None).await;
+    let (_dir, _, csv) = helpers::keys_csv(100, "rate");
+    let sim = slow_sim(Duration::from_millis(5), None).await;
     let db = TestDb::sqlite();
-    let out = output_of(run_cmd(
-        &sim,
-        &db.url,
-        &[
-            "--csv",
-            csv.to_str().unwrap(),
-            "--rate",
-            "20",
-            "--concurrency",
-            "8",
-        ],
-    ))
-    .await;
+    let out = output_of(csv_run(&sim, &db.url, &csv, "20", "8")).await;
     assert_exit(&out, 0);
     let mut times = sim.lookup_times();
     assert_eq!(times.len(), 100);
@@ -1265,9 +1070,7 @@ async fn numeric_codes_keep_their_leading_zeros() {
 /// given; with the previous run completed it does the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_with_nothing_to_resume_starts_a_new_run() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let ids = helpers::payer_ids(20, "nothing-to-resume");
-    let csv = helpers::write_csv(dir.path(), "keys.csv", &ids);
+    let (_dir, _, csv) = helpers::keys_csv(20, "nothing-to-resume");
     let sim = sim_with(KeyBook::derived(), Faults::none(), None).await;
     let db = TestDb::sqlite();
     let mut first = None;

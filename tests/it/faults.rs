@@ -14,24 +14,26 @@
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use payple_reconcile::domain::stable_hash;
 use payple_reconcile::simulator::{Faults, KeyBook, Partner, SimConfig};
-use payple_reconcile::store::{CheckRecord, RunState, Store};
+use payple_reconcile::store::{CheckRecord, RunState};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::batch::{
-    all_checks, assert_exit, derived_status, only_run, output_of, run_cmd, scalar_i64, sim_with,
-    stderr_of, summary_of,
+use crate::helpers::{
+    self, TestDb, all_checks, assert_exit, assert_ground_truth, csv_run, derived_status, key_hash,
+    only_run, output_of, run_cmd, scalar_i64, sim_with, slow_sim, spawn, stderr_of, summary_of,
+    wait_output,
 };
-use crate::helpers::{self, TestDb};
 
 // ---- plumbing -----------------------------------------------------------------------------
+
+/// How often `wait_for_rows` looks at the results table.
+const POLL: Duration = Duration::from_millis(25);
 
 /// The seed of a test's random choices: `FAULTS_SEED`, or the clock.
 fn seed(what: &str) -> u64 {
@@ -45,11 +47,6 @@ fn seed(what: &str) -> u64 {
         });
     eprintln!("{what}: seed {seed} (FAULTS_SEED={seed} replays it)");
     seed
-}
-
-/// The request log's key field for a payer id.
-fn key_hash(id: &str) -> String {
-    format!("{:016x}", stable_hash(id.as_bytes()))
 }
 
 /// One line of the simulator's request log.
@@ -95,68 +92,6 @@ fn fault_code(fault: &str) -> &'static str {
     }
 }
 
-/// Starts the binary with piped output; killed if dropped.
-fn spawn(cmd: std::process::Command) -> tokio::process::Child {
-    let mut cmd = tokio::process::Command::from(cmd);
-    cmd.stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    cmd.spawn().expect("the binary starts")
-}
-
-async fn wait_output(child: tokio::process::Child, limit: Duration) -> Output {
-    tokio::time::timeout(limit, child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("the child did not end within {limit:?}"))
-        .expect("wait for the child")
-}
-
-/// Every key has exactly one row in the run, and it is the status the simulator's ground
-/// truth gives; nothing else is in the run.
-async fn assert_ground_truth(
-    store: &Store,
-    run_id: i64,
-    ids: &[String],
-) -> BTreeMap<String, CheckRecord> {
-    let checks = all_checks(store, run_id).await;
-    let rows = scalar_i64(
-        store,
-        &format!("SELECT COUNT(*) FROM billing_key_checks WHERE run_id = {run_id}"),
-    )
-    .await;
-    assert_eq!(rows, ids.len() as i64, "rows in run {run_id}");
-    assert_eq!(checks.len(), ids.len(), "one row per key");
-    for id in ids {
-        let row = checks
-            .get(id)
-            .unwrap_or_else(|| panic!("no row for {id} in run {run_id}"));
-        assert_eq!(row.status, derived_status(id), "{id}: {row:?}");
-    }
-    checks
-}
-
-/// Polls until the results table holds at least `rows` rows; panics after `limit` or if
-/// the child ends first.
-async fn wait_for_rows(
-    store: &Store,
-    rows: i64,
-    limit: Duration,
-    child: &mut tokio::process::Child,
-) {
-    let start = Instant::now();
-    loop {
-        let n = scalar_i64(store, "SELECT COUNT(*) FROM billing_key_checks").await;
-        if n >= rows {
-            return;
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("the run ended ({status}) before {rows} rows were written (had {n})");
-        }
-        assert!(start.elapsed() < limit, "only {n} rows after {limit:?}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 // ---- 1. crash and resume, repeated --------------------------------------------------------
 
 const CRASH_KEYS: usize = 600;
@@ -169,16 +104,10 @@ const CRASH_KILLS: usize = 10;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_sigkills_at_random_moments_then_resume_leave_one_true_row_per_key() {
     let mut rng = StdRng::seed_from_u64(seed("crash and resume"));
-    let dir = tempfile::tempdir().expect("temp dir");
-    let ids = helpers::payer_ids(CRASH_KEYS, "crash-resume");
-    let csv = helpers::write_csv(dir.path(), "keys.csv", &ids);
+    let (_dir, ids, csv) = helpers::keys_csv(CRASH_KEYS, "crash-resume");
     let csv_arg = csv.to_str().expect("utf-8 path").to_owned();
     // 20 ms per lookup: at a kill, lookups are on the wire and rows wait in the writer.
-    let faults = Faults {
-        latency: Duration::from_millis(20),
-        ..Faults::none()
-    };
-    let sim = sim_with(KeyBook::derived(), faults, None).await;
+    let sim = slow_sim(Duration::from_millis(20), None).await;
     let db = TestDb::sqlite();
     let store = db.store().await;
 
@@ -200,7 +129,14 @@ async fn ten_sigkills_at_random_moments_then_resume_leave_one_true_row_per_key()
         } else {
             // Mid-run for sure: once this process has written rows, within a writer flush
             // or two of a batch.
-            wait_for_rows(&store, rows_before + 1, Duration::from_secs(30), &mut child).await;
+            helpers::wait_for_rows(
+                &store,
+                rows_before + 1,
+                Duration::from_secs(30),
+                POLL,
+                &mut child,
+            )
+            .await;
             let moment = Duration::from_millis(rng.random_range(0..=400));
             tokio::time::sleep(moment).await;
         }
@@ -281,9 +217,7 @@ async fn ten_sigkills_at_random_moments_then_resume_leave_one_true_row_per_key()
 /// run, as after a kill at any other moment, instead of refusing with "run in progress".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_after_a_kill_between_run_creation_and_lease_naming() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let ids = helpers::payer_ids(120, "lease-window");
-    let csv = helpers::write_csv(dir.path(), "keys.csv", &ids);
+    let (_dir, ids, csv) = helpers::keys_csv(120, "lease-window");
     let sim = sim_with(KeyBook::derived(), Faults::none(), None).await;
     let db = TestDb::sqlite();
     let store = db.store().await;
@@ -292,7 +226,7 @@ async fn resume_after_a_kill_between_run_creation_and_lease_naming() {
         &db.url,
         &["--csv", csv.to_str().unwrap(), "--rate", "40"],
     ));
-    wait_for_rows(&store, 10, Duration::from_secs(15), &mut child).await;
+    helpers::wait_for_rows(&store, 10, Duration::from_secs(15), POLL, &mut child).await;
     child.start_kill().expect("SIGKILL");
     let out = wait_output(child, Duration::from_secs(10)).await;
     assert_eq!(out.status.signal(), Some(9));
@@ -493,19 +427,7 @@ async fn rate_pushback_is_honoured_and_nothing_is_marked_wrong() {
     let sim = sim_with(KeyBook::derived(), faults, Some(log.clone())).await;
     let db = TestDb::sqlite();
     let started = Instant::now();
-    let out = output_of(run_cmd(
-        &sim,
-        &db.url,
-        &[
-            "--csv",
-            csv.to_str().unwrap(),
-            "--rate",
-            "30",
-            "--concurrency",
-            "32",
-        ],
-    ))
-    .await;
+    let out = output_of(csv_run(&sim, &db.url, &csv, "30", "32")).await;
     let took = started.elapsed();
     assert_exit(&out, 0);
     let summary = summary_of(&out);
@@ -591,19 +513,7 @@ async fn token_expiry_mid_run_renews_once_per_expiry() {
     .await;
     let db = TestDb::sqlite();
     let started = Instant::now();
-    let out = output_of(run_cmd(
-        &sim,
-        &db.url,
-        &[
-            "--csv",
-            csv.to_str().unwrap(),
-            "--rate",
-            "40",
-            "--concurrency",
-            "8",
-        ],
-    ))
-    .await;
+    let out = output_of(csv_run(&sim, &db.url, &csv, "40", "8")).await;
     let took = started.elapsed();
     assert_exit(&out, 0);
     let stats = sim.stats();
@@ -683,9 +593,7 @@ async fn postgres_connections_killed_mid_run_lose_no_result() {
         return;
     };
     const KEYS: usize = 400;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let ids = helpers::payer_ids(KEYS, "pg-trouble");
-    let csv = helpers::write_csv(dir.path(), "keys.csv", &ids);
+    let (_dir, ids, csv) = helpers::keys_csv(KEYS, "pg-trouble");
     let sim = sim_with(KeyBook::derived(), Faults::none(), None).await;
     let store = db.store().await;
     let name = db.url.rsplit('/').next().expect("database name").to_owned();
@@ -699,22 +607,11 @@ async fn postgres_connections_killed_mid_run_lose_no_result() {
          WHERE datname = '{name}' AND pid <> pg_backend_pid()"
     );
 
-    let mut child = spawn(run_cmd(
-        &sim,
-        &db.url,
-        &[
-            "--csv",
-            csv.to_str().unwrap(),
-            "--rate",
-            "100",
-            "--concurrency",
-            "8",
-        ],
-    ));
+    let mut child = spawn(csv_run(&sim, &db.url, &csv, "100", "8"));
     // Once the run is under way, kill every connection of the job every 15 ms for two
     // seconds: idle ones (the pool must notice) and busy ones (a write, a page, a commit
     // must fail and be retried, or stop the run).
-    wait_for_rows(&store, 40, Duration::from_secs(20), &mut child).await;
+    helpers::wait_for_rows(&store, 40, Duration::from_secs(20), POLL, &mut child).await;
     let mut killed = 0;
     let mut rounds = 0;
     let storm_started = Instant::now();
@@ -784,9 +681,7 @@ async fn postgres_gone_mid_run_stops_with_exit_1_and_resume_completes() {
         return;
     };
     const KEYS: usize = 300;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let ids = helpers::payer_ids(KEYS, "pg-outage");
-    let csv = helpers::write_csv(dir.path(), "keys.csv", &ids);
+    let (_dir, ids, csv) = helpers::keys_csv(KEYS, "pg-outage");
     let sim = sim_with(KeyBook::derived(), Faults::none(), None).await;
     let store = db.store().await;
     let (base, name) = db.url.rsplit_once('/').expect("database name");
@@ -809,19 +704,8 @@ async fn postgres_gone_mid_run_stops_with_exit_1_and_resume_completes() {
         }
     };
 
-    let mut child = spawn(run_cmd(
-        &sim,
-        &db.url,
-        &[
-            "--csv",
-            csv.to_str().unwrap(),
-            "--rate",
-            "50",
-            "--concurrency",
-            "8",
-        ],
-    ));
-    wait_for_rows(&store, 40, Duration::from_secs(20), &mut child).await;
+    let mut child = spawn(csv_run(&sim, &db.url, &csv, "50", "8"));
+    helpers::wait_for_rows(&store, 40, Duration::from_secs(20), POLL, &mut child).await;
     exec(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false")).await;
     let killed = exec(format!(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
@@ -1174,16 +1058,6 @@ async fn an_unterminated_quote_stops_the_run_instead_of_swallowing_the_rest() {
 
 const SECRET_CUST_KEY: &str = "ck-FAULTS-Zq81-distinctive-custKey-7Xp";
 
-/// Maximal runs of ASCII letters and digits at least 32 long: the simulator's tokens are
-/// 32 (`cst_id`), 40 (`custKey`) and 64 (`AuthKey`, hex) of them. The payer ids of this
-/// test have none (they are `pk_` and three groups of 8 hex digits).
-fn token_shaped(text: &str) -> Vec<String> {
-    text.split(|c: char| !c.is_ascii_alphanumeric())
-        .filter(|run| run.len() >= 32)
-        .map(str::to_owned)
-        .collect()
-}
-
 /// Asserts that `bytes` (named `what`) holds no custKey, no token-shaped string and, unless
 /// it is the results database, no full payer id.
 fn assert_clean(what: &str, bytes: &[u8], ids: &[String], database: bool) {
@@ -1193,7 +1067,9 @@ fn assert_clean(what: &str, bytes: &[u8], ids: &[String], database: bool) {
         !text.contains(payple_reconcile::simulator::TEST_CUST_KEY),
         "{what}: the test custKey shows"
     );
-    let shaped = token_shaped(&text);
+    // At least 32 long: the payer ids of this test have no such run (they are `pk_` and
+    // three groups of 8 hex digits).
+    let shaped = helpers::token_shaped(&text, 32);
     assert!(shaped.is_empty(), "{what}: token-shaped strings {shaped:?}");
     if !database {
         for id in ids {

@@ -1,7 +1,7 @@
 //! Operations: leases, run keys, dry runs, shards, personal data, metrics, MySQL, and the
 //! deployment samples under `samples/`.
 //!
-//! Every run test starts the real binary (`crate::batch::run_cmd`) against an in-process
+//! Every run test starts the real binary (`helpers::run_cmd`) against an in-process
 //! simulator and a fresh results database, then reads the database, the simulator's
 //! counters and the process's stdout, stderr and exit code. The Kubernetes manifests and
 //! the Dockerfile cannot run here (no cluster, no Docker engine): they are parsed and their
@@ -12,40 +12,26 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
 use clap::Parser;
 use payple_reconcile::domain::stable_hash;
-use payple_reconcile::simulator::{self, Faults, KeyBook, SimHandle, SimKind, derive_key};
+use payple_reconcile::simulator::{self, Faults, KeyBook, SimKind, derive_key};
 use payple_reconcile::store::{RunRecord, RunState, Store};
 use serde_json::Value;
 use sqlx::Row;
 
-use crate::batch::{
-    all_checks, assert_exit, derived_status, only_run, output_of, run_cmd, scalar_i64, sim_with,
-    stderr_of, summary_of,
+use crate::helpers::{
+    self, TestDb, all_checks, assert_exit, count_rows_sql, derived_status, finish, key_hash,
+    logged_lookups, only_run, output_of, run_cmd, scalar_i64, sim_with, slow_sim, spawn, stderr_of,
+    summary_of,
 };
-use crate::helpers::{self, TestDb};
 
 // ---- plumbing -----------------------------------------------------------------------------
 
-/// Starts a command as a child with piped output, killed if the test fails.
-fn spawn(cmd: std::process::Command) -> tokio::process::Child {
-    let mut cmd = tokio::process::Command::from(cmd);
-    cmd.stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    cmd.spawn().expect("the binary starts")
-}
-
-/// Waits for a child to end (at most 30 s) and returns its output.
-async fn finish(child: tokio::process::Child) -> Output {
-    tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-        .await
-        .expect("the child ends within 30 s")
-        .expect("wait for the child")
-}
+/// How often `helpers::wait_for_count` looks at the database.
+const POLL: Duration = Duration::from_millis(25);
 
 /// Sends `signal` to a running child.
 fn send(child: &tokio::process::Child, signal: libc::c_int) {
@@ -54,29 +40,6 @@ fn send(child: &tokio::process::Child, signal: libc::c_int) {
     // SAFETY: kill(2) with a pid we spawned and a valid signal number.
     let rc = unsafe { libc::kill(pid, signal) };
     assert_eq!(rc, 0, "kill({pid}, {signal}) failed");
-}
-
-/// Polls until `sql` (a COUNT) reaches `at_least`; panics if the child ends first or
-/// after `limit`.
-async fn wait_for_count(
-    store: &Store,
-    sql: &str,
-    at_least: i64,
-    limit: Duration,
-    child: &mut tokio::process::Child,
-) {
-    let start = Instant::now();
-    loop {
-        let n = scalar_i64(store, sql).await;
-        if n >= at_least {
-            return;
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("the run ended ({status}) before `{sql}` reached {at_least} (had {n})");
-        }
-        assert!(start.elapsed() < limit, "`{sql}` only {n} after {limit:?}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 /// A row of `run_leases`.
@@ -114,28 +77,13 @@ fn run_id_of(summary: &Value) -> i64 {
         .unwrap_or_else(|| panic!("no run_id in {summary}"))
 }
 
-fn count_rows_sql(run_id: i64) -> String {
-    format!("SELECT COUNT(*) FROM billing_key_checks WHERE run_id = {run_id}")
-}
-
-/// A simulator answering every lookup after `latency`.
-async fn slow_sim(latency: Duration, log: Option<PathBuf>) -> SimHandle {
-    let faults = Faults {
-        latency,
-        ..Faults::none()
-    };
-    sim_with(KeyBook::derived(), faults, log).await
-}
-
 // ---- 1. no overlapping runs ---------------------------------------------------------------
 
 /// A slow run holds the lease: a second `run` exits 3 naming it and sends nothing; after the
 /// first ends, a new run starts. A SIGKILLed run's lease stays (about 60 s ahead) and keeps
 /// a plain `run` out, but `run --resume ID` takes over at once and finishes the same run.
 async fn no_overlapping_runs(db: TestDb) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let ids = helpers::payer_ids(20, "overlap");
-    let csv = helpers::write_csv(dir.path(), "keys.csv", &ids);
+    let (_dir, _, csv) = helpers::keys_csv(20, "overlap");
     let csv = csv.to_str().expect("utf-8 path");
     let sim = slow_sim(Duration::from_millis(20), None).await;
     // Migrated before the child starts, so polling never races its migrations.
@@ -144,14 +92,7 @@ async fn no_overlapping_runs(db: TestDb) {
     let quick = ["--csv", csv, "--rate", "0"];
 
     let mut first = spawn(run_cmd(&sim, &db.url, &slow));
-    wait_for_count(
-        &store,
-        "SELECT COUNT(*) FROM billing_key_checks",
-        2,
-        Duration::from_secs(15),
-        &mut first,
-    )
-    .await;
+    helpers::wait_for_rows(&store, 2, Duration::from_secs(15), POLL, &mut first).await;
     let running = only_run(&store).await;
     assert_eq!(running.state, RunState::Running);
     let held = leases(&store).await;
@@ -197,11 +138,11 @@ async fn no_overlapping_runs(db: TestDb) {
     // A crashed run: its lease stays until it expires.
     let mut crashed = spawn(run_cmd(&sim, &db.url, &slow));
     let before = scalar_i64(&store, "SELECT COUNT(*) FROM billing_key_checks").await;
-    wait_for_count(
+    helpers::wait_for_rows(
         &store,
-        "SELECT COUNT(*) FROM billing_key_checks",
         before + 2,
         Duration::from_secs(15),
+        POLL,
         &mut crashed,
     )
     .await;
@@ -270,26 +211,13 @@ async fn no_overlapping_runs(db: TestDb) {
     sim.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_overlapping_runs_on_sqlite() {
-    no_overlapping_runs(TestDb::sqlite()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_overlapping_runs_on_postgres() {
-    let Some(db) = TestDb::postgres().await else {
-        return;
-    };
-    no_overlapping_runs(db).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_overlapping_runs_on_mysql() {
-    let Some(db) = TestDb::mysql().await else {
-        return;
-    };
-    no_overlapping_runs(db).await;
-}
+helpers::per_database!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    no_overlapping_runs:
+        Sqlite => no_overlapping_runs_on_sqlite,
+        Postgres => no_overlapping_runs_on_postgres,
+        MySql => no_overlapping_runs_on_mysql,
+);
 
 /// The lease at the store level: a live holder's lease is not taken by another holder of
 /// another run; an expired one is.
@@ -325,26 +253,13 @@ async fn lease_is_exclusive(db: TestDb) {
     store.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lease_is_exclusive_on_sqlite() {
-    lease_is_exclusive(TestDb::sqlite()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lease_is_exclusive_on_postgres() {
-    let Some(db) = TestDb::postgres().await else {
-        return;
-    };
-    lease_is_exclusive(db).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lease_is_exclusive_on_mysql() {
-    let Some(db) = TestDb::mysql().await else {
-        return;
-    };
-    lease_is_exclusive(db).await;
-}
+helpers::per_database!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    lease_is_exclusive:
+        Sqlite => lease_is_exclusive_on_sqlite,
+        Postgres => lease_is_exclusive_on_postgres,
+        MySql => lease_is_exclusive_on_mysql,
+);
 
 /// Cron fires the night's `--run-key` while an operator's start of the same key still runs
 /// (or a CronJob creates two Jobs for one schedule with a date key): the second process is
@@ -352,9 +267,7 @@ async fn lease_is_exclusive_on_mysql() {
 /// run's lease over and look every pending key up a second time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_start_of_a_running_run_key_is_refused() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let ids = helpers::payer_ids(20, "same-key");
-    let csv = helpers::write_csv(dir.path(), "keys.csv", &ids);
+    let (_dir, _, csv) = helpers::keys_csv(20, "same-key");
     let csv = csv.to_str().expect("utf-8 path");
     let sim = slow_sim(Duration::from_millis(20), None).await;
     let db = TestDb::sqlite();
@@ -370,14 +283,7 @@ async fn a_second_start_of_a_running_run_key_is_refused() {
         ]
         .concat(),
     ));
-    wait_for_count(
-        &store,
-        "SELECT COUNT(*) FROM billing_key_checks",
-        2,
-        Duration::from_secs(15),
-        &mut first,
-    )
-    .await;
+    helpers::wait_for_rows(&store, 2, Duration::from_secs(15), POLL, &mut first).await;
     let running = only_run(&store).await;
 
     let second = output_of(run_cmd(
@@ -409,9 +315,7 @@ async fn a_second_start_of_a_running_run_key_is_refused() {
 /// is 0 too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_still_authenticating_holds_the_lease() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let ids = helpers::payer_ids(10, "auth-window");
-    let csv = helpers::write_csv(dir.path(), "keys.csv", &ids);
+    let (_dir, _, csv) = helpers::keys_csv(10, "auth-window");
     let csv = csv.to_str().expect("utf-8 path");
     // Accepts connections and never answers.
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -432,11 +336,12 @@ async fn a_run_still_authenticating_holds_the_lease() {
     cmd.env("PAYPLE_URL", &silent_url)
         .args(["--request-timeout", "15", "--max-attempts", "1"]);
     let mut first = spawn(cmd);
-    wait_for_count(
+    helpers::wait_for_count(
         &store,
         "SELECT COUNT(*) FROM run_leases",
         1,
         Duration::from_secs(10),
+        POLL,
         &mut first,
     )
     .await;
@@ -464,9 +369,7 @@ async fn a_run_still_authenticating_holds_the_lease() {
 /// same run id and checks only what was missing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_keys_name_a_logical_run() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let ids = helpers::payer_ids(30, "run-key");
-    let csv = helpers::write_csv(dir.path(), "keys.csv", &ids);
+    let (_dir, _, csv) = helpers::keys_csv(30, "run-key");
     let csv = csv.to_str().expect("utf-8 path");
     let sim = sim_with(KeyBook::derived(), Faults::none(), None).await;
     let db = TestDb::sqlite();
@@ -535,11 +438,12 @@ async fn run_keys_name_a_logical_run() {
         &db.url,
         &[&next[..], &["--rate", "20", "--concurrency", "2"]].concat(),
     ));
-    wait_for_count(
+    helpers::wait_for_count(
         &store,
         &format!("SELECT COUNT(*) FROM billing_key_checks WHERE run_id > {second_id}"),
         5,
         Duration::from_secs(15),
+        POLL,
         &mut child,
     )
     .await;
@@ -641,21 +545,6 @@ fn shard_of(id: &str, count: u64) -> u64 {
     stable_hash(id.as_bytes()) % count
 }
 
-/// Request-log lines of lookups: the key hash of each.
-fn logged_lookups(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("request log {}: {e}", path.display()))
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).expect("log line"))
-        .filter(|l| l["kind"] == "lookup")
-        .map(|l| l["key"].as_str().unwrap_or_default().to_owned())
-        .collect()
-}
-
-fn key_hash(id: &str) -> String {
-    format!("{:016x}", stable_hash(id.as_bytes()))
-}
-
 /// Three shard processes, started together against one PostgreSQL database with one run
 /// key, each talking to a simulator of its own: every key is looked up once, by the shard
 /// its hash names; the run is `completed` once the last shard is; `--rate 30` over three
@@ -665,9 +554,7 @@ async fn three_shards_cover_every_key_once_on_postgres() {
     let Some(db) = TestDb::postgres().await else {
         return;
     };
-    let dir = tempfile::tempdir().expect("temp dir");
-    let ids = helpers::payer_ids(60, "shards");
-    let csv = helpers::write_csv(dir.path(), "keys.csv", &ids);
+    let (dir, ids, csv) = helpers::keys_csv(60, "shards");
     let csv = csv.to_str().expect("utf-8 path");
     let mut sims = Vec::new();
     let mut logs = Vec::new();
@@ -807,9 +694,7 @@ async fn three_shards_cover_every_key_once_on_postgres() {
 /// key; `--shards` needs the index; an index must be below the count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shards_from_job_completion_index_and_their_validation() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let ids = helpers::payer_ids(30, "job-index");
-    let csv = helpers::write_csv(dir.path(), "keys.csv", &ids);
+    let (_dir, ids, csv) = helpers::keys_csv(30, "job-index");
     let csv = csv.to_str().expect("utf-8 path");
     let sim = sim_with(KeyBook::derived(), Faults::none(), None).await;
     let want: BTreeSet<String> = ids
@@ -902,9 +787,7 @@ async fn shards_from_job_completion_index_and_their_validation() {
 /// same keys without the flag do store them, so the check means something).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn omit_pii_stores_no_name_or_phone() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let ids = helpers::payer_ids(40, "pii");
-    let csv = helpers::write_csv(dir.path(), "keys.csv", &ids);
+    let (_dir, ids, csv) = helpers::keys_csv(40, "pii");
     let csv = csv.to_str().expect("utf-8 path");
     let active = |id: &String| matches!(derive_key(id).kind, SimKind::Card | SimKind::Transfer);
     assert!(

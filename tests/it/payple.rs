@@ -20,7 +20,7 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 use url::Url;
 
-use crate::helpers::{self, json_lines, payer_ids, spawn_sim};
+use crate::helpers::{self, json_lines, payer_ids, spawn_sim, token_shaped};
 
 const MAX_ATTEMPTS: u32 = 3;
 
@@ -141,12 +141,9 @@ fn assert_outcomes(book: &KeyBook, ids: &[String], outcomes: &[LookupOutcome], a
     }
 }
 
-/// Writes a key file and reads it back the way the simulator does.
+/// Writes `keys.jsonl` and reads it back the way the simulator does.
 fn key_file(dir: &Path, lines: &[Value]) -> KeyBook {
-    let path = dir.join("keys.jsonl");
-    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
-    std::fs::write(&path, text).expect("write key file");
-    KeyBook::from_file(&path).expect("valid key file")
+    helpers::key_file(dir, "keys.jsonl", lines)
 }
 
 /// Derived ids whose simulated answer passes `keep`.
@@ -179,15 +176,6 @@ fn code(output: &Output) -> Option<i32> {
 
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-/// Maximal runs of ASCII letters and digits at least `min` long: the simulator's tokens are
-/// 32 (`cst_id`), 40 (`custKey`) and 64 (`AuthKey`) such characters.
-fn token_shaped(text: &str, min: usize) -> Vec<String> {
-    text.split(|c: char| !c.is_ascii_alphanumeric())
-        .filter(|run| run.len() >= min)
-        .map(str::to_owned)
-        .collect()
 }
 
 // 1. Classification -------------------------------------------------------------------

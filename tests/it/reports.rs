@@ -19,8 +19,7 @@ use payple_reconcile::simulator::{KeyBook, SimConfig, SimHandle};
 use payple_reconcile::store::{RunState, Store};
 use serde_json::json;
 
-use crate::batch::{assert_exit, output_of, stderr_of};
-use crate::helpers::{self, TestDb};
+use crate::helpers::{self, TestDb, assert_exit, output_of, stderr_of};
 
 const GONE: &str = "GoneKey000000000000001";
 const BACK: &str = "backKey000000000000002";
@@ -530,24 +529,13 @@ async fn scenario(db: TestDb) {
     sim2.shutdown().await;
 }
 
-#[tokio::test]
-async fn reports_on_sqlite() {
-    scenario(TestDb::sqlite()).await;
-}
-
-#[tokio::test]
-async fn reports_on_postgres() {
-    if let Some(db) = TestDb::postgres().await {
-        scenario(db).await;
-    }
-}
-
-#[tokio::test]
-async fn reports_on_mysql() {
-    if let Some(db) = TestDb::mysql().await {
-        scenario(db).await;
-    }
-}
+helpers::per_database!(
+    #[tokio::test]
+    scenario:
+        Sqlite => reports_on_sqlite,
+        Postgres => reports_on_postgres,
+        MySql => reports_on_mysql,
+);
 
 /// Commands on a database without runs, or without a database at all, exit 3 and say why.
 #[tokio::test]

@@ -6,23 +6,22 @@
 
 use std::collections::HashMap;
 use std::os::unix::process::ExitStatusExt;
-use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use payple_reconcile::domain::stable_hash;
 use payple_reconcile::simulator::{Faults, KeyBook};
 use payple_reconcile::store::{RunState, Store};
-use serde_json::Value;
 
-use crate::batch::{
-    all_checks, assert_exit, derived_status, only_run, output_of, run_cmd, scalar_i64, sim_with,
+use crate::helpers::{
+    self, TestDb, all_checks, assert_exit, assert_ground_truth, csv_run, finish, key_hash,
+    logged_lookups, only_run, output_of, run_cmd, scalar_i64, sim_with, slow_sim, spawn,
     summary_of,
 };
-use crate::helpers::{self, TestDb};
 
 const KEYS: usize = 400;
 const RATE: &str = "50";
 const CONCURRENCY: u64 = 8;
+/// How often `wait_for_rows` looks at the results table.
+const POLL: Duration = Duration::from_millis(50);
 
 /// Sends `signal` (e.g. `TERM`) to `pid` with the `kill` command.
 fn kill(signal: &str, pid: u32) {
@@ -33,88 +32,12 @@ fn kill(signal: &str, pid: u32) {
     assert!(status.success(), "kill -{signal} {pid}: {status}");
 }
 
-/// Polls until the results table holds at least `rows` rows; panics after `limit`.
-async fn wait_for_rows(
-    store: &Store,
-    rows: i64,
-    limit: Duration,
-    child: &mut tokio::process::Child,
-) {
-    let start = Instant::now();
-    loop {
-        let n = scalar_i64(store, "SELECT COUNT(*) FROM billing_key_checks").await;
-        if n >= rows {
-            return;
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("the run ended ({status}) before {rows} rows were written (had {n})");
-        }
-        assert!(start.elapsed() < limit, "only {n} rows after {limit:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Starts `run` on `csv` with `--rate 50` as a child process with piped output.
-fn spawn_run(
-    sim: &payple_reconcile::simulator::SimHandle,
-    db: &TestDb,
-    csv: &std::path::Path,
-) -> tokio::process::Child {
-    let mut cmd = tokio::process::Command::from(run_cmd(
-        sim,
-        &db.url,
-        &[
-            "--csv",
-            csv.to_str().unwrap(),
-            "--rate",
-            RATE,
-            "--concurrency",
-            &CONCURRENCY.to_string(),
-        ],
-    ));
-    cmd.stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    cmd.spawn().expect("the binary starts")
-}
-
-async fn finish(child: tokio::process::Child) -> Output {
-    tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-        .await
-        .expect("the child ends within 30 s of the signal")
-        .expect("wait for the child")
-}
-
-/// Request-log lines of lookups: the key hash of each, in arrival order.
-fn logged_lookups(path: &std::path::Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .expect("request log")
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).expect("log line"))
-        .filter(|l| l["kind"] == "lookup")
-        .map(|l| l["key"].as_str().unwrap_or_default().to_owned())
-        .collect()
-}
-
-fn key_hash(id: &str) -> String {
-    format!("{:016x}", stable_hash(id.as_bytes()))
-}
-
 /// Every input key has exactly one row in the run, with the status its derived answer
-/// implies.
+/// implies, looked up once.
 async fn assert_every_key_once(store: &Store, run_id: i64, ids: &[String]) {
-    let checks = all_checks(store, run_id).await;
-    assert_eq!(checks.len(), ids.len(), "one row per key");
-    let rows = scalar_i64(
-        store,
-        &format!("SELECT COUNT(*) FROM billing_key_checks WHERE run_id = {run_id}"),
-    )
-    .await;
-    assert_eq!(rows, ids.len() as i64);
+    let checks = assert_ground_truth(store, run_id, ids).await;
     for id in ids {
-        let c = checks.get(id).unwrap_or_else(|| panic!("no row for {id}"));
-        assert_eq!(c.status, derived_status(id), "{id}");
-        assert_eq!(c.attempts, 1, "{id}");
+        assert_eq!(checks[id].attempts, 1, "{id}");
     }
 }
 
@@ -129,9 +52,9 @@ async fn sigkill_then_resume(db: TestDb) {
     // Migrated before the child starts, so polling never races the child's migrations.
     let store = db.store().await;
 
-    let mut child = spawn_run(&sim, &db, &csv);
+    let mut child = spawn(csv_run(&sim, &db.url, &csv, RATE, &CONCURRENCY.to_string()));
     let pid = child.id().expect("child pid");
-    wait_for_rows(&store, 100, Duration::from_secs(15), &mut child).await;
+    helpers::wait_for_rows(&store, 100, Duration::from_secs(15), POLL, &mut child).await;
     kill("KILL", pid);
     let out = finish(child).await;
     assert_eq!(out.status.signal(), Some(9), "{:?}", out.status);
@@ -205,38 +128,26 @@ async fn sigkill_then_resume(db: TestDb) {
     store.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_mid_run_then_resume_checks_every_key_exactly_once_on_sqlite() {
-    sigkill_then_resume(TestDb::sqlite()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_mid_run_then_resume_checks_every_key_exactly_once_on_postgres() {
-    let Some(db) = TestDb::postgres().await else {
-        return;
-    };
-    sigkill_then_resume(db).await;
-}
+helpers::per_database!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    sigkill_then_resume:
+        Sqlite => sigkill_mid_run_then_resume_checks_every_key_exactly_once_on_sqlite,
+        Postgres => sigkill_mid_run_then_resume_checks_every_key_exactly_once_on_postgres,
+);
 
 /// SIGTERM or SIGINT mid-run: in-flight lookups finish and are written, the run is
 /// `interrupted` with exit code 143 / 130, and `--resume` completes it without looking
 /// any key up twice.
 async fn graceful_stop_then_resume(signal: &str, code: i32) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let ids = helpers::payer_ids(KEYS, &format!("graceful-{signal}"));
-    let csv = helpers::write_csv(dir.path(), "keys.csv", &ids);
+    let (_dir, ids, csv) = helpers::keys_csv(KEYS, &format!("graceful-{signal}"));
     // 300 ms per lookup: eight lookups are on the wire when the signal comes.
-    let slow = Faults {
-        latency: Duration::from_millis(300),
-        ..Faults::none()
-    };
-    let sim = sim_with(KeyBook::derived(), slow, None).await;
+    let sim = slow_sim(Duration::from_millis(300), None).await;
     let db = TestDb::sqlite();
     let store = db.store().await;
 
-    let mut child = spawn_run(&sim, &db, &csv);
+    let mut child = spawn(csv_run(&sim, &db.url, &csv, RATE, &CONCURRENCY.to_string()));
     let pid = child.id().expect("child pid");
-    wait_for_rows(&store, 50, Duration::from_secs(15), &mut child).await;
+    helpers::wait_for_rows(&store, 50, Duration::from_secs(15), POLL, &mut child).await;
     let signalled = Instant::now();
     kill(signal, pid);
     let out = finish(child).await;
@@ -302,31 +213,14 @@ async fn sigint_mid_run_exits_130_interrupted_then_resumes() {
 /// the process exits promptly instead of draining the limiter's queue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_sends_nothing_that_was_waiting_for_the_rate_limiter() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let ids = helpers::payer_ids(200, "limiter-queue");
-    let csv = helpers::write_csv(dir.path(), "keys.csv", &ids);
+    let (_dir, _, csv) = helpers::keys_csv(200, "limiter-queue");
     let sim = sim_with(KeyBook::derived(), Faults::none(), None).await;
     let db = TestDb::sqlite();
     let store = db.store().await;
 
-    let mut cmd = tokio::process::Command::from(run_cmd(
-        &sim,
-        &db.url,
-        &[
-            "--csv",
-            csv.to_str().unwrap(),
-            "--rate",
-            "10",
-            "--concurrency",
-            "64",
-        ],
-    ));
-    cmd.stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().expect("the binary starts");
+    let mut child = spawn(csv_run(&sim, &db.url, &csv, "10", "64"));
     let pid = child.id().expect("child pid");
-    wait_for_rows(&store, 5, Duration::from_secs(15), &mut child).await;
+    helpers::wait_for_rows(&store, 5, Duration::from_secs(15), POLL, &mut child).await;
     let sent_before = sim.stats().lookups;
     let signalled = Instant::now();
     kill("TERM", pid);
@@ -358,35 +252,14 @@ async fn sigterm_sends_nothing_that_was_waiting_for_the_rate_limiter() {
 /// run is `interrupted`, nothing half-done is written, and `--resume` checks those keys.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_signal_abandons_in_flight_lookups_and_resume_checks_them() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let ids = helpers::payer_ids(60, "second-signal");
-    let csv = helpers::write_csv(dir.path(), "keys.csv", &ids);
-    let slow = Faults {
-        latency: Duration::from_millis(1500),
-        ..Faults::none()
-    };
-    let sim = sim_with(KeyBook::derived(), slow, None).await;
+    let (_dir, ids, csv) = helpers::keys_csv(60, "second-signal");
+    let sim = slow_sim(Duration::from_millis(1500), None).await;
     let db = TestDb::sqlite();
     let store = db.store().await;
 
-    let mut cmd = tokio::process::Command::from(run_cmd(
-        &sim,
-        &db.url,
-        &[
-            "--csv",
-            csv.to_str().unwrap(),
-            "--rate",
-            "0",
-            "--concurrency",
-            "4",
-        ],
-    ));
-    cmd.stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().expect("the binary starts");
+    let mut child = spawn(csv_run(&sim, &db.url, &csv, "0", "4"));
     let pid = child.id().expect("child pid");
-    wait_for_rows(&store, 4, Duration::from_secs(15), &mut child).await;
+    helpers::wait_for_rows(&store, 4, Duration::from_secs(15), POLL, &mut child).await;
     kill("TERM", pid);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let signalled = Instant::now();
