@@ -906,30 +906,8 @@ impl Store {
         statuses: &[KeyStatus],
         limit: i64,
     ) -> Result<Vec<CheckRecord>, StoreError> {
-        let filter = if statuses.is_empty() {
-            String::new()
-        } else {
-            format!(" AND status IN ({})", vec!["?"; statuses.len()].join(", "))
-        };
-        let sql = format!(
-            "SELECT {CHECK_COLUMNS} FROM billing_key_checks \
-             WHERE run_id = ? AND payer_id > ?{filter} ORDER BY payer_id LIMIT ?"
-        );
-        let mut query = sqlx::query(self.sql(&sql))
-            .bind(run_id)
-            .bind(after_payer_id.to_owned());
-        for status in statuses {
-            query = query.bind(status.as_str());
-        }
-        let rows = query
-            .bind(limit)
-            .fetch_all(&self.pool)
+        self.checks_range(run_id, after_payer_id, None, statuses, limit)
             .await
-            .map_err(ctx("reading results"))?;
-        rows.iter()
-            .map(check_record)
-            .collect::<Result<_, _>>()
-            .map_err(ctx("reading results"))
     }
 
     /// One key's result row in a run.
