@@ -35,11 +35,6 @@ pub struct Shutdown {
 }
 
 impl Shutdown {
-    /// A shutdown that only fires when triggered by hand (tests, the `lookup` command).
-    pub fn manual() -> Self {
-        Self::default()
-    }
-
     /// Listens for SIGINT and SIGTERM in a background task.
     pub fn listen() -> std::io::Result<Self> {
         use tokio::signal::unix::{SignalKind, signal};
