@@ -61,7 +61,7 @@ impl Progress {
         let span = tracing::info_span!("lookups");
         if std::io::stderr().is_terminal() {
             let style = ProgressStyle::with_template(
-                "{bar:30} {pos}/{len} keys  {per_sec}  ETA {eta}  {msg}",
+                "{bar:30} {pos}/{len} keys  {per_sec:1}  ETA {eta}  {msg}",
             )
             .unwrap_or_else(|_| ProgressStyle::default_bar());
             span.pb_set_style(&style);
