@@ -83,6 +83,20 @@ pub mod codes {
     }
 }
 
+/// Whether a failure code is one the client retries: transport errors, broken replies,
+/// HTTP 408, 429 and 5xx, and the code book's transient codes.
+pub fn is_transient_code(code: &str, book: &CodeBook) -> bool {
+    match code {
+        codes::TRANSPORT | codes::BAD_BODY | codes::RATE_LIMITED => true,
+        _ => {
+            book.transient.contains(code)
+                || code.strip_prefix("HTTP_").is_some_and(|status| {
+                    status == "408" || (status.len() == 3 && status.starts_with('5'))
+                })
+        }
+    }
+}
+
 /// What an HTTP status alone says, before the body is read.
 pub fn classify_status(status: u16, retry_after: Option<Duration>) -> Option<Verdict> {
     let msg = format!("Payple answered HTTP {status}");
@@ -397,6 +411,31 @@ mod tests {
             classify_lookup(&r, &id(), &CodeBook::default()),
             Verdict::Failed { code, .. } if code == codes::NO_CODE
         ));
+    }
+
+    #[test]
+    fn transient_codes() {
+        let book = CodeBook::default();
+        for code in [
+            "TRANSPORT_ERROR",
+            "BAD_REPLY",
+            "HTTP_429",
+            "HTTP_500",
+            "HTTP_503",
+            "HTTP_408",
+            "AUTH0005",
+        ] {
+            assert!(is_transient_code(code, &book), "{code}");
+        }
+        for code in [
+            "HTTP_404",
+            "SPAY0005",
+            "CPAY9999",
+            "PAYER_ID_MISMATCH",
+            "HTTP_5000",
+        ] {
+            assert!(!is_transient_code(code, &book), "{code}");
+        }
     }
 
     #[test]

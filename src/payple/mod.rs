@@ -184,6 +184,21 @@ impl PaypleClient {
         })
     }
 
+    /// Attempts per key for transient failures.
+    pub fn max_attempts(&self) -> u32 {
+        self.config.max_attempts
+    }
+
+    /// Whether a `failed` outcome came from exhausted retries of a transient failure
+    /// (worth another try later), not from a definite answer.
+    pub fn failed_transiently(&self, outcome: &LookupOutcome) -> bool {
+        outcome.status == KeyStatus::Failed
+            && outcome
+                .result_code
+                .as_deref()
+                .is_some_and(|code| classify::is_transient_code(code, &self.config.codes))
+    }
+
     /// Auth requests sent so far.
     pub fn auth_calls(&self) -> u64 {
         self.auth_calls.load(Ordering::Relaxed)

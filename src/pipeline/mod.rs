@@ -551,7 +551,9 @@ struct Looked {
 }
 
 /// The bounded stream: pending keys → `check_one` (at most `concurrency` in flight) →
-/// the writer.
+/// the writer. Keys whose lookups failed transiently (retries exhausted on 5xx, dropped
+/// connections, broken replies) get no row yet: after the last key they are looked up
+/// once more, with a fresh retry budget, and only then written.
 async fn lookups(
     settings: &RunSettings,
     store: &Store,
@@ -561,56 +563,43 @@ async fn lookups(
     sender: tokio::sync::mpsc::Sender<CheckRow>,
     progress: &Progress,
 ) -> Looked {
-    let omit_pii = settings.omit_pii;
-    let keys = pending_keys(store.clone(), run_id, settings.shard.index)
-        .take_until(shutdown.stop.clone().cancelled_owned());
-    let results = keys
-        .map(|key| {
-            let client = Arc::clone(client);
-            let stop = shutdown.stop.clone();
-            async move {
-                let key = key?;
-                let outcome = check_one(&client, &key.payer_id, &stop).await?;
-                Ok::<_, RunError>((key, outcome))
-            }
-        })
-        .buffer_unordered(settings.concurrency.get());
-    let mut results = std::pin::pin!(results);
-
-    let mut looked = Looked {
-        checked: 0,
-        stopped: false,
-        error: None,
+    let mut out = Sink {
+        sender,
+        progress,
+        omit_pii: settings.omit_pii,
+        looked: Looked {
+            checked: 0,
+            stopped: false,
+            error: None,
+        },
     };
+    let concurrency = settings.concurrency.get();
+    let keys = pending_keys(store.clone(), run_id, settings.shard.index)
+        .map(|key| key.map(|k| (k, 0)))
+        .take_until(shutdown.stop.clone().cancelled_owned());
     let drain = async {
-        while let Some(result) = results.next().await {
-            let (key, mut outcome) = match result {
-                Ok((key, Some(outcome))) => (key, outcome),
-                // Stopped before it was sent: no row, so a resume checks it.
-                Ok((_, None)) => continue,
-                Err(e) => {
-                    looked.error = Some(e);
-                    return;
-                }
-            };
-            if omit_pii {
-                outcome.details = outcome.details.without_pii();
-            }
-            let status = outcome.status;
-            log_outcome(&key, &outcome);
-            let row = CheckRow {
-                payer_id: key.payer_id,
-                customer_ref: key.customer_ref,
-                outcome,
-                checked_at: now_text(),
-            };
-            if sender.send(row).await.is_err() {
-                // The writer stopped: its error says why.
-                return;
-            }
-            looked.checked += 1;
-            progress.record(status);
+        // With --max-attempts 1 nothing is retried, not even at the end.
+        let mut deferred = (client.max_attempts() > 1).then(Vec::new);
+        let first = look_up(keys, client, &shutdown.stop, concurrency);
+        if !out.drain(first, client, deferred.as_mut()).await {
+            return;
         }
+        let deferred = deferred.unwrap_or_default();
+        if deferred.is_empty() || shutdown.stop.is_cancelled() {
+            return;
+        }
+        tracing::info!(
+            keys = deferred.len(),
+            "looking up once more the keys whose lookups failed transiently"
+        );
+        let again = stream::iter(deferred.into_iter().map(Ok))
+            .take_until(shutdown.stop.clone().cancelled_owned());
+        out.drain(
+            look_up(again, client, &shutdown.stop, concurrency),
+            client,
+            None,
+        )
+        .await;
     };
     let grace = async {
         shutdown.stop.cancelled().await;
@@ -625,8 +614,96 @@ async fn lookups(
             tracing::warn!("shutdown grace expired: lookups still in flight are abandoned (resume checks them)");
         }
     }
+    let mut looked = out.looked;
     looked.stopped = shutdown.stop.is_cancelled();
     looked
+}
+
+/// Keys waiting for the second pass: at most this many are held (about 100 bytes each);
+/// past it, transient failures are written as they come.
+const MAX_DEFERRED: usize = 10_000;
+
+/// A key, and the lookups already spent on it.
+type Attempted = (StagedKey, u32);
+
+/// Keys → lookups, at most `concurrency` in flight; attempts spent earlier are added.
+fn look_up<'a>(
+    keys: impl Stream<Item = Result<Attempted, RunError>> + 'a,
+    client: &'a Arc<PaypleClient>,
+    stop: &'a CancellationToken,
+    concurrency: usize,
+) -> impl Stream<Item = Result<(Attempted, Option<LookupOutcome>), RunError>> + 'a {
+    keys.map(move |key| {
+        let client = Arc::clone(client);
+        let stop = stop.clone();
+        async move {
+            let (key, before) = key?;
+            let outcome = check_one(&client, &key.payer_id, &stop).await?;
+            let outcome = outcome.map(|mut o| {
+                o.attempts += before;
+                o
+            });
+            Ok::<_, RunError>(((key, before), outcome))
+        }
+    })
+    .buffer_unordered(concurrency)
+}
+
+/// Where outcomes go: the writer, the progress, the tally.
+struct Sink<'a> {
+    sender: tokio::sync::mpsc::Sender<CheckRow>,
+    progress: &'a Progress,
+    omit_pii: bool,
+    looked: Looked,
+}
+
+impl Sink<'_> {
+    /// Writes every outcome of `results`, or keeps transient failures in `deferred` while
+    /// there is room. `false` when the run must stop (an error, or the writer is gone).
+    async fn drain(
+        &mut self,
+        results: impl Stream<Item = Result<(Attempted, Option<LookupOutcome>), RunError>>,
+        client: &PaypleClient,
+        mut deferred: Option<&mut Vec<Attempted>>,
+    ) -> bool {
+        let mut results = std::pin::pin!(results);
+        while let Some(result) = results.next().await {
+            let (key, mut outcome) = match result {
+                Ok(((key, _), Some(outcome))) => (key, outcome),
+                // Stopped before it was sent: no row, so a resume checks it.
+                Ok((_, None)) => continue,
+                Err(e) => {
+                    self.looked.error = Some(e);
+                    return false;
+                }
+            };
+            if let Some(later) = deferred.as_deref_mut()
+                && later.len() < MAX_DEFERRED
+                && client.failed_transiently(&outcome)
+            {
+                later.push((key, outcome.attempts));
+                continue;
+            }
+            if self.omit_pii {
+                outcome.details = outcome.details.without_pii();
+            }
+            let status = outcome.status;
+            log_outcome(&key, &outcome);
+            let row = CheckRow {
+                payer_id: key.payer_id,
+                customer_ref: key.customer_ref,
+                outcome,
+                checked_at: now_text(),
+            };
+            if self.sender.send(row).await.is_err() {
+                // The writer stopped: its error says why.
+                return false;
+            }
+            self.looked.checked += 1;
+            self.progress.record(status);
+        }
+        true
+    }
 }
 
 fn log_outcome(key: &StagedKey, outcome: &LookupOutcome) {

@@ -316,10 +316,11 @@ async fn storm_run(
     (ids, checks, summary, code, log)
 }
 
-/// With the default retries (`--max-attempts 4`) every key ends `active` or `gone` as the
-/// ground truth says, unless all four of its attempts were faulted (0.3^4 per key); such a
-/// key is `failed` with the reason of its last fault. The request log and the rows agree
-/// on every key: attempts = lookups sent, the last lookup of a resolved key was clean.
+/// With the default retries (`--max-attempts 4`, and a second pass at the end of the run
+/// for keys that exhausted them) every key ends `active` or `gone` as the ground truth
+/// says, unless all eight of its attempts were faulted (0.3^8 ≈ 7e-5 per key); such a key
+/// is `failed` with the reason of its last fault. The request log and the rows agree on
+/// every key: attempts = lookups sent, the last lookup of a resolved key was clean.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storm_with_default_retries_misclassifies_nothing() {
     let (ids, checks, summary, code, log) = storm_run("storm-retry", 11, &[]).await;
@@ -339,7 +340,7 @@ async fn storm_with_default_retries_misclassifies_nothing() {
             "{id}: retried after a clean answer: {sent:?}"
         );
         if row.status == "failed" {
-            assert_eq!(row.attempts, 4, "{id}: {row:?}");
+            assert_eq!(row.attempts, 8, "{id}: both passes used: {row:?}");
             assert_ne!(last.fault, "none", "{id}: {sent:?}");
             assert_eq!(
                 row.result_code.as_deref(),
@@ -357,12 +358,8 @@ async fn storm_with_default_retries_misclassifies_nothing() {
         by_key.values().map(Vec::len).sum::<usize>(),
         failed.len()
     );
-    // 0.3^4 = 0.8% of keys on average; 5% would mean retries are not happening.
-    assert!(
-        failed.len() <= STORM_KEYS / 20,
-        "{} failed: {failed:?}",
-        failed.len()
-    );
+    // 0.3^8 per key: 0.02 keys of 300 on average, two or more about once in 5,000 runs.
+    assert!(failed.len() <= 1, "{} failed: {failed:?}", failed.len());
     assert_eq!(summary["failed"], failed.len());
     assert_eq!(code, if failed.is_empty() { 0 } else { 2 });
 }
