@@ -1,0 +1,118 @@
+//! Result rows: writing them in multi-row statements, counting them per status, and
+//! reading them back in pages.
+
+use sqlx::Row;
+
+use super::{
+    CHECK_COLUMN_COUNT, CHECK_COLUMNS, CheckRecord, CheckRow, MAX_ROWS_PER_STATEMENT, StatusCounts,
+    Store, StoreError, check_record, ctx,
+};
+use crate::domain::KeyStatus;
+
+impl Store {
+    /// Writes result rows in one transaction; a row already present is kept as it is.
+    pub async fn insert_checks(&self, run_id: i64, rows: &[CheckRow]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(ctx("writing results"))?;
+        for chunk in rows.chunks(MAX_ROWS_PER_STATEMENT) {
+            let one = format!("({})", vec!["?"; CHECK_COLUMN_COUNT].join(", "));
+            let values = vec![one.as_str(); chunk.len()].join(", ");
+            let sql = self.dialect.insert_ignoring(
+                &format!("billing_key_checks ({CHECK_COLUMNS})"),
+                &values,
+                "run_id, payer_id",
+            );
+            let mut query = sqlx::query(self.sql(&sql)).persistent(false);
+            for row in chunk {
+                let o = &row.outcome;
+                let d = &o.details;
+                query = query
+                    .bind(run_id)
+                    .bind(row.payer_id.clone())
+                    .bind(row.customer_ref.clone())
+                    .bind(o.status.as_str())
+                    .bind(d.pay_type.map(|p| p.as_str()))
+                    .bind(d.card_code.clone())
+                    .bind(d.card_name.clone())
+                    .bind(d.card_mask.clone())
+                    .bind(d.bank_code.clone())
+                    .bind(d.bank_name.clone())
+                    .bind(d.bank_mask.clone())
+                    .bind(d.bank_account_type.clone())
+                    .bind(d.payer_name.clone())
+                    .bind(d.payer_phone_mask.clone())
+                    .bind(d.is_tax.clone())
+                    .bind(o.result_code.clone())
+                    .bind(o.result_msg.clone())
+                    .bind(i64::from(o.attempts))
+                    .bind(row.checked_at.clone());
+            }
+            query
+                .execute(&mut *tx)
+                .await
+                .map_err(ctx("writing results"))?;
+        }
+        tx.commit().await.map_err(ctx("writing results"))
+    }
+
+    /// Result rows per status of a run.
+    pub async fn status_counts(&self, run_id: i64) -> Result<StatusCounts, StoreError> {
+        self.count_statuses(&self.pool, run_id).await
+    }
+
+    pub(super) async fn count_statuses<'e>(
+        &self,
+        executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
+        run_id: i64,
+    ) -> Result<StatusCounts, StoreError> {
+        let rows = sqlx::query(self.sql(
+            "SELECT status, COUNT(*) FROM billing_key_checks WHERE run_id = ? GROUP BY status",
+        ))
+        .bind(run_id)
+        .fetch_all(executor)
+        .await
+        .map_err(ctx("counting results"))?;
+        let mut counts = StatusCounts::default();
+        for row in rows {
+            let status: String = row.try_get(0).map_err(ctx("counting results"))?;
+            let n: i64 = row.try_get(1).map_err(ctx("counting results"))?;
+            if let Some(status) = KeyStatus::parse(&status) {
+                counts.add(status, n);
+            }
+        }
+        Ok(counts)
+    }
+
+    /// A page of a run's result rows ordered by payer id, after `after_payer_id`,
+    /// optionally only some statuses.
+    pub async fn checks_page(
+        &self,
+        run_id: i64,
+        after_payer_id: &str,
+        statuses: &[KeyStatus],
+        limit: i64,
+    ) -> Result<Vec<CheckRecord>, StoreError> {
+        self.checks_range(run_id, after_payer_id, None, statuses, limit)
+            .await
+    }
+
+    /// One key's result row in a run.
+    pub async fn check(
+        &self,
+        run_id: i64,
+        payer_id: &str,
+    ) -> Result<Option<CheckRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {CHECK_COLUMNS} FROM billing_key_checks WHERE run_id = ? AND payer_id = ?"
+        );
+        let row = sqlx::query(self.sql(&sql))
+            .bind(run_id)
+            .bind(payer_id.to_owned())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(ctx("reading a result"))?;
+        row.as_ref()
+            .map(check_record)
+            .transpose()
+            .map_err(ctx("reading a result"))
+    }
+}

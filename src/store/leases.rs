@@ -1,0 +1,171 @@
+//! The run lease: one row per lease name, taken, renewed by a heartbeat, taken over when
+//! expired or when its holder is known dead, and released.
+
+use std::time::Duration;
+
+use sqlx::Row;
+
+use super::{Lease, Store, StoreError, ctx, fmt_time};
+
+impl Store {
+    /// Takes the named lease for `ttl`, unless a live holder has it.
+    pub async fn acquire_lease(
+        &self,
+        name: &str,
+        run_id: i64,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let now = chrono::Utc::now();
+        let now_s = fmt_time(now);
+        let expires = fmt_time(now + chrono::Duration::from_std(ttl).unwrap_or_default());
+        let insert = self.dialect.insert_ignoring(
+            "run_leases (name, run_id, holder, heartbeat_at, expires_at)",
+            "(?, ?, ?, ?, ?)",
+            "name",
+        );
+        // Whether the insert took the lease cannot be read from rows_affected: MySQL's
+        // ON DUPLICATE KEY UPDATE reports 1 for an untouched row (CLIENT_FOUND_ROWS).
+        sqlx::query(self.sql(&insert))
+            .bind(name.to_owned())
+            .bind(run_id)
+            .bind(holder.to_owned())
+            .bind(now_s.clone())
+            .bind(expires.clone())
+            .execute(&self.pool)
+            .await
+            .map_err(ctx("taking the run lease"))?;
+        // Take over an expired lease.
+        sqlx::query(self.sql(
+            "UPDATE run_leases SET run_id = ?, holder = ?, heartbeat_at = ?, expires_at = ? \
+             WHERE name = ? AND expires_at < ?",
+        ))
+        .bind(run_id)
+        .bind(holder.to_owned())
+        .bind(now_s.clone())
+        .bind(expires)
+        .bind(name.to_owned())
+        .bind(now_s)
+        .execute(&self.pool)
+        .await
+        .map_err(ctx("taking the run lease"))?;
+        let row = sqlx::query(
+            self.sql("SELECT run_id, holder, expires_at FROM run_leases WHERE name = ?"),
+        )
+        .bind(name.to_owned())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(ctx("reading the run lease"))?;
+        let read = ctx("reading the run lease");
+        let current: String = row.try_get(1).map_err(ctx("reading the run lease"))?;
+        if current == holder {
+            return Ok(());
+        }
+        Err(StoreError::LeaseHeld {
+            name: name.to_owned(),
+            run_id: row.try_get(0).map_err(read)?,
+            holder: row.try_get(1).map_err(ctx("reading the run lease"))?,
+            expires_at: row.try_get(2).map_err(ctx("reading the run lease"))?,
+        })
+    }
+
+    /// The lease row `name`, if any.
+    pub async fn lease(&self, name: &str) -> Result<Option<Lease>, StoreError> {
+        let row =
+            sqlx::query(self.sql(
+                "SELECT run_id, holder, heartbeat_at, expires_at FROM run_leases WHERE name = ?",
+            ))
+            .bind(name.to_owned())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(ctx("reading the run lease"))?;
+        row.map(|r| {
+            Ok(Lease {
+                run_id: r.try_get(0)?,
+                holder: r.try_get(1)?,
+                heartbeat_at: r.try_get(2)?,
+                expires_at: r.try_get(3)?,
+            })
+        })
+        .transpose()
+        .map_err(ctx("reading the run lease"))
+    }
+
+    /// Takes the lease from `previous`, a holder known to be dead; false if it changed.
+    pub async fn take_over_lease(
+        &self,
+        name: &str,
+        previous: &str,
+        run_id: i64,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let now = chrono::Utc::now();
+        let expires = fmt_time(now + chrono::Duration::from_std(ttl).unwrap_or_default());
+        let n = sqlx::query(self.sql(
+            "UPDATE run_leases SET run_id = ?, holder = ?, heartbeat_at = ?, expires_at = ? \
+             WHERE name = ? AND holder = ?",
+        ))
+        .bind(run_id)
+        .bind(holder.to_owned())
+        .bind(fmt_time(now))
+        .bind(expires)
+        .bind(name.to_owned())
+        .bind(previous.to_owned())
+        .execute(&self.pool)
+        .await
+        .map_err(ctx("taking the run lease over"))?
+        .rows_affected();
+        Ok(n > 0)
+    }
+
+    /// Names the run a lease protects, once it has an id.
+    pub async fn set_lease_run(
+        &self,
+        name: &str,
+        holder: &str,
+        run_id: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(self.sql("UPDATE run_leases SET run_id = ? WHERE name = ? AND holder = ?"))
+            .bind(run_id)
+            .bind(name.to_owned())
+            .bind(holder.to_owned())
+            .execute(&self.pool)
+            .await
+            .map_err(ctx("recording the lease's run"))?;
+        Ok(())
+    }
+
+    /// Extends the lease while the run is alive.
+    pub async fn renew_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let now = chrono::Utc::now();
+        let expires = fmt_time(now + chrono::Duration::from_std(ttl).unwrap_or_default());
+        let n = sqlx::query(self.sql(
+            "UPDATE run_leases SET heartbeat_at = ?, expires_at = ? WHERE name = ? AND holder = ?",
+        ))
+        .bind(fmt_time(now))
+        .bind(expires)
+        .bind(name.to_owned())
+        .bind(holder.to_owned())
+        .execute(&self.pool)
+        .await
+        .map_err(ctx("renewing the run lease"))?
+        .rows_affected();
+        Ok(n > 0)
+    }
+
+    pub async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        sqlx::query(self.sql("DELETE FROM run_leases WHERE name = ? AND holder = ?"))
+            .bind(name.to_owned())
+            .bind(holder.to_owned())
+            .execute(&self.pool)
+            .await
+            .map_err(ctx("releasing the run lease"))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,427 @@
+//! Runs and their shards: creating, joining, resuming and finishing a run, and the list
+//! of keys each shard set out to check (staging, pending pages).
+
+use sqlx::Row;
+
+use super::{
+    Dialect, MAX_ROWS_PER_STATEMENT, NewRun, RUN_COLUMNS, RunRecord, RunState, ShardRecord,
+    StagedKey, Store, StoreError, ctx, now_text, run_record, to_i64,
+};
+
+impl Store {
+    /// Creates a run in state `running` and returns its id.
+    pub async fn create_run(&self, new: &NewRun) -> Result<i64, StoreError> {
+        const INSERT: &str = "INSERT INTO reconcile_runs \
+            (run_key, started_at, source, source_spec, options, state, shard_count) \
+            VALUES (?, ?, ?, ?, ?, 'running', ?)";
+        // SQLite and PostgreSQL return the id; MySQL reports it as the last insert id.
+        let returning = self.dialect != Dialect::MySql;
+        let sql = if returning {
+            format!("{INSERT} RETURNING id")
+        } else {
+            INSERT.to_owned()
+        };
+        let query = sqlx::query(self.sql(&sql))
+            .bind(new.run_key.clone())
+            .bind(now_text())
+            .bind(new.source.clone())
+            .bind(new.source_spec.clone())
+            .bind(new.options.clone())
+            .bind(i64::from(new.shard_count));
+        if returning {
+            let row = query
+                .fetch_one(&self.pool)
+                .await
+                .map_err(ctx("creating a run"))?;
+            row.try_get::<i64, _>(0).map_err(ctx("creating a run"))
+        } else {
+            let done = query
+                .execute(&self.pool)
+                .await
+                .map_err(ctx("creating a run"))?;
+            done.last_insert_id().ok_or_else(|| StoreError::Query {
+                doing: "creating a run",
+                source: sqlx::Error::Protocol("no id returned for the new run".into()),
+            })
+        }
+    }
+
+    /// Creates a run, or joins the run another shard just created with the same key.
+    pub async fn create_or_join_run(&self, new: &NewRun) -> Result<i64, StoreError> {
+        match self.create_run(new).await {
+            Ok(id) => Ok(id),
+            Err(StoreError::Query {
+                source: sqlx::Error::Database(db),
+                ..
+            }) if db.is_unique_violation() => {
+                let key = new.run_key.as_deref().unwrap_or_default();
+                match self.run_by_key(key).await? {
+                    Some(run) => Ok(run.id),
+                    None => Err(StoreError::Query {
+                        doing: "joining a run",
+                        source: sqlx::Error::Database(db),
+                    }),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Frees a completed run's key for `--rerun`: it becomes `KEY~ID`.
+    pub async fn retire_run_key(&self, run_id: i64) -> Result<(), StoreError> {
+        let run = self
+            .run(run_id)
+            .await?
+            .ok_or(StoreError::NoSuchRun(run_id))?;
+        let retired = format!("{}~{run_id}", run.run_key.unwrap_or_default());
+        sqlx::query(self.sql("UPDATE reconcile_runs SET run_key = ? WHERE id = ?"))
+            .bind(retired)
+            .bind(run_id)
+            .execute(&self.pool)
+            .await
+            .map_err(ctx("retiring a run key"))?;
+        Ok(())
+    }
+
+    pub async fn set_exit_code(&self, run_id: i64, code: i32) -> Result<(), StoreError> {
+        sqlx::query(self.sql("UPDATE reconcile_runs SET exit_code = ? WHERE id = ?"))
+            .bind(i64::from(code))
+            .bind(run_id)
+            .execute(&self.pool)
+            .await
+            .map_err(ctx("recording the exit code"))?;
+        Ok(())
+    }
+
+    pub async fn run(&self, id: i64) -> Result<Option<RunRecord>, StoreError> {
+        let sql = format!("SELECT {RUN_COLUMNS} FROM reconcile_runs WHERE id = ?");
+        let row = sqlx::query(self.sql(&sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(ctx("reading a run"))?;
+        row.map(|r| run_record(&r)).transpose()
+    }
+
+    pub async fn run_by_key(&self, run_key: &str) -> Result<Option<RunRecord>, StoreError> {
+        let sql = format!("SELECT {RUN_COLUMNS} FROM reconcile_runs WHERE run_key = ?");
+        let row = sqlx::query(self.sql(&sql))
+            .bind(run_key.to_owned())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(ctx("reading a run by key"))?;
+        row.map(|r| run_record(&r)).transpose()
+    }
+
+    /// The newest run that did not complete (running, interrupted or failed).
+    pub async fn latest_unfinished_run(&self) -> Result<Option<RunRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM reconcile_runs WHERE state <> 'completed' \
+             ORDER BY id DESC LIMIT 1"
+        );
+        let row = sqlx::query(self.sql(&sql))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(ctx("finding the latest unfinished run"))?;
+        row.map(|r| run_record(&r)).transpose()
+    }
+
+    /// The newest runs in `state`, newest first.
+    pub async fn latest_runs(
+        &self,
+        state: Option<RunState>,
+        limit: i64,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        let filter = if state.is_some() {
+            "WHERE state = ?"
+        } else {
+            ""
+        };
+        let sql =
+            format!("SELECT {RUN_COLUMNS} FROM reconcile_runs {filter} ORDER BY id DESC LIMIT ?");
+        let mut query = sqlx::query(self.sql(&sql));
+        if let Some(state) = state {
+            query = query.bind(state.as_str());
+        }
+        let rows = query
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(ctx("listing runs"))?;
+        rows.iter().map(run_record).collect()
+    }
+
+    /// Recounts a run's rows and records the outcome of one shard; the run is `completed`
+    /// once every shard is.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn finish_shard(
+        &self,
+        run_id: i64,
+        shard_index: u32,
+        state: RunState,
+        auth_calls: u64,
+        lookups: u64,
+        exit_code: i32,
+        error: Option<String>,
+    ) -> Result<RunRecord, StoreError> {
+        let now = now_text();
+        // One transaction, with the run row locked before the shards are read: shards that
+        // finish at the same moment are serialized, and the last one sees every other.
+        let lock = if self.dialect == Dialect::Sqlite {
+            ""
+        } else {
+            " FOR UPDATE"
+        };
+        let mut tx = self.pool.begin().await.map_err(ctx("finishing a shard"))?;
+        sqlx::query(self.sql(
+            "UPDATE run_shards SET state = ?, finished_at = ?, auth_calls = auth_calls + ?, \
+             lookups = lookups + ? WHERE run_id = ? AND shard_index = ?",
+        ))
+        .bind(state.as_str())
+        .bind(now.clone())
+        .bind(to_i64(auth_calls))
+        .bind(to_i64(lookups))
+        .bind(run_id)
+        .bind(i64::from(shard_index))
+        .execute(&mut *tx)
+        .await
+        .map_err(ctx("finishing a shard"))?;
+        let shard_count: i64 = sqlx::query_scalar(self.sql(&format!(
+            "SELECT shard_count FROM reconcile_runs WHERE id = ?{lock}"
+        )))
+        .bind(run_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(ctx("finishing a run"))?
+        .ok_or(StoreError::NoSuchRun(run_id))?;
+        let shards = sqlx::query(self.sql(&format!(
+            "SELECT state, keys_total, duplicates, auth_calls, lookups FROM run_shards \
+             WHERE run_id = ?{lock}"
+        )))
+        .bind(run_id)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(ctx("reading shards"))?;
+        let mut completed = 0i64;
+        let (mut keys, mut dups, mut auths, mut looks) = (Some(0i64), 0i64, 0i64, 0i64);
+        for row in &shards {
+            let shard_state: String = row.try_get(0).map_err(ctx("reading shards"))?;
+            completed += i64::from(RunState::parse(&shard_state) == RunState::Completed);
+            let total: Option<i64> = row.try_get(1).map_err(ctx("reading shards"))?;
+            keys = keys.zip(total).map(|(a, b)| a + b);
+            dups += row.try_get::<i64, _>(2).map_err(ctx("reading shards"))?;
+            auths += row.try_get::<i64, _>(3).map_err(ctx("reading shards"))?;
+            looks += row.try_get::<i64, _>(4).map_err(ctx("reading shards"))?;
+        }
+        let counts = self.count_statuses(&mut *tx, run_id).await?;
+        let run_state = if completed == shard_count {
+            RunState::Completed
+        } else if state == RunState::Completed {
+            RunState::Running
+        } else {
+            state
+        };
+        sqlx::query(self.sql(
+            "UPDATE reconcile_runs SET state = ?, finished_at = ?, keys_total = ?, \
+             duplicates = ?, active_count = ?, gone_count = ?, failed_count = ?, \
+             rejected_count = ?, auth_calls = ?, lookups = ?, exit_code = ?, error = ? \
+             WHERE id = ?",
+        ))
+        .bind(run_state.as_str())
+        .bind((run_state != RunState::Running).then_some(now))
+        .bind(keys.filter(|_| shards.len() as i64 == shard_count))
+        .bind(dups)
+        .bind(counts.active)
+        .bind(counts.gone)
+        .bind(counts.failed)
+        .bind(counts.rejected)
+        .bind(auths)
+        .bind(looks)
+        .bind(i64::from(exit_code))
+        .bind(error)
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(ctx("finishing a run"))?;
+        tx.commit().await.map_err(ctx("finishing a run"))?;
+        self.run(run_id).await?.ok_or(StoreError::NoSuchRun(run_id))
+    }
+
+    /// Marks a run `running` again (resume).
+    pub async fn reopen_run(&self, run_id: i64) -> Result<(), StoreError> {
+        sqlx::query(self.sql(
+            "UPDATE reconcile_runs SET state = 'running', finished_at = NULL, error = NULL \
+             WHERE id = ?",
+        ))
+        .bind(run_id)
+        .execute(&self.pool)
+        .await
+        .map_err(ctx("reopening a run"))?;
+        Ok(())
+    }
+
+    /// The shard's row, created in state `running` if missing, and set running again.
+    pub async fn start_shard(
+        &self,
+        run_id: i64,
+        shard_index: u32,
+    ) -> Result<ShardRecord, StoreError> {
+        let insert = self.dialect.insert_ignoring(
+            "run_shards (run_id, shard_index, state, started_at)",
+            "(?, ?, 'running', ?)",
+            "run_id, shard_index",
+        );
+        sqlx::query(self.sql(&insert))
+            .bind(run_id)
+            .bind(i64::from(shard_index))
+            .bind(now_text())
+            .execute(&self.pool)
+            .await
+            .map_err(ctx("starting a shard"))?;
+        sqlx::query(self.sql(
+            "UPDATE run_shards SET state = 'running', finished_at = NULL \
+             WHERE run_id = ? AND shard_index = ?",
+        ))
+        .bind(run_id)
+        .bind(i64::from(shard_index))
+        .execute(&self.pool)
+        .await
+        .map_err(ctx("starting a shard"))?;
+        let row = sqlx::query(self.sql(
+            "SELECT state, staged, keys_total, duplicates, auth_calls, lookups \
+             FROM run_shards WHERE run_id = ? AND shard_index = ?",
+        ))
+        .bind(run_id)
+        .bind(i64::from(shard_index))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(ctx("reading a shard"))?;
+        let read = |e| StoreError::Query {
+            doing: "reading a shard",
+            source: e,
+        };
+        Ok(ShardRecord {
+            state: RunState::parse(&row.try_get::<String, _>(0).map_err(read)?),
+            staged: row.try_get::<i64, _>(1).map_err(read)? != 0,
+            keys_total: row.try_get(2).map_err(read)?,
+            duplicates: row.try_get(3).map_err(read)?,
+            auth_calls: row.try_get(4).map_err(read)?,
+            lookups: row.try_get(5).map_err(read)?,
+        })
+    }
+
+    /// Adds keys to a run's list; keys already on it are left alone (duplicates, and
+    /// re-staging after a crash).
+    pub async fn stage_keys(
+        &self,
+        run_id: i64,
+        shard_index: u32,
+        keys: &[StagedKey],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(ctx("staging keys"))?;
+        for chunk in keys.chunks(MAX_ROWS_PER_STATEMENT) {
+            let values = vec!["(?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+            let sql = self.dialect.insert_ignoring(
+                "run_keys (run_id, shard_index, seq, payer_id, customer_ref)",
+                &values,
+                "run_id, payer_id",
+            );
+            // Not cached: every batch size is a different statement, and a cache of
+            // large multi-row statements grows with the run.
+            let mut query = sqlx::query(self.sql(&sql)).persistent(false);
+            for key in chunk {
+                query = query
+                    .bind(run_id)
+                    .bind(i64::from(shard_index))
+                    .bind(key.seq)
+                    .bind(key.payer_id.clone())
+                    .bind(key.customer_ref.clone());
+            }
+            query.execute(&mut *tx).await.map_err(ctx("staging keys"))?;
+        }
+        tx.commit().await.map_err(ctx("staging keys"))
+    }
+
+    /// Records that the shard's key list is complete. `valid_read` counts the valid keys
+    /// the source gave this shard, duplicates included; returns (keys, duplicates).
+    pub async fn mark_staged(
+        &self,
+        run_id: i64,
+        shard_index: u32,
+        valid_read: i64,
+    ) -> Result<(i64, i64), StoreError> {
+        let staged = self.count_staged(run_id, shard_index).await?;
+        let duplicates = (valid_read - staged).max(0);
+        sqlx::query(self.sql(
+            "UPDATE run_shards SET staged = 1, keys_total = ?, duplicates = ? \
+             WHERE run_id = ? AND shard_index = ?",
+        ))
+        .bind(staged)
+        .bind(duplicates)
+        .bind(run_id)
+        .bind(i64::from(shard_index))
+        .execute(&self.pool)
+        .await
+        .map_err(ctx("marking keys staged"))?;
+        Ok((staged, duplicates))
+    }
+
+    pub async fn count_staged(&self, run_id: i64, shard_index: u32) -> Result<i64, StoreError> {
+        sqlx::query_scalar(
+            self.sql("SELECT COUNT(*) FROM run_keys WHERE run_id = ? AND shard_index = ?"),
+        )
+        .bind(run_id)
+        .bind(i64::from(shard_index))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(ctx("counting staged keys"))
+    }
+
+    /// Keys of the shard without a result row yet, after `after_seq`, in input order.
+    pub async fn pending_keys(
+        &self,
+        run_id: i64,
+        shard_index: u32,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<StagedKey>, StoreError> {
+        let rows = sqlx::query(self.sql(
+            "SELECT k.seq, k.payer_id, k.customer_ref FROM run_keys k \
+             WHERE k.run_id = ? AND k.shard_index = ? AND k.seq > ? \
+             AND NOT EXISTS (SELECT 1 FROM billing_key_checks c \
+                             WHERE c.run_id = k.run_id AND c.payer_id = k.payer_id) \
+             ORDER BY k.seq LIMIT ?",
+        ))
+        .bind(run_id)
+        .bind(i64::from(shard_index))
+        .bind(after_seq)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(ctx("reading pending keys"))?;
+        rows.iter()
+            .map(|r| {
+                Ok(StagedKey {
+                    seq: r.try_get(0)?,
+                    payer_id: r.try_get(1)?,
+                    customer_ref: r.try_get(2)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(ctx("reading pending keys"))
+    }
+
+    /// How many keys of the shard still lack a result row.
+    pub async fn count_pending(&self, run_id: i64, shard_index: u32) -> Result<i64, StoreError> {
+        sqlx::query_scalar(self.sql(
+            "SELECT COUNT(*) FROM run_keys k WHERE k.run_id = ? AND k.shard_index = ? \
+             AND NOT EXISTS (SELECT 1 FROM billing_key_checks c \
+                             WHERE c.run_id = k.run_id AND c.payer_id = k.payer_id)",
+        ))
+        .bind(run_id)
+        .bind(i64::from(shard_index))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(ctx("counting pending keys"))
+    }
+}
