@@ -16,9 +16,7 @@ impl Store {
         holder: &str,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        let now = chrono::Utc::now();
-        let now_s = fmt_time(now);
-        let expires = fmt_time(now + chrono::Duration::from_std(ttl).unwrap_or_default());
+        let (now_s, expires) = stamps(ttl);
         let insert = self.dialect.insert_ignoring(
             "run_leases (name, run_id, holder, heartbeat_at, expires_at)",
             "(?, ?, ?, ?, ?)",
@@ -49,24 +47,17 @@ impl Store {
         .execute(&self.pool)
         .await
         .map_err(ctx("taking the run lease"))?;
-        let row = sqlx::query(
-            self.sql("SELECT run_id, holder, expires_at FROM run_leases WHERE name = ?"),
-        )
-        .bind(name.to_owned())
-        .fetch_one(&self.pool)
-        .await
-        .map_err(ctx("reading the run lease"))?;
-        let read = ctx("reading the run lease");
-        let current: String = row.try_get(1).map_err(ctx("reading the run lease"))?;
-        if current == holder {
-            return Ok(());
+        match self.lease(name).await? {
+            Some(lease) if lease.holder == holder => Ok(()),
+            Some(lease) => Err(StoreError::LeaseHeld {
+                name: name.to_owned(),
+                run_id: lease.run_id,
+                holder: lease.holder,
+                expires_at: lease.expires_at,
+            }),
+            // Released between the statements: take it again.
+            None => Box::pin(self.acquire_lease(name, run_id, holder, ttl)).await,
         }
-        Err(StoreError::LeaseHeld {
-            name: name.to_owned(),
-            run_id: row.try_get(0).map_err(read)?,
-            holder: row.try_get(1).map_err(ctx("reading the run lease"))?,
-            expires_at: row.try_get(2).map_err(ctx("reading the run lease"))?,
-        })
     }
 
     /// The lease row `name`, if any.
@@ -100,15 +91,14 @@ impl Store {
         holder: &str,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        let now = chrono::Utc::now();
-        let expires = fmt_time(now + chrono::Duration::from_std(ttl).unwrap_or_default());
+        let (now, expires) = stamps(ttl);
         let n = sqlx::query(self.sql(
             "UPDATE run_leases SET run_id = ?, holder = ?, heartbeat_at = ?, expires_at = ? \
              WHERE name = ? AND holder = ?",
         ))
         .bind(run_id)
         .bind(holder.to_owned())
-        .bind(fmt_time(now))
+        .bind(now)
         .bind(expires)
         .bind(name.to_owned())
         .bind(previous.to_owned())
@@ -143,12 +133,11 @@ impl Store {
         holder: &str,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        let now = chrono::Utc::now();
-        let expires = fmt_time(now + chrono::Duration::from_std(ttl).unwrap_or_default());
+        let (now, expires) = stamps(ttl);
         let n = sqlx::query(self.sql(
             "UPDATE run_leases SET heartbeat_at = ?, expires_at = ? WHERE name = ? AND holder = ?",
         ))
-        .bind(fmt_time(now))
+        .bind(now)
         .bind(expires)
         .bind(name.to_owned())
         .bind(holder.to_owned())
@@ -168,4 +157,11 @@ impl Store {
             .map_err(ctx("releasing the run lease"))?;
         Ok(())
     }
+}
+
+/// Now and `ttl` from now, as stored.
+fn stamps(ttl: Duration) -> (String, String) {
+    let now = chrono::Utc::now();
+    let expires = now + chrono::Duration::from_std(ttl).unwrap_or_default();
+    (fmt_time(now), fmt_time(expires))
 }
