@@ -19,7 +19,10 @@ pub mod writer;
 
 use std::time::Duration;
 
-use sqlx::any::{AnyPoolOptions, AnyRow};
+use std::str::FromStr;
+
+use sqlx::ConnectOptions;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, AssertSqlSafe, Row};
 
 use crate::domain::{KeyStatus, LookupOutcome};
@@ -368,13 +371,19 @@ impl Store {
                 })
             });
         }
+        let connect_error = |source| StoreError::Connect {
+            dialect: dialect.name(),
+            source,
+        };
+        // A million-row count takes seconds and is expected: sqlx's "slow statement"
+        // warnings would only be noise on a healthy night, so they go to debug.
+        let connect_options = AnyConnectOptions::from_str(&url)
+            .map_err(connect_error)?
+            .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1));
         let pool = options
-            .connect(&url)
+            .connect_with(connect_options)
             .await
-            .map_err(|source| StoreError::Connect {
-                dialect: dialect.name(),
-                source,
-            })?;
+            .map_err(connect_error)?;
         Ok(Self { pool, dialect })
     }
 
