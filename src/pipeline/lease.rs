@@ -64,9 +64,10 @@ pub fn holder_state(holder: &str) -> Holder {
     }
 }
 
-/// Takes the lease `name` for this process. `resuming` is the run being continued: its
-/// crashed holder's lease is inherited (at once if it ran here, after expiry if not); any
-/// other live holder means another run is going on, and this one is refused.
+/// Takes the lease `name` for this process. A crashed holder's lease is inherited by the
+/// run it left (`resuming`), or by anyone when it died before creating a run: at once if
+/// it ran here, after expiry if not (refused if its heartbeat moves). Any live holder
+/// means another run is going on, and this one is refused.
 pub async fn take(
     store: &Store,
     name: &str,
@@ -79,17 +80,25 @@ pub async fn take(
         Ok(()) => return Ok(()),
         Err(StoreError::LeaseHeld {
             run_id: held_run, ..
-        }) if resuming.is_some_and(|id| held_run == id || held_run == 0) => held_run,
+        }) => held_run,
         Err(e) => return Err(e.into()),
     };
+    // The run the holder may have left is ours to continue; a holder that died before it
+    // created any run (run 0) left nothing to continue, and blocks nobody.
+    let inherits = held_run == 0 || resuming == Some(held_run);
     let Some(first) = store.lease(name).await? else {
         // Released meanwhile: try once more.
         return Ok(store.acquire_lease(name, run_id, holder, TTL).await?);
     };
     match holder_state(&first.holder) {
         Holder::Alive => Err(held_error(name, held_run, &first)),
+        Holder::Dead if !inherits => Err(held_error(name, held_run, &first)),
+        // Waiting a minute for a machine that may still be working is for resumes only.
+        Holder::Elsewhere if !inherits || resuming.is_none() => {
+            Err(held_error(name, held_run, &first))
+        }
         Holder::Dead => {
-            tracing::info!(previous = %first.holder, "the run's previous process is gone; taking its lease");
+            tracing::info!(previous = %first.holder, "the lease holder's process is gone; taking its lease");
             if store
                 .take_over_lease(name, &first.holder, run_id, holder, TTL)
                 .await?

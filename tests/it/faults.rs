@@ -245,6 +245,46 @@ async fn resume_after_a_kill_between_run_creation_and_lease_naming() {
     sim.shutdown().await;
 }
 
+/// A kill after the lease was taken but before any run existed (during partner auth)
+/// leaves a lease naming run 0 and nothing to resume: the next start, plain or `--resume`,
+/// is not blocked by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_before_the_run_existed_blocks_nobody() {
+    let (_dir, ids, csv) = helpers::keys_csv(30, "lease-no-run");
+    let sim = sim_with(KeyBook::derived(), Faults::none(), None).await;
+    let db = TestDb::sqlite();
+    let store = db.store().await;
+    // Exactly what such a kill leaves: this machine's holder, a process that is gone.
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned());
+    let far_future = "2999-01-01T00:00:00.000Z";
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO run_leases (name, run_id, holder, heartbeat_at, expires_at) \
+         VALUES ('reconcile', 0, '{host}:{}:1', '{far_future}', '{far_future}')",
+        u32::MAX - 7
+    )))
+    .execute(store.pool())
+    .await
+    .expect("plant the lease");
+
+    let csv_arg = csv.to_str().expect("utf-8 path");
+    let out = output_of(run_cmd(
+        &sim,
+        &db.url,
+        &["--resume", "--csv", csv_arg, "--rate", "0"],
+    ))
+    .await;
+    assert_exit(&out, 0);
+    let run = only_run(&store).await;
+    assert_eq!(run.state, RunState::Completed);
+    assert_ground_truth(&store, run.id, &ids).await;
+    store.close().await;
+    sim.shutdown().await;
+}
+
 // ---- 2. storm -----------------------------------------------------------------------------
 
 const STORM_KEYS: usize = 300;
