@@ -11,12 +11,13 @@
 //! - [`simulator`]: a loopback Payple for tests, demos and benchmarks.
 //! - [`source`]: where the keys come from: CSV (or stdin), a table, or a query.
 //! - [`store`]: the results database (SQLite, PostgreSQL, MySQL) and its single writer.
-//! - [`exit`], [`shutdown`], [`telemetry`]: exit codes, signals, logs.
+//! - [`exit`], [`http`], [`shutdown`], [`telemetry`]: exit codes, the HTTP client, signals, logs.
 
 pub mod app;
 pub mod cli;
 pub mod domain;
 pub mod exit;
+pub mod http;
 pub mod payple;
 pub mod pipeline;
 pub mod report;

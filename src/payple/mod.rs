@@ -140,7 +140,7 @@ impl PaypleClient {
         let referer = HeaderValue::from_str(&config.referer)
             .map_err(|_| PaypleError::IncompleteAuth("Referer header value"))?;
         headers.insert(REFERER, referer);
-        let http = reqwest::Client::builder()
+        let http = crate::http::client_builder()
             .default_headers(headers)
             .user_agent(concat!("payple-reconcile/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(config.connect_timeout)

@@ -351,7 +351,7 @@ async fn the_client_forwards_the_issued_tokens_and_echoed_credentials_fail() {
     assert_eq!(stats.auth_calls, 1);
 
     // A client that authenticates and then sends its own credentials back.
-    let http = reqwest::Client::builder()
+    let http = payple_reconcile::http::client_builder()
         .timeout(Duration::from_secs(5))
         .build()
         .expect("reqwest client");

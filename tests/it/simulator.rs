@@ -21,7 +21,7 @@ async fn spawn(config: SimConfig) -> SimHandle {
 }
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder()
+    payple_reconcile::http::client_builder()
         .timeout(Duration::from_secs(5))
         .build()
         .expect("client")
