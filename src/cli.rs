@@ -1,12 +1,12 @@
 //! The command line as typed: clap structures only. [`crate::settings`] turns them into
 //! validated settings; nothing past that sees a flag.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::exit::EXIT_CODES_HELP;
-use crate::simulator::SimulateArgs;
 use crate::telemetry::LogFormat;
 
 const CREDENTIALS_HELP: &str = "\
@@ -231,4 +231,57 @@ pub struct SummaryArgs {
     /// The run (default: the latest completed run).
     #[arg(long)]
     pub run: Option<i64>,
+}
+
+/// Flags of `payple-reconcile simulate`.
+#[derive(Debug, Clone, Args)]
+pub struct SimulateArgs {
+    /// Loopback address to listen on.
+    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    pub bind: IpAddr,
+    /// Port to listen on (0 picks a free one; the address is printed on stdout).
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+    /// JSON Lines file of keys with fixed answers; other keys are derived from their hash.
+    #[arg(long, value_name = "PATH")]
+    pub keys: Option<PathBuf>,
+    /// How long an issued token triple stays valid, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 1800)]
+    pub token_ttl: u64,
+    /// Latency added to every lookup, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Up to this many more milliseconds, uniformly drawn, added to every lookup.
+    #[arg(long, default_value_t = 0)]
+    pub jitter_ms: u64,
+    /// Fraction of lookups answered HTTP 500.
+    #[arg(long, default_value_t = 0.0)]
+    pub error_rate: f64,
+    /// Fraction of lookups whose connection is dropped without a response.
+    #[arg(long, default_value_t = 0.0)]
+    pub drop_rate: f64,
+    /// Fraction of lookups whose JSON body is cut in half.
+    #[arg(long, default_value_t = 0.0)]
+    pub truncate_rate: f64,
+    /// Fraction of lookups answered with an HTML error page (HTTP 200).
+    #[arg(long, default_value_t = 0.0)]
+    pub garbage_rate: f64,
+    /// Lookups per second above which the simulator answers 429.
+    #[arg(long, value_name = "PER_SEC")]
+    pub rate_limit: Option<u32>,
+    /// `Retry-After` value of 429 answers, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 1)]
+    pub retry_after: u64,
+    /// Answer the first N lookups of every key with HTTP 500.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub fail_first: u32,
+    /// Write one JSON line per request to this file.
+    #[arg(long, value_name = "PATH")]
+    pub request_log: Option<PathBuf>,
+    /// Seed of the fault RNG (0: random).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Origin to put in auth answers' `return_url` instead of the simulator's own.
+    #[arg(long, value_name = "ORIGIN")]
+    pub return_origin: Option<String>,
 }

@@ -1,5 +1,5 @@
 //! Domain types parsed once at the boundary: billing keys, what a lookup concluded, and
-//! how a key is shown where it must not appear in full.
+//! how a key is shown where it must not appear in full, and what a run did in the end.
 
 use std::fmt;
 
@@ -228,6 +228,29 @@ impl LookupOutcome {
             attempts: 0,
         }
     }
+}
+
+/// What a run did, printed as JSON on stdout at the end.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    pub run_id: i64,
+    pub state: &'static str,
+    pub source: String,
+    pub keys: Option<i64>,
+    pub duplicates: i64,
+    pub active: i64,
+    pub gone: i64,
+    pub failed: i64,
+    pub rejected: i64,
+    /// Keys looked up by this process (a resumed run counts only what it did).
+    pub checked_now: u64,
+    pub duration_secs: f64,
+    pub lookups_per_second: f64,
+    pub auth_calls: u64,
+    pub lookups: u64,
+    pub exit_code: u8,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! (`Duration`s, non-zero counts, secret credentials, an enum for the key source). A bad
 //! configuration stops here, before any lookup is sent.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -10,10 +10,16 @@ use std::time::Duration;
 use secrecy::SecretString;
 use url::Url;
 
-use crate::cli::{PaypleArgs, RunArgs};
+use crate::cli::{
+    ChangesArgs, Cli, Command, DatabaseArgs, LookupArgs, PaypleArgs, ReportArgs, RunArgs,
+    SimulateArgs,
+};
+use crate::domain::KeyStatus;
 use crate::payple::classify::CodeBook;
-use crate::payple::{ClientConfig, LIVE_ORIGIN, Rate, TEST_ORIGIN};
-use crate::simulator;
+use crate::payple::{
+    ClientConfig, LIVE_ORIGIN, Rate, TEST_CST_ID, TEST_CUST_KEY, TEST_ORIGIN, TEST_REFERER,
+};
+use crate::report::{ReportError, RunSelector, parse_statuses};
 use crate::source::{SourceSpec, validate_identifier};
 
 /// A configuration that cannot run: exit code 3.
@@ -31,6 +37,18 @@ pub enum ConfigError {
     },
     #[error("{flag}: {reason}")]
     Invalid { flag: &'static str, reason: String },
+    #[error(transparent)]
+    Report(#[from] ReportError),
+}
+
+impl ConfigError {
+    /// `--resume` names a run whose stored source cannot be read back.
+    pub fn unreadable_resumed_source(run_id: i64, reason: impl std::fmt::Display) -> Self {
+        invalid(
+            "--resume",
+            format!("run {run_id} has an unreadable source: {reason}"),
+        )
+    }
 }
 
 fn invalid(flag: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -97,15 +115,41 @@ fn is_loopback(url: &Url) -> bool {
     }
 }
 
-/// Builds the Payple client configuration. `simulator_url` is set when `--simulator`
-/// started one: it becomes the origin and the test partner the default credentials.
-pub fn payple_config(
-    args: &PaypleArgs,
-    env: &dyn Env,
-    simulator_url: Option<&str>,
-) -> Result<ClientConfig, ConfigError> {
-    let origin = parse_origin(simulator_url.unwrap_or(&args.payple_url))?;
-    let sim = simulator_url.is_some();
+/// Where the Payple client sends its requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PaypleTarget {
+    /// `--simulator`: the built-in simulator, started by the command on a loopback port.
+    Simulator,
+    /// `--payple-url`: a real (or separately run) Payple origin.
+    Origin(Url),
+}
+
+/// How to reach Payple, validated: the target and the whole client configuration.
+#[derive(Debug, Clone)]
+pub struct PaypleSettings {
+    pub target: PaypleTarget,
+    /// Complete for [`PaypleTarget::Origin`]. For [`PaypleTarget::Simulator`] its origin is
+    /// [`SIMULATOR_PLACEHOLDER`] until the command has started the simulator and calls
+    /// [`ClientConfig::with_origin`] with its URL.
+    pub client: ClientConfig,
+}
+
+/// The origin a `--simulator` configuration holds before the simulator has a port.
+pub const SIMULATOR_PLACEHOLDER: &str = "http://127.0.0.1/";
+
+/// Validates the Payple flags and credentials. With `--simulator`, missing credentials
+/// default to Payple's documented test partner.
+pub fn payple_settings(args: &PaypleArgs, env: &dyn Env) -> Result<PaypleSettings, ConfigError> {
+    let target = if args.simulator {
+        PaypleTarget::Simulator
+    } else {
+        PaypleTarget::Origin(parse_origin(&args.payple_url)?)
+    };
+    let origin = match &target {
+        PaypleTarget::Origin(url) => url.clone(),
+        PaypleTarget::Simulator => parse_origin(SIMULATOR_PLACEHOLDER)?,
+    };
+    let sim = target == PaypleTarget::Simulator;
     let or_test = |name: &'static str, test: &str| -> Result<String, ConfigError> {
         match env.var(name) {
             Some(v) => Ok(v),
@@ -113,7 +157,7 @@ pub fn payple_config(
             None => Err(ConfigError::MissingEnv(name)),
         }
     };
-    let cst_id = or_test("PAYPLE_CST_ID", simulator::TEST_CST_ID)?;
+    let cst_id = or_test("PAYPLE_CST_ID", TEST_CST_ID)?;
     let cust_key = match &args.cust_key_file {
         Some(path) => std::fs::read_to_string(path)
             .map(|s| s.trim().to_owned())
@@ -121,12 +165,12 @@ pub fn payple_config(
                 path: path.clone(),
                 source,
             })?,
-        None => or_test("PAYPLE_CUST_KEY", simulator::TEST_CUST_KEY)?,
+        None => or_test("PAYPLE_CUST_KEY", TEST_CUST_KEY)?,
     };
     if cust_key.is_empty() {
         return Err(ConfigError::MissingEnv("PAYPLE_CUST_KEY"));
     }
-    let referer = or_test("PAYPLE_REFERER", simulator::TEST_REFERER)?;
+    let referer = or_test("PAYPLE_REFERER", TEST_REFERER)?;
     if referer.parse::<reqwest::header::HeaderValue>().is_err() {
         return Err(invalid("PAYPLE_REFERER", "not a valid header value"));
     }
@@ -155,7 +199,7 @@ pub fn payple_config(
         codes = codes.with_gone(gone);
     }
     let request_timeout = Duration::from_secs_f64(args.request_timeout);
-    Ok(ClientConfig {
+    let client = ClientConfig {
         origin,
         cst_id: SecretString::from(cst_id),
         cust_key: SecretString::from(cust_key),
@@ -172,7 +216,8 @@ pub fn payple_config(
             share: NonZeroU32::MIN,
         }),
         codes,
-    })
+    };
+    Ok(PaypleSettings { target, client })
 }
 
 /// Which part of the keys this process checks.
@@ -229,9 +274,17 @@ pub enum Resume {
     Run(i64),
 }
 
-/// Everything `run` needs besides the Payple client configuration.
+/// `run`, validated: the batch and the Payple client that serves it.
 #[derive(Debug, Clone)]
 pub struct RunSettings {
+    pub batch: BatchSettings,
+    /// The client configuration, its rate already shared among the shards.
+    pub payple: PaypleSettings,
+}
+
+/// Everything the batch needs besides the Payple client.
+#[derive(Debug, Clone)]
+pub struct BatchSettings {
     pub source: SourceSpec,
     pub source_database_url: Option<String>,
     pub database_url: String,
@@ -250,8 +303,19 @@ pub struct RunSettings {
     pub write_batch: usize,
 }
 
-/// Validates `run`'s flags. `env` supplies `JOB_COMPLETION_INDEX` for `--shards`.
+/// Validates `run`'s flags and credentials; the lookup rate is divided among the shards.
 pub fn run_settings(args: &RunArgs, env: &dyn Env) -> Result<RunSettings, ConfigError> {
+    let batch = batch_settings(args, env)?;
+    let mut payple = payple_settings(&args.payple, env)?;
+    if let Some(rate) = &mut payple.client.rate {
+        rate.share = batch.shard.count;
+    }
+    Ok(RunSettings { batch, payple })
+}
+
+/// Validates `run`'s batch flags (not the Payple ones). `env` supplies
+/// `JOB_COMPLETION_INDEX` for `--shards`.
+pub fn batch_settings(args: &RunArgs, env: &dyn Env) -> Result<BatchSettings, ConfigError> {
     let source = if let Some(path) = &args.csv {
         SourceSpec::Csv { path: path.clone() }
     } else if let Some(sql) = &args.source_query {
@@ -330,7 +394,7 @@ pub fn run_settings(args: &RunArgs, env: &dyn Env) -> Result<RunSettings, Config
     if !(1..=100_000).contains(&args.write_batch) {
         return Err(invalid("--write-batch", "must be within 1..=100000"));
     }
-    Ok(RunSettings {
+    Ok(BatchSettings {
         source,
         source_database_url: args.source_database_url.clone(),
         database_url: args.database.database_url.clone(),
@@ -348,6 +412,155 @@ pub fn run_settings(args: &RunArgs, env: &dyn Env) -> Result<RunSettings, Config
         omit_pii: args.omit_pii,
         write_batch: args.write_batch,
     })
+}
+
+/// One validated configuration per subcommand: what [`from_cli`] turns the command line
+/// into. Nothing past it sees a clap type.
+#[derive(Debug)]
+pub enum Settings {
+    Run(Box<RunSettings>),
+    Lookup(Box<LookupSettings>),
+    Simulate(SimulateSettings),
+    Migrate(DatabaseSettings),
+    Report(ReportSettings),
+    Changes(ChangesSettings),
+    Summary(SummarySettings),
+}
+
+/// Validates the command line (and the environment `env` stands for) into [`Settings`].
+pub fn from_cli(cli: Cli, env: &dyn Env) -> Result<Settings, ConfigError> {
+    Ok(match cli.command {
+        Command::Run(args) => Settings::Run(Box::new(run_settings(&args, env)?)),
+        Command::Lookup(args) => Settings::Lookup(Box::new(lookup_settings(args, env)?)),
+        Command::Simulate(args) => Settings::Simulate(simulate_settings(&args)),
+        Command::Migrate(args) => Settings::Migrate(database_settings(args)),
+        Command::Report(args) => Settings::Report(report_settings(args)?),
+        Command::Changes(args) => Settings::Changes(changes_settings(args)),
+        Command::Summary(args) => Settings::Summary(SummarySettings {
+            database: database_settings(args.database),
+            run: args.run.map_or(RunSelector::Latest, RunSelector::Id),
+        }),
+    })
+}
+
+/// The results database a command works on.
+#[derive(Debug, Clone)]
+pub struct DatabaseSettings {
+    pub database_url: String,
+}
+
+fn database_settings(args: DatabaseArgs) -> DatabaseSettings {
+    DatabaseSettings {
+        database_url: args.database_url,
+    }
+}
+
+/// `lookup`, validated.
+#[derive(Debug, Clone)]
+pub struct LookupSettings {
+    pub payer_ids: Vec<String>,
+    pub payple: PaypleSettings,
+    /// Lookups in flight at most (1 to 64).
+    pub concurrency: usize,
+}
+
+fn lookup_settings(args: LookupArgs, env: &dyn Env) -> Result<LookupSettings, ConfigError> {
+    Ok(LookupSettings {
+        payple: payple_settings(&args.payple, env)?,
+        concurrency: args.concurrency.clamp(1, 64),
+        payer_ids: args.payer_ids,
+    })
+}
+
+/// `report`, validated.
+#[derive(Debug, Clone)]
+pub struct ReportSettings {
+    pub database: DatabaseSettings,
+    pub run: RunSelector,
+    /// Only these statuses; empty for all.
+    pub statuses: Vec<KeyStatus>,
+    /// `-` for stdout.
+    pub output: PathBuf,
+    pub excel: bool,
+}
+
+fn report_settings(args: ReportArgs) -> Result<ReportSettings, ConfigError> {
+    Ok(ReportSettings {
+        statuses: parse_statuses(args.status.as_deref().unwrap_or_default())?,
+        run: RunSelector::parse(&args.run)?,
+        database: database_settings(args.database),
+        output: args.output,
+        excel: args.excel,
+    })
+}
+
+/// `changes`, validated.
+#[derive(Debug, Clone)]
+pub struct ChangesSettings {
+    pub database: DatabaseSettings,
+    pub since: Option<i64>,
+    pub run: Option<i64>,
+    /// CSV here (`-` for stdout); `None` for a text table on stdout.
+    pub output: Option<PathBuf>,
+    pub excel: bool,
+}
+
+fn changes_settings(args: ChangesArgs) -> ChangesSettings {
+    ChangesSettings {
+        database: database_settings(args.database),
+        since: args.since,
+        run: args.run,
+        output: args.output,
+        excel: args.excel,
+    }
+}
+
+/// `summary`, validated.
+#[derive(Debug, Clone)]
+pub struct SummarySettings {
+    pub database: DatabaseSettings,
+    pub run: RunSelector,
+}
+
+/// `simulate`: the simulator's address, answers and faults as plain values (the simulator
+/// checks the fault fractions when it starts).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimulateSettings {
+    pub addr: SocketAddr,
+    pub keys_file: Option<PathBuf>,
+    pub token_ttl: Duration,
+    pub latency: Duration,
+    pub jitter: Duration,
+    pub error_rate: f64,
+    pub drop_rate: f64,
+    pub truncate_rate: f64,
+    pub garbage_rate: f64,
+    pub rate_limit: Option<u32>,
+    pub retry_after: Duration,
+    pub fail_first: u32,
+    pub request_log: Option<PathBuf>,
+    pub seed: u64,
+    pub return_origin: Option<String>,
+}
+
+fn simulate_settings(args: &SimulateArgs) -> SimulateSettings {
+    SimulateSettings {
+        addr: SocketAddr::new(args.bind, args.port),
+        keys_file: args.keys.clone(),
+        token_ttl: Duration::from_secs(args.token_ttl),
+        latency: Duration::from_millis(args.latency_ms),
+        jitter: Duration::from_millis(args.jitter_ms),
+        error_rate: args.error_rate,
+        drop_rate: args.drop_rate,
+        truncate_rate: args.truncate_rate,
+        garbage_rate: args.garbage_rate,
+        rate_limit: args.rate_limit,
+        retry_after: Duration::from_secs(args.retry_after.max(1)),
+        fail_first: args.fail_first,
+        request_log: args.request_log.clone(),
+        seed: args.seed,
+        return_origin: args.return_origin.clone(),
+    }
 }
 
 #[cfg(test)]
@@ -372,6 +585,10 @@ mod tests {
                 .find(|(k, _)| *k == name)
                 .map(|(_, v)| (*v).to_owned())
         }
+    }
+
+    fn payple_config(args: &PaypleArgs, env: &dyn Env) -> Result<ClientConfig, ConfigError> {
+        payple_settings(args, env).map(|s| s.client)
     }
 
     const CREDS: &[(&str, &str)] = &[
@@ -401,14 +618,15 @@ mod tests {
 
     #[test]
     fn credentials_come_from_the_environment() {
-        let config = payple_config(&payple_args(&[]), &env(CREDS), None).unwrap();
+        let config = payple_config(&payple_args(&[]), &env(CREDS)).unwrap();
         assert_eq!(config.referer, "https://shop.example");
         assert!(!format!("{config:?}").contains("s3cr3t-cust-key"));
-        let e = payple_config(&payple_args(&[]), &env(&[]), None).unwrap_err();
+        let e = payple_config(&payple_args(&[]), &env(&[])).unwrap_err();
         assert!(matches!(e, ConfigError::MissingEnv("PAYPLE_CST_ID")));
         // The simulator supplies the documented test partner.
-        let sim = payple_config(&payple_args(&[]), &env(&[]), Some("http://127.0.0.1:9")).unwrap();
-        assert_eq!(sim.referer, simulator::TEST_REFERER);
+        let sim = payple_settings(&payple_args(&["--simulator"]), &env(&[])).unwrap();
+        assert_eq!(sim.target, PaypleTarget::Simulator);
+        assert_eq!(sim.client.referer, TEST_REFERER);
     }
 
     #[test]
@@ -420,11 +638,11 @@ mod tests {
             &["--gone-codes", ","],
         ] {
             assert!(
-                payple_config(&payple_args(flags), &env(CREDS), None).is_err(),
+                payple_config(&payple_args(flags), &env(CREDS)).is_err(),
                 "{flags:?}"
             );
         }
-        let config = payple_config(&payple_args(&["--rate", "0"]), &env(CREDS), None).unwrap();
+        let config = payple_config(&payple_args(&["--rate", "0"]), &env(CREDS)).unwrap();
         assert!(config.rate.is_none());
     }
 

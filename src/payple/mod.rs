@@ -35,6 +35,14 @@ use wire::{AuthRequest, Fields, LookupRequest};
 pub const TEST_ORIGIN: &str = "https://democpay.payple.kr";
 /// Payple's live origin, selected by the word `live`.
 pub const LIVE_ORIGIN: &str = "https://cpay.payple.kr";
+
+/// Payple's documented test partner's `cst_id` (the built-in simulator's default partner).
+pub const TEST_CST_ID: &str = "test";
+/// Payple's documented test partner's `custKey`.
+pub const TEST_CUST_KEY: &str = "abcd1234567890";
+/// The Referer the test partner is registered with.
+pub const TEST_REFERER: &str = "http://localhost:8080";
+
 const AUTH_PATH: &str = "/php/auth.php";
 const PAY_WORK: &str = "PUSERINFO";
 /// A `Retry-After` longer than this is cut to it: one slow night beats a stuck job.
@@ -61,6 +69,15 @@ pub struct ClientConfig {
     /// Lookups per second across the process; `None` for no limit.
     pub rate: Option<Rate>,
     pub codes: CodeBook,
+}
+
+impl ClientConfig {
+    /// The same configuration against another origin: for `--simulator`, the URL of the
+    /// simulator the command has just started.
+    pub fn with_origin(mut self, origin: Url) -> Self {
+        self.origin = origin;
+        self
+    }
 }
 
 /// A lookup pace: `per_second` lookups every second, divided by `share` (shards).

@@ -20,10 +20,11 @@ use futures::{Stream, StreamExt, stream};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::domain::RunSummary;
 use crate::domain::{KeyStatus, LookupOutcome, PayerId};
 use crate::exit::ExitStatus;
 use crate::payple::{PaypleClient, PaypleError};
-use crate::settings::{ConfigError, Resume, RunSettings};
+use crate::settings::{BatchSettings, ConfigError, Resume};
 use crate::shutdown::Shutdown;
 use crate::source::{SourceError, SourceSpec};
 use crate::store::retrying;
@@ -67,29 +68,6 @@ impl RunError {
     }
 }
 
-/// What a run did, printed as JSON on stdout at the end.
-#[derive(Debug, Clone, Serialize)]
-pub struct RunSummary {
-    pub run_id: i64,
-    pub state: &'static str,
-    pub source: String,
-    pub keys: Option<i64>,
-    pub duplicates: i64,
-    pub active: i64,
-    pub gone: i64,
-    pub failed: i64,
-    pub rejected: i64,
-    /// Keys looked up by this process (a resumed run counts only what it did).
-    pub checked_now: u64,
-    pub duration_secs: f64,
-    pub lookups_per_second: f64,
-    pub auth_calls: u64,
-    pub lookups: u64,
-    pub exit_code: u8,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
-}
-
 /// The result of `run`: a summary, or an error with the run it left behind.
 #[derive(Debug)]
 pub struct RunEnd {
@@ -116,7 +94,7 @@ enum Plan {
     Done(RunRecord),
 }
 
-async fn plan(store: &Store, settings: &RunSettings) -> Result<Plan, RunError> {
+async fn plan(store: &Store, settings: &BatchSettings) -> Result<Plan, RunError> {
     match &settings.resume {
         Resume::Run(id) => match store.run(*id).await? {
             None => Err(RunError::NoSuchRun(*id)),
@@ -148,7 +126,7 @@ async fn plan(store: &Store, settings: &RunSettings) -> Result<Plan, RunError> {
 }
 
 /// The options that shape a run's results, stored with it.
-fn options_json(settings: &RunSettings, client: &PaypleClient) -> String {
+fn options_json(settings: &BatchSettings, client: &PaypleClient) -> String {
     serde_json::json!({
         "concurrency": settings.concurrency.get(),
         "shards": settings.shard.count.get(),
@@ -160,7 +138,7 @@ fn options_json(settings: &RunSettings, client: &PaypleClient) -> String {
 
 /// `run --dry-run`: configuration, source and credentials checked; nothing written.
 pub async fn dry_run(
-    settings: &RunSettings,
+    settings: &BatchSettings,
     client: &PaypleClient,
     source_db: Option<sqlx::AnyPool>,
 ) -> Result<DryRun, RunError> {
@@ -179,7 +157,7 @@ pub async fn dry_run(
 /// The batch job. Always returns how the process should exit; the run it touched is left
 /// in a state `--resume` understands.
 pub async fn run(
-    settings: &RunSettings,
+    settings: &BatchSettings,
     store: &Store,
     client: Arc<PaypleClient>,
     source_db: Option<sqlx::AnyPool>,
@@ -248,7 +226,7 @@ pub async fn run(
 
 #[allow(clippy::too_many_arguments)]
 async fn run_leased(
-    settings: &RunSettings,
+    settings: &BatchSettings,
     store: &Store,
     client: Arc<PaypleClient>,
     source_db: Option<sqlx::AnyPool>,
@@ -268,10 +246,9 @@ async fn run_leased(
             let spec: SourceSpec = match serde_json::from_str(&run.source_spec) {
                 Ok(spec) => spec,
                 Err(e) => {
-                    return RunEnd::error(RunError::Config(ConfigError::Invalid {
-                        flag: "--resume",
-                        reason: format!("run {} has an unreadable source: {e}", run.id),
-                    }));
+                    return RunEnd::error(RunError::Config(
+                        ConfigError::unreadable_resumed_source(run.id, e),
+                    ));
                 }
             };
             if let Err(e) = store.reopen_run(run.id).await {
@@ -452,7 +429,7 @@ struct Driven {
 
 /// Stages (if needed) and looks up every pending key.
 async fn drive(
-    settings: &RunSettings,
+    settings: &BatchSettings,
     store: &Store,
     client: &Arc<PaypleClient>,
     source_db: Option<sqlx::AnyPool>,
@@ -555,7 +532,7 @@ struct Looked {
 /// connections, broken replies) get no row yet: after the last key they are looked up
 /// once more, with a fresh retry budget, and only then written.
 async fn lookups(
-    settings: &RunSettings,
+    settings: &BatchSettings,
     store: &Store,
     client: &Arc<PaypleClient>,
     shutdown: &Shutdown,

@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 
 use crate::domain::KeyStatus;
-use crate::pipeline::RunSummary;
+use crate::domain::RunSummary;
 use crate::store::StatusCounts;
 
 /// The metric that must survive runs that did not succeed.

@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //! Rows are formatted by pure functions and written by generic writers over `impl Write`
-//! (tests point them at a `Vec<u8>`); [`command`] wires them to the store and the files.
+//! (tests point them at a `Vec<u8>`); [`export`] streams a run from the store into them and
+//! [`select`] resolves which runs a report is about. The subcommands calling them live in the app layer.
 //! - [`csv`]: the finance CSV (masking, KST/UTC times, formula escaping) and its writer.
 //! - [`changes`]: classifying one key between two runs, and the flat-memory merge.
 //! - [`summary`]: counts per status, card company and bank, as a text table.
@@ -12,10 +13,11 @@
 //! - [`output`]: `-` for stdout or a file that appears only once complete.
 
 pub mod changes;
-pub mod command;
 pub mod csv;
+pub mod export;
 pub mod metrics;
 pub mod output;
+pub mod select;
 pub mod summary;
 pub mod table;
 

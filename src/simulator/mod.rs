@@ -5,15 +5,15 @@
 //! - [`keys`]: what each billing key answers (derived from its hash, or from a key file).
 //! - [`faults`]: latency, rate limit, first failures per key and random faults.
 //! - `server`: the axum routes, the token book, counters and the request log.
-//! - [`args`]: the `simulate` subcommand's flags and its serve loop.
+//! - [`standalone`]: the `simulate` subcommand's serve loop (stdout address, stderr stats).
 //!
 //! [`start`] binds a loopback address (port 0 for an ephemeral one) and serves in a spawned
 //! task until [`SimHandle::shutdown`] (or until the handle is dropped).
 
-pub mod args;
 pub mod faults;
 pub mod keys;
 mod server;
+pub mod standalone;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,16 +24,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use args::{SimulateArgs, serve};
 pub use faults::Faults;
 pub use keys::{KeyBook, SimKey, SimKind, derive_key};
+pub use standalone::serve;
 
-/// The documented test partner's `cst_id`.
-pub const TEST_CST_ID: &str = "test";
-/// The documented test partner's `custKey`.
-pub const TEST_CUST_KEY: &str = "abcd1234567890";
-/// The Referer the simulator's test partner is registered with.
-pub const TEST_REFERER: &str = "http://localhost:8080";
+pub use crate::payple::{TEST_CST_ID, TEST_CUST_KEY, TEST_REFERER};
 
 /// How long shutdown waits for in-flight requests before aborting the server task.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);

@@ -152,7 +152,9 @@ fn achieved_rate(times: &[u64]) -> f64 {
 /// The naive client: for every key a new auth, one lookup, one autocommitted insert.
 async fn naive(sim_url: &str, keys: &[String], db: &str) -> (f64, Duration) {
     let store = Store::open(db).await.expect("store");
-    let http = payple_reconcile::http::client_builder().build().expect("http client");
+    let http = payple_reconcile::http::client_builder()
+        .build()
+        .expect("http client");
     let cpu_before = self_cpu();
     let started = Instant::now();
     for key in keys {

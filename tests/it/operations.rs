@@ -1200,7 +1200,7 @@ fn assert_pod_credentials(pod: &Value, secret: &Value, args: &[String]) {
 fn run_settings_of(
     args: &[String],
     job_completion_index: Option<u32>,
-) -> payple_reconcile::settings::RunSettings {
+) -> payple_reconcile::settings::BatchSettings {
     let mut argv = vec!["payple-reconcile".to_owned()];
     argv.extend(args.iter().cloned());
     argv.extend([
@@ -1216,7 +1216,7 @@ fn run_settings_of(
         "JOB_COMPLETION_INDEX" => job_completion_index.map(|i| i.to_string()),
         _ => None,
     };
-    payple_reconcile::settings::run_settings(&run, &env)
+    payple_reconcile::settings::batch_settings(&run, &env)
         .unwrap_or_else(|e| panic!("the manifest's args are refused: {e}\n{argv:?}"))
 }
 

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use payple_reconcile::report::changes::{ChangeKind, ChangeStream};
-use payple_reconcile::report::command::export_run;
 use payple_reconcile::report::csv::{REPORT_HEADER, UTF8_BOM};
+use payple_reconcile::report::export::export_run;
 use payple_reconcile::simulator::{KeyBook, SimConfig, SimHandle};
 use payple_reconcile::store::{RunState, Store};
 use serde_json::json;

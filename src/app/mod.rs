@@ -1,0 +1,167 @@
+//! The command layer: validate the command line once ([`settings::from_cli`]), run the
+//! subcommand (one file each), and turn its outcome into the process exit status.
+//!
+//! # Layout
+//! Every subcommand is `async fn(XSettings) -> Result<ExitStatus, AppError>`;
+//! [`AppError::exit_status`] is the one place an error becomes an exit code, and a run's
+//! own end is decided by [`crate::pipeline::end::conclude`].
+
+mod changes;
+mod lookup;
+mod migrate;
+mod report;
+mod run;
+mod simulate;
+mod summary;
+
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr};
+
+use serde::Serialize;
+
+use crate::cli::Cli;
+use crate::exit::ExitStatus;
+use crate::payple::{PaypleClient, PaypleError};
+use crate::pipeline::RunError;
+use crate::report::ReportError;
+use crate::report::select::open_store;
+use crate::settings::{self, ConfigError, PaypleSettings, PaypleTarget, ProcessEnv, Settings};
+use crate::simulator::{self, SimConfig, SimError, SimHandle};
+use crate::store::{Store, StoreError};
+
+pub use lookup::LookupLine;
+
+/// Why a command stopped. Each variant names the step; [`Self::exit_status`] decides the
+/// exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The Payple client could not be built from the configuration.
+    #[error(transparent)]
+    Client(PaypleError),
+    /// The partner authentication (`lookup`) failed.
+    #[error(transparent)]
+    Payple(#[from] PaypleError),
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error(transparent)]
+    Report(#[from] ReportError),
+    /// What `run` writes at its end (`--report`, `--metrics-file`) failed.
+    #[error(transparent)]
+    AfterRun(ReportError),
+    /// The results (or source) database cannot be opened.
+    #[error(transparent)]
+    Database(#[from] StoreError),
+    /// `--simulator`: the built-in simulator did not start.
+    #[error(transparent)]
+    StartSimulator(SimError),
+    /// `simulate`: the configuration is refused or the address cannot be bound.
+    #[error(transparent)]
+    Simulate(#[from] SimError),
+    #[error("the built-in simulator's address {url}: {source}")]
+    SimulatorUrl {
+        url: String,
+        #[source]
+        source: url::ParseError,
+    },
+    #[error("cannot listen for signals: {0}")]
+    Signals(#[source] std::io::Error),
+}
+
+impl AppError {
+    /// The exit code this error ends the process with: 3 for what the configuration or
+    /// the user named wrongly, 1 for what failed underneath.
+    pub fn exit_status(&self) -> ExitStatus {
+        match self {
+            Self::Config(_) | Self::Client(_) | Self::Database(_) | Self::Simulate(_) => {
+                ExitStatus::Config
+            }
+            Self::Payple(e) if e.is_configuration() => ExitStatus::Config,
+            Self::Run(e) => e.exit_status(),
+            Self::Report(e) => e.exit_status(),
+            Self::Payple(_)
+            | Self::AfterRun(_)
+            | Self::StartSimulator(_)
+            | Self::SimulatorUrl { .. }
+            | Self::Signals(_) => ExitStatus::Internal,
+        }
+    }
+}
+
+/// Runs the parsed command line: validates it, runs the subcommand, logs an error, and
+/// returns the exit status.
+pub async fn execute(cli: Cli) -> ExitStatus {
+    let result = match settings::from_cli(cli, &ProcessEnv) {
+        Ok(settings) => dispatch(settings).await,
+        Err(e) => Err(e.into()),
+    };
+    result.unwrap_or_else(|error| {
+        tracing::error!("{error}");
+        error.exit_status()
+    })
+}
+
+async fn dispatch(settings: Settings) -> Result<ExitStatus, AppError> {
+    match settings {
+        Settings::Run(s) => run::run(*s).await,
+        Settings::Lookup(s) => lookup::lookup(*s).await,
+        Settings::Simulate(s) => simulate::simulate(s).await,
+        Settings::Migrate(s) => migrate::migrate(s).await,
+        Settings::Report(s) => report::report(s).await,
+        Settings::Changes(s) => changes::changes(s).await,
+        Settings::Summary(s) => summary::summary(s).await,
+    }
+}
+
+/// Prints one JSON line on stdout.
+pub fn print_json(value: &impl Serialize) {
+    let mut out = std::io::stdout().lock();
+    if let Ok(line) = serde_json::to_string(value) {
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    }
+}
+
+/// The Payple client the settings ask for. For `--simulator` the built-in simulator is
+/// started first and the client configuration completed with its URL; keep the handle
+/// alive as long as the client is used.
+async fn payple_client(
+    payple: &PaypleSettings,
+) -> Result<(PaypleClient, Option<SimHandle>), AppError> {
+    let (config, sim) = match &payple.target {
+        PaypleTarget::Origin(_) => (payple.client.clone(), None),
+        PaypleTarget::Simulator => {
+            let sim = start_simulator(SimConfig::default()).await?;
+            let url = sim.url();
+            let origin =
+                url::Url::parse(&url).map_err(|source| AppError::SimulatorUrl { url, source })?;
+            (payple.client.clone().with_origin(origin), Some(sim))
+        }
+    };
+    let client = PaypleClient::new(config).map_err(AppError::Client)?;
+    Ok((client, sim))
+}
+
+/// Starts the in-process simulator for `--simulator` on an ephemeral loopback port.
+async fn start_simulator(config: SimConfig) -> Result<SimHandle, AppError> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+    let handle = simulator::start(config, addr)
+        .await
+        .map_err(AppError::StartSimulator)?;
+    tracing::info!(url = %handle.url(), "built-in Payple simulator started");
+    Ok(handle)
+}
+
+/// Opens the results database for reading (never creating a SQLite file), runs `work`,
+/// and closes it whatever `work` returned.
+async fn with_store(
+    url: &str,
+    work: impl AsyncFnOnce(&Store) -> Result<(), ReportError>,
+) -> Result<ExitStatus, AppError> {
+    let store = open_store(url).await?;
+    let result = work(&store).await;
+    store.close().await;
+    result?;
+    Ok(ExitStatus::Success)
+}

@@ -1,0 +1,135 @@
+//! `simulate`: serve the Payple simulator on loopback until SIGINT or SIGTERM.
+
+use super::AppError;
+use crate::exit::ExitStatus;
+use crate::settings::SimulateSettings;
+use crate::shutdown::Shutdown;
+use crate::simulator::{self, Faults, KeyBook, SimConfig, SimError};
+
+pub(super) async fn simulate(settings: SimulateSettings) -> Result<ExitStatus, AppError> {
+    let config = sim_config(&settings)?;
+    let shutdown = Shutdown::listen().map_err(AppError::Signals)?;
+    simulator::serve(config, settings.addr, shutdown.stop.cancelled_owned()).await?;
+    Ok(ExitStatus::Success)
+}
+
+/// The simulator's configuration: the faults checked, the key file read.
+fn sim_config(settings: &SimulateSettings) -> Result<SimConfig, SimError> {
+    let faults = Faults {
+        latency: settings.latency,
+        jitter: settings.jitter,
+        error_rate: settings.error_rate,
+        drop_rate: settings.drop_rate,
+        truncate_rate: settings.truncate_rate,
+        garbage_rate: settings.garbage_rate,
+        rate_limit: settings.rate_limit,
+        retry_after: settings.retry_after,
+        fail_first: settings.fail_first,
+    };
+    faults.validate()?;
+    let keys = match &settings.keys_file {
+        Some(path) => KeyBook::from_file(path)?,
+        None => KeyBook::derived(),
+    };
+    Ok(SimConfig {
+        token_ttl: settings.token_ttl,
+        keys,
+        faults,
+        request_log: settings.request_log.clone(),
+        return_origin: settings.return_origin.clone(),
+        seed: settings.seed,
+        ..SimConfig::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::Cli;
+    use crate::settings::{Settings, from_cli};
+
+    fn parse(argv: &[&str]) -> SimulateSettings {
+        let argv = ["payple-reconcile", "simulate"]
+            .into_iter()
+            .chain(argv.iter().copied());
+        let cli = Cli::try_parse_from(argv).expect("valid flags");
+        let no_env = |_: &str| None;
+        match from_cli(cli, &no_env).expect("valid settings") {
+            Settings::Simulate(s) => s,
+            other => panic!("not simulate: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_loopback_and_fault_free() {
+        let settings = parse(&[]);
+        assert_eq!(settings.addr, "127.0.0.1:0".parse().expect("addr"));
+        let config = sim_config(&settings).expect("valid");
+        assert_eq!(config.faults, Faults::default());
+        assert_eq!(config.token_ttl, Duration::from_secs(1800));
+        assert!(matches!(config.keys, KeyBook::Derived));
+        assert_eq!(config.partners.len(), 1);
+    }
+
+    #[test]
+    fn flags_become_faults() {
+        let settings = parse(&[
+            "--latency-ms",
+            "5",
+            "--jitter-ms",
+            "3",
+            "--error-rate",
+            "0.1",
+            "--drop-rate",
+            "0.05",
+            "--rate-limit",
+            "20",
+            "--retry-after",
+            "0",
+            "--fail-first",
+            "2",
+            "--token-ttl",
+            "1",
+            "--seed",
+            "9",
+            "--return-origin",
+            "https://evil.example",
+        ]);
+        let config = sim_config(&settings).expect("valid");
+        assert_eq!(config.faults.latency, Duration::from_millis(5));
+        assert_eq!(config.faults.jitter, Duration::from_millis(3));
+        assert_eq!(config.faults.rate_limit, Some(20));
+        assert_eq!(config.faults.retry_after, Duration::from_secs(1));
+        assert_eq!(config.faults.fail_first, 2);
+        assert_eq!(config.token_ttl, Duration::from_secs(1));
+        assert_eq!(config.seed, 9);
+        assert_eq!(
+            config.return_origin.as_deref(),
+            Some("https://evil.example")
+        );
+    }
+
+    #[test]
+    fn bad_fractions_and_key_files_are_refused() {
+        let err = sim_config(&parse(&["--drop-rate", "1.5"])).expect_err("bad rate");
+        assert!(matches!(
+            err,
+            SimError::BadFraction {
+                name: "drop_rate",
+                ..
+            }
+        ));
+        let err =
+            sim_config(&parse(&["--keys", "/nonexistent/keys.jsonl"])).expect_err("missing file");
+        assert!(matches!(err, SimError::KeyFileRead { .. }));
+        assert_eq!(
+            AppError::from(err).exit_status(),
+            ExitStatus::Config,
+            "a bad simulator configuration exits 3"
+        );
+    }
+}

@@ -1,0 +1,177 @@
+//! Which runs a report is about: opening the results database read-only, resolving
+//! `latest` and run ids, and the pair of runs `changes` compares.
+
+use std::path::PathBuf;
+
+use super::csv::kst_label;
+use super::{ReportError, RunSelector};
+use crate::store::{Dialect, RunRecord, RunState, Store};
+
+/// Connects without migrating (report users may only read) and without creating a
+/// SQLite file that is not there.
+pub async fn open_store(url: &str) -> Result<Store, ReportError> {
+    if Dialect::from_url(url).ok() == Some(Dialect::Sqlite)
+        && let Some(path) = sqlite_file(url)
+        && !path.exists()
+    {
+        return Err(ReportError::NoDatabase { path });
+    }
+    Store::connect(url).await.map_err(ReportError::Connect)
+}
+
+/// The file of a `sqlite://PATH?…` URL (`None` for in-memory databases).
+fn sqlite_file(url: &str) -> Option<PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if path.is_empty() || path == ":memory:" || query.contains("mode=memory") {
+        return None;
+    }
+    Some(PathBuf::from(path))
+}
+
+/// The run `selector` names.
+pub async fn resolve_run(store: &Store, selector: RunSelector) -> Result<RunRecord, ReportError> {
+    match selector {
+        RunSelector::Id(id) => store
+            .run(id)
+            .await
+            .map_err(ReportError::store(id))?
+            .ok_or(ReportError::NoSuchRun(id)),
+        RunSelector::Latest => {
+            let completed = store
+                .latest_runs(Some(RunState::Completed), 1)
+                .await
+                .map_err(ReportError::Runs)?;
+            if let Some(run) = completed.into_iter().next() {
+                return Ok(run);
+            }
+            let newest = store
+                .latest_runs(None, 1)
+                .await
+                .map_err(ReportError::Runs)?
+                .into_iter()
+                .next()
+                .ok_or(ReportError::NoRuns)?;
+            tracing::warn!(
+                run_id = newest.id,
+                state = newest.state.as_str(),
+                "no run has completed yet; using the newest run"
+            );
+            Ok(newest)
+        }
+    }
+}
+
+/// The (earlier, later) runs `changes` compares.
+pub async fn resolve_pair(
+    store: &Store,
+    since: Option<i64>,
+    run: Option<i64>,
+) -> Result<(RunRecord, RunRecord), ReportError> {
+    let (before, after) = match (since, run) {
+        (None, None) => {
+            let mut runs = store
+                .latest_runs(Some(RunState::Completed), 2)
+                .await
+                .map_err(ReportError::Runs)?;
+            if runs.len() < 2 {
+                return Err(ReportError::NotEnoughRuns(format!(
+                    "changes compares two completed runs, and {} completed so far \
+                     (name them with --since and --run)",
+                    runs.len()
+                )));
+            }
+            let after = runs.remove(0);
+            (runs.remove(0), after)
+        }
+        (None, Some(id)) => {
+            let after = resolve_run(store, RunSelector::Id(id)).await?;
+            let before = store
+                .completed_run_before(id)
+                .await
+                .map_err(ReportError::store(id))?
+                .ok_or_else(|| {
+                    ReportError::NotEnoughRuns(format!(
+                        "no completed run before run {id} to compare with (give --since)"
+                    ))
+                })?;
+            (before, after)
+        }
+        (Some(since), run) => {
+            let before = resolve_run(store, RunSelector::Id(since)).await?;
+            let after = match run {
+                Some(id) => resolve_run(store, RunSelector::Id(id)).await?,
+                None => store
+                    .latest_runs(Some(RunState::Completed), 1)
+                    .await
+                    .map_err(ReportError::Runs)?
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| {
+                        ReportError::NotEnoughRuns(
+                            "no completed run to compare with (give --run)".to_owned(),
+                        )
+                    })?,
+            };
+            (before, after)
+        }
+    };
+    if before.id == after.id {
+        return Err(ReportError::NotEnoughRuns(format!(
+            "both sides of the comparison are run {} (give --since and --run)",
+            before.id
+        )));
+    }
+    Ok((before, after))
+}
+
+/// The line above the changes table.
+pub fn changes_title(before: &RunRecord, after: &RunRecord) -> String {
+    let describe = |r: &RunRecord| {
+        format!(
+            "run {} ({}, started {})",
+            r.id,
+            r.state.as_str(),
+            kst_label(&r.started_at)
+        )
+    };
+    format!("Changes from {} to {}", describe(before), describe(after))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exit::ExitStatus;
+
+    #[test]
+    fn sqlite_files_from_urls() {
+        assert_eq!(
+            sqlite_file("sqlite:///tmp/x.db?mode=rwc"),
+            Some(PathBuf::from("/tmp/x.db"))
+        );
+        assert_eq!(
+            sqlite_file("sqlite://payple-reconcile.db"),
+            Some(PathBuf::from("payple-reconcile.db"))
+        );
+        assert_eq!(
+            sqlite_file("sqlite:data.db"),
+            Some(PathBuf::from("data.db"))
+        );
+        assert_eq!(sqlite_file("sqlite::memory:"), None);
+        assert_eq!(sqlite_file("sqlite://x.db?mode=memory"), None);
+        assert_eq!(sqlite_file("postgres://h/db"), None);
+    }
+
+    #[tokio::test]
+    async fn a_missing_sqlite_file_is_not_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("none.db");
+        let url = format!("sqlite://{}", path.display());
+        let err = open_store(&url).await.err().unwrap();
+        assert_eq!(err.exit_status(), ExitStatus::Config);
+        assert!(err.to_string().contains("none.db"), "{err}");
+        assert!(!path.exists());
+    }
+}
