@@ -9,12 +9,13 @@
 //! first signal the key stream ends, in-flight lookups get `--shutdown-grace`, and the run
 //! is marked `interrupted`.
 
+pub mod end;
 pub mod lease;
 pub mod progress;
 pub mod stage;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::{Stream, StreamExt, stream};
 use serde::Serialize;
@@ -24,12 +25,13 @@ pub use crate::domain::RunSummary;
 use crate::domain::{KeyStatus, LookupOutcome, PayerId};
 use crate::exit::ExitStatus;
 use crate::payple::{PaypleClient, PaypleError};
-use crate::settings::{BatchSettings, ConfigError, Resume};
+use crate::settings::{BatchSettings, ConfigError, Resume, Shard};
 use crate::shutdown::Shutdown;
 use crate::source::{SourceError, SourceSpec};
 use crate::store::retrying;
-use crate::store::writer::{self, WriterConfig, WriterError};
+use crate::store::writer::{self, WriterConfig, WriterError, WriterStats};
 use crate::store::{CheckRow, NewRun, RunRecord, RunState, StagedKey, Store, StoreError, now_text};
+use end::{Outcome, Tally, conclude, summary_of};
 use progress::Progress;
 
 /// Keys read per page of the run's key list.
@@ -163,247 +165,306 @@ pub async fn run(
     source_db: Option<sqlx::AnyPool>,
     shutdown: &Shutdown,
 ) -> RunEnd {
-    let started = Instant::now();
-    let plan = match plan(store, settings).await {
-        Ok(plan) => plan,
-        Err(e) => return RunEnd::error(e),
-    };
-    let existing = match plan {
-        Plan::Done(run) => {
-            let note = format!(
-                "run {} (run key {:?}) already completed; use --rerun to run it again",
-                run.id,
-                run.run_key.as_deref().unwrap_or_default()
-            );
-            tracing::info!("{note}");
-            let mut summary = summary_of(&run, 0, started.elapsed(), 0, 0, ExitStatus::Success);
-            summary.note = Some(note);
-            return RunEnd {
-                exit: ExitStatus::Success,
-                summary: Some(summary),
-                error: None,
-            };
-        }
-        Plan::Continue(run) => Some(run),
-        Plan::New => None,
-    };
-
-    let shard = settings.shard;
-    let lease_name = if shard.is_whole() {
-        "reconcile".to_owned()
-    } else {
-        format!("reconcile/shard-{}-of-{}", shard.index, shard.count)
-    };
-    let holder = lease::holder_name();
-    if let Err(e) = lease::take(
-        store,
-        &lease_name,
-        &holder,
-        existing.as_ref().map(|r| r.id),
-        shutdown,
-    )
-    .await
-    {
-        return RunEnd::error(e);
-    }
-    let end = run_leased(
+    let ctx = RunContext {
         settings,
         store,
         client,
-        source_db,
         shutdown,
-        existing,
-        started,
-        &lease_name,
-        &holder,
-    )
-    .await;
-    if let Err(e) = store.release_lease(&lease_name, &holder).await {
+        started: Instant::now(),
+    };
+    let existing = match plan(store, settings).await {
+        Ok(Plan::Done(run)) => return ctx.already_done(&run),
+        Ok(Plan::Continue(run)) => Some(run),
+        Ok(Plan::New) => None,
+        Err(e) => return ctx.failed(e),
+    };
+    let lease = HeldLease {
+        name: lease_name(settings.shard),
+        holder: lease::holder_name(),
+    };
+    let resumed = existing.as_ref().map(|r| r.id);
+    if let Err(e) = lease::take(store, &lease.name, &lease.holder, resumed, shutdown).await {
+        return ctx.failed(e);
+    }
+    let end = ctx.leased(source_db, existing, &lease).await;
+    if let Err(e) = store.release_lease(&lease.name, &lease.holder).await {
         tracing::warn!(error = %e, "could not release the run lease (it expires by itself)");
     }
     end
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_leased(
-    settings: &BatchSettings,
-    store: &Store,
-    client: Arc<PaypleClient>,
-    source_db: Option<sqlx::AnyPool>,
-    shutdown: &Shutdown,
-    existing: Option<RunRecord>,
-    started: Instant,
-    lease_name: &str,
-    holder: &str,
-) -> RunEnd {
-    // Credentials first: a bad configuration stops here with no run row and no lookup.
-    if let Err(e) = client.authenticate().await {
-        return RunEnd::error(e.into());
-    }
-    let shard = settings.shard;
-    let (run_id, spec) = match existing {
-        Some(run) => {
-            let spec: SourceSpec = match serde_json::from_str(&run.source_spec) {
-                Ok(spec) => spec,
-                Err(e) => {
-                    return RunEnd::error(RunError::Config(
-                        ConfigError::unreadable_resumed_source(run.id, e),
-                    ));
-                }
-            };
-            if let Err(e) = store.reopen_run(run.id).await {
-                return RunEnd::error(e.into());
-            }
-            tracing::info!(run_id = run.id, source = %run.source, "continuing run");
-            (run.id, spec)
-        }
-        None => {
-            let new = NewRun {
-                run_key: settings.run_key.clone(),
-                source: settings.source.describe(),
-                source_spec: serde_json::to_string(&settings.source).unwrap_or_default(),
-                options: options_json(settings, &client),
-                shard_count: shard.count.get(),
-            };
-            match store.create_or_join_run(&new).await {
-                Ok(id) => {
-                    tracing::info!(run_id = id, source = %new.source, "starting run");
-                    (id, settings.source.clone())
-                }
-                Err(e) => return RunEnd::error(e.into()),
-            }
-        }
-    };
-    if let Err(e) = store.set_lease_run(lease_name, holder, run_id).await {
-        return RunEnd::error(e.into());
-    }
-    let heartbeat = tokio::spawn(heartbeat(
-        store.clone(),
-        lease_name.to_owned(),
-        holder.to_owned(),
-    ));
-    let outcome = drive(settings, store, &client, source_db, shutdown, run_id, &spec).await;
-    heartbeat.abort();
-
-    let (state, exit, error, checked_now) = match outcome {
-        Ok(Driven { checked, stopped }) => {
-            let state = match shutdown.signal() {
-                Some(_) if stopped => RunState::Interrupted,
-                _ => RunState::Completed,
-            };
-            let exit = match shutdown.signal() {
-                Some(signal) if stopped => signal.exit_status(),
-                _ => ExitStatus::Success,
-            };
-            (state, exit, None, checked)
-        }
-        Err((error, checked)) => {
-            let exit = match (&error, shutdown.signal()) {
-                (RunError::Interrupted, Some(signal)) => signal.exit_status(),
-                _ => error.exit_status(),
-            };
-            let state = if matches!(error, RunError::Interrupted) {
-                RunState::Interrupted
-            } else {
-                RunState::Failed
-            };
-            (state, exit, Some(error), checked)
-        }
-    };
-    let message = error.as_ref().map(ToString::to_string);
-    let finished = retrying(|| {
-        store.finish_shard(
-            run_id,
-            shard.index,
-            state,
-            client.auth_calls(),
-            client.lookups(),
-            i32::from(exit.code()),
-            message.clone(),
-        )
-    })
-    .await;
-    let run = match finished {
-        Ok(run) => run,
-        Err(e) => {
-            tracing::error!(run_id, error = %e, "could not record the end of the run; it stays resumable");
-            return RunEnd {
-                exit: if exit == ExitStatus::Success {
-                    ExitStatus::Internal
-                } else {
-                    exit
-                },
-                summary: None,
-                error: error.or(Some(e.into())),
-            };
-        }
-    };
-    // Failed or rejected keys anywhere in the run (a resume included) make exit code 2.
-    let exit = if exit == ExitStatus::Success
-        && state == RunState::Completed
-        && (run.counts.failed > 0 || run.counts.rejected > 0)
-    {
-        ExitStatus::KeysFailed
+/// The lease of a shard's batch: one process at a time.
+fn lease_name(shard: Shard) -> String {
+    if shard.is_whole() {
+        "reconcile".to_owned()
     } else {
-        exit
-    };
-    if exit != ExitStatus::Success
-        && error.is_none()
-        && let Err(e) = store.set_exit_code(run_id, i32::from(exit.code())).await
-    {
-        tracing::warn!(error = %e, "could not record the exit code");
+        format!("reconcile/shard-{}-of-{}", shard.index, shard.count)
     }
-    let summary = summary_of(
-        &run,
-        checked_now,
-        started.elapsed(),
-        client.auth_calls(),
-        client.lookups(),
-        exit,
-    );
-    RunEnd {
-        exit,
-        summary: Some(summary),
-        error,
-    }
+}
+
+/// The lease this process holds, by name and holder.
+struct HeldLease {
+    name: String,
+    holder: String,
+}
+
+/// What one run needs from start to end.
+struct RunContext<'a> {
+    settings: &'a BatchSettings,
+    store: &'a Store,
+    client: Arc<PaypleClient>,
+    shutdown: &'a Shutdown,
+    started: Instant,
+}
+
+/// How the work on a run ended, and the keys this process checked.
+struct Driven {
+    checked: u64,
+    outcome: Outcome,
 }
 
 impl RunEnd {
-    fn error(error: RunError) -> Self {
+    fn new(outcome: Outcome, exit: ExitStatus, summary: Option<RunSummary>) -> Self {
         Self {
-            exit: error.exit_status(),
-            summary: None,
-            error: Some(error),
+            exit,
+            summary,
+            error: outcome.into_error(),
         }
     }
 }
 
-fn summary_of(
-    run: &RunRecord,
-    checked_now: u64,
-    elapsed: Duration,
-    auth_calls: u64,
-    lookups: u64,
-    exit: ExitStatus,
-) -> RunSummary {
-    let secs = elapsed.as_secs_f64();
-    RunSummary {
-        run_id: run.id,
-        state: run.state.as_str(),
-        source: run.source.clone(),
-        keys: run.keys_total,
-        duplicates: run.duplicates,
-        active: run.counts.active,
-        gone: run.counts.gone,
-        failed: run.counts.failed,
-        rejected: run.counts.rejected,
-        checked_now,
-        duration_secs: (secs * 1000.0).round() / 1000.0,
-        lookups_per_second: ((checked_now as f64 / secs.max(0.001)) * 10.0).round() / 10.0,
-        auth_calls,
-        lookups,
-        exit_code: exit.code(),
-        note: None,
+impl RunContext<'_> {
+    /// A run that stopped before it could be recorded.
+    fn failed(&self, error: RunError) -> RunEnd {
+        let outcome = Outcome::Failed(error);
+        let (_, exit) = conclude(&outcome, self.shutdown.signal(), Tally::Pending);
+        RunEnd::new(outcome, exit, None)
+    }
+
+    /// The run key's run already completed: nothing to do.
+    fn already_done(&self, run: &RunRecord) -> RunEnd {
+        let note = format!(
+            "run {} (run key {:?}) already completed; use --rerun to run it again",
+            run.id,
+            run.run_key.as_deref().unwrap_or_default()
+        );
+        tracing::info!("{note}");
+        let elapsed = self.started.elapsed();
+        let mut summary = summary_of(run, 0, elapsed, 0, 0, ExitStatus::Success);
+        summary.note = Some(note);
+        RunEnd::new(Outcome::Finished, ExitStatus::Success, Some(summary))
+    }
+
+    /// Under the lease: credentials, the run row, the lookups, the end of the run.
+    async fn leased(
+        &self,
+        source_db: Option<sqlx::AnyPool>,
+        existing: Option<RunRecord>,
+        lease: &HeldLease,
+    ) -> RunEnd {
+        // Credentials first: a bad configuration stops here with no run row and no lookup.
+        if let Err(e) = self.client.authenticate().await {
+            return self.failed(e.into());
+        }
+        let (run_id, spec) = match self.open_run(existing, lease).await {
+            Ok(opened) => opened,
+            Err(e) => return self.failed(e),
+        };
+        let heartbeat = tokio::spawn(heartbeat(
+            self.store.clone(),
+            lease.name.clone(),
+            lease.holder.clone(),
+        ));
+        let driven = self.drive(source_db, run_id, &spec).await;
+        heartbeat.abort();
+        self.finish(run_id, driven).await
+    }
+
+    /// Continues `existing` or creates (or joins) the run, and ties the lease to it.
+    async fn open_run(
+        &self,
+        existing: Option<RunRecord>,
+        lease: &HeldLease,
+    ) -> Result<(i64, SourceSpec), RunError> {
+        let (run_id, spec) = match existing {
+            Some(run) => self.reopen(run).await?,
+            None => self.create().await?,
+        };
+        self.store
+            .set_lease_run(&lease.name, &lease.holder, run_id)
+            .await?;
+        Ok((run_id, spec))
+    }
+
+    /// An unfinished run, with the source it was started with.
+    async fn reopen(&self, run: RunRecord) -> Result<(i64, SourceSpec), RunError> {
+        let spec: SourceSpec = serde_json::from_str(&run.source_spec)
+            .map_err(|e| ConfigError::unreadable_resumed_source(run.id, e))?;
+        self.store.reopen_run(run.id).await?;
+        tracing::info!(run_id = run.id, source = %run.source, "continuing run");
+        Ok((run.id, spec))
+    }
+
+    /// A new run (or the one another shard of the same run key created).
+    async fn create(&self) -> Result<(i64, SourceSpec), RunError> {
+        let settings = self.settings;
+        let new = NewRun {
+            run_key: settings.run_key.clone(),
+            source: settings.source.describe(),
+            source_spec: serde_json::to_string(&settings.source).unwrap_or_default(),
+            options: options_json(settings, &self.client),
+            shard_count: settings.shard.count.get(),
+        };
+        let id = self.store.create_or_join_run(&new).await?;
+        tracing::info!(run_id = id, source = %new.source, "starting run");
+        Ok((id, settings.source.clone()))
+    }
+
+    /// Records how the shard ended and builds the summary; [`conclude`] decides the state
+    /// and the exit status.
+    async fn finish(&self, run_id: i64, driven: Driven) -> RunEnd {
+        let Driven { checked, outcome } = driven;
+        let signal = self.shutdown.signal();
+        let (state, exit) = conclude(&outcome, signal, Tally::Pending);
+        let message = outcome.error().map(ToString::to_string);
+        let (shard, client) = (self.settings.shard, &self.client);
+        let finished = retrying(|| {
+            self.store.finish_shard(
+                run_id,
+                shard.index,
+                state,
+                client.auth_calls(),
+                client.lookups(),
+                i32::from(exit.code()),
+                message.clone(),
+            )
+        })
+        .await;
+        let run = match finished {
+            Ok(run) => run,
+            Err(e) => {
+                tracing::error!(run_id, error = %e, "could not record the end of the run; it stays resumable");
+                let (_, exit) = conclude(&outcome, signal, Tally::Unrecorded);
+                let outcome = match outcome {
+                    Outcome::Failed(error) => Outcome::Failed(error),
+                    _ => Outcome::Failed(e.into()),
+                };
+                return RunEnd::new(outcome, exit, None);
+            }
+        };
+        // Failed or rejected keys anywhere in the run (a resume included) make exit code 2.
+        let (_, final_exit) = conclude(&outcome, signal, Tally::Recorded(&run.counts));
+        if final_exit != exit
+            && let Err(e) = self
+                .store
+                .set_exit_code(run_id, i32::from(final_exit.code()))
+                .await
+        {
+            tracing::warn!(error = %e, "could not record the exit code");
+        }
+        let elapsed = self.started.elapsed();
+        let summary = summary_of(
+            &run,
+            checked,
+            elapsed,
+            client.auth_calls(),
+            client.lookups(),
+            final_exit,
+        );
+        RunEnd::new(outcome, final_exit, Some(summary))
+    }
+
+    /// Stages (if needed) and looks up every pending key.
+    async fn drive(
+        &self,
+        source_db: Option<sqlx::AnyPool>,
+        run_id: i64,
+        spec: &SourceSpec,
+    ) -> Driven {
+        match self.prepare(source_db, run_id, spec).await {
+            Ok(progress) => self.look_up_pending(run_id, &progress).await,
+            Err(e) => Driven {
+                checked: 0,
+                outcome: Outcome::Failed(e),
+            },
+        }
+    }
+
+    /// Starts the shard, stages its keys unless that is done, and starts the progress.
+    async fn prepare(
+        &self,
+        source_db: Option<sqlx::AnyPool>,
+        run_id: i64,
+        spec: &SourceSpec,
+    ) -> Result<Progress, RunError> {
+        let (store, shard) = (self.store, self.settings.shard);
+        let record = store.start_shard(run_id, shard.index).await?;
+        if !record.staged {
+            if spec.is_stdin()
+                && record.keys_total.is_none()
+                && store.count_staged(run_id, shard.index).await.unwrap_or(0) > 0
+            {
+                return Err(SourceError::StdinNotResumable(run_id).into());
+            }
+            let staged = stage::stage(store, run_id, shard, spec, source_db, self.shutdown).await?;
+            tracing::info!(
+                run_id,
+                keys = staged.keys,
+                duplicates = staged.duplicates,
+                rejected = staged.rejected,
+                "key list complete"
+            );
+        }
+        let pending = store.count_pending(run_id, shard.index).await?;
+        let before = store.status_counts(run_id).await?;
+        let interval = self.settings.progress_interval;
+        Ok(Progress::start(before.total() + pending, before, interval))
+    }
+
+    /// The lookups into the single writer; the outcome waits for the writer to finish.
+    async fn look_up_pending(&self, run_id: i64, progress: &Progress) -> Driven {
+        let config = WriterConfig {
+            batch_rows: self.settings.write_batch,
+            ..WriterConfig::default()
+        };
+        let writer = writer::spawn(self.store.clone(), run_id, config);
+        let looked = self.lookups(run_id, writer.sender, progress).await;
+        let written = writer.task.await;
+        Driven {
+            checked: looked.checked,
+            outcome: lookup_outcome(looked, written),
+        }
+    }
+}
+
+/// How the lookup phase ended, from the loop's and the writer's results.
+fn lookup_outcome(
+    looked: Looked,
+    written: Result<Result<WriterStats, WriterError>, tokio::task::JoinError>,
+) -> Outcome {
+    let written = match written {
+        Ok(result) => result.map_err(RunError::from),
+        Err(join) => Err(RunError::Store(StoreError::Query {
+            doing: "writing results",
+            source: sqlx::Error::Protocol(format!("writer task failed: {join}")),
+        })),
+    };
+    match (looked.error, written) {
+        (Some(error), _) => Outcome::Failed(error),
+        (None, Err(e)) => Outcome::Failed(e),
+        (None, Ok(stats)) => {
+            tracing::debug!(
+                rows = stats.rows,
+                batches = stats.batches,
+                retries = stats.retries,
+                "results written"
+            );
+            if looked.stopped {
+                Outcome::Stopped
+            } else {
+                Outcome::Finished
+            }
+        }
     }
 }
 
@@ -420,106 +481,6 @@ async fn heartbeat(store: Store, name: String, holder: String) {
     }
 }
 
-/// How the lookup phase ended.
-struct Driven {
-    checked: u64,
-    /// The key stream was cut short by a signal.
-    stopped: bool,
-}
-
-/// Stages (if needed) and looks up every pending key.
-async fn drive(
-    settings: &BatchSettings,
-    store: &Store,
-    client: &Arc<PaypleClient>,
-    source_db: Option<sqlx::AnyPool>,
-    shutdown: &Shutdown,
-    run_id: i64,
-    spec: &SourceSpec,
-) -> Result<Driven, (RunError, u64)> {
-    let shard = settings.shard;
-    let record = store
-        .start_shard(run_id, shard.index)
-        .await
-        .map_err(|e| (e.into(), 0))?;
-    if !record.staged {
-        if spec.is_stdin()
-            && record.keys_total.is_none()
-            && store.count_staged(run_id, shard.index).await.unwrap_or(0) > 0
-        {
-            return Err((SourceError::StdinNotResumable(run_id).into(), 0));
-        }
-        let staged = stage::stage(store, run_id, shard, spec, source_db, shutdown)
-            .await
-            .map_err(|e| (e, 0))?;
-        tracing::info!(
-            run_id,
-            keys = staged.keys,
-            duplicates = staged.duplicates,
-            rejected = staged.rejected,
-            "key list complete"
-        );
-    }
-    let pending = store
-        .count_pending(run_id, shard.index)
-        .await
-        .map_err(|e| (e.into(), 0))?;
-    let before = store
-        .status_counts(run_id)
-        .await
-        .map_err(|e| (e.into(), 0))?;
-    let progress = Progress::start(before.total() + pending, before, settings.progress_interval);
-
-    let writer = writer::spawn(
-        store.clone(),
-        run_id,
-        WriterConfig {
-            batch_rows: settings.write_batch,
-            ..WriterConfig::default()
-        },
-    );
-    let looked = lookups(
-        settings,
-        store,
-        client,
-        shutdown,
-        run_id,
-        writer.sender,
-        &progress,
-    )
-    .await;
-    let written = match writer.task.await {
-        Ok(result) => result,
-        Err(join) => {
-            return Err((
-                StoreError::Query {
-                    doing: "writing results",
-                    source: sqlx::Error::Protocol(format!("writer task failed: {join}")),
-                }
-                .into(),
-                looked.checked,
-            ));
-        }
-    };
-    let checked = looked.checked;
-    match (looked.error, written) {
-        (Some(error), _) => Err((error, checked)),
-        (None, Err(e)) => Err((e.into(), checked)),
-        (None, Ok(stats)) => {
-            tracing::debug!(
-                rows = stats.rows,
-                batches = stats.batches,
-                retries = stats.retries,
-                "results written"
-            );
-            Ok(Driven {
-                checked,
-                stopped: looked.stopped,
-            })
-        }
-    }
-}
-
 /// What the lookup loop did.
 struct Looked {
     checked: u64,
@@ -527,73 +488,74 @@ struct Looked {
     error: Option<RunError>,
 }
 
-/// The bounded stream: pending keys → `check_one` (at most `concurrency` in flight) →
-/// the writer. Keys whose lookups failed transiently (retries exhausted on 5xx, dropped
-/// connections, broken replies) get no row yet: after the last key they are looked up
-/// once more, with a fresh retry budget, and only then written.
-async fn lookups(
-    settings: &BatchSettings,
-    store: &Store,
-    client: &Arc<PaypleClient>,
-    shutdown: &Shutdown,
-    run_id: i64,
-    sender: tokio::sync::mpsc::Sender<CheckRow>,
-    progress: &Progress,
-) -> Looked {
-    let mut out = Sink {
-        sender,
-        progress,
-        omit_pii: settings.omit_pii,
-        looked: Looked {
-            checked: 0,
-            stopped: false,
-            error: None,
-        },
-    };
-    let concurrency = settings.concurrency.get();
-    let keys = pending_keys(store.clone(), run_id, settings.shard.index)
-        .map(|key| key.map(|k| (k, 0)))
-        .take_until(shutdown.stop.clone().cancelled_owned());
-    let drain = async {
-        // With --max-attempts 1 nothing is retried, not even at the end.
-        let mut deferred = (client.max_attempts() > 1).then(Vec::new);
-        let first = look_up(keys, client, &shutdown.stop, concurrency);
-        if !out.drain(first, client, deferred.as_mut()).await {
-            return;
-        }
-        let deferred = deferred.unwrap_or_default();
-        if deferred.is_empty() || shutdown.stop.is_cancelled() {
-            return;
-        }
-        tracing::info!(
-            keys = deferred.len(),
-            "looking up once more the keys whose lookups failed transiently"
-        );
-        let again = stream::iter(deferred.into_iter().map(Ok))
+impl RunContext<'_> {
+    /// The bounded stream: pending keys → `check_one` (at most `concurrency` in flight) →
+    /// the writer. Keys whose lookups failed transiently (retries exhausted on 5xx, dropped
+    /// connections, broken replies) get no row yet: after the last key they are looked up
+    /// once more, with a fresh retry budget, and only then written.
+    async fn lookups(
+        &self,
+        run_id: i64,
+        sender: tokio::sync::mpsc::Sender<CheckRow>,
+        progress: &Progress,
+    ) -> Looked {
+        let (settings, store, client, shutdown) =
+            (self.settings, self.store, &self.client, self.shutdown);
+        let mut out = Sink {
+            sender,
+            progress,
+            omit_pii: settings.omit_pii,
+            looked: Looked {
+                checked: 0,
+                stopped: false,
+                error: None,
+            },
+        };
+        let concurrency = settings.concurrency.get();
+        let keys = pending_keys(store.clone(), run_id, settings.shard.index)
+            .map(|key| key.map(|k| (k, 0)))
             .take_until(shutdown.stop.clone().cancelled_owned());
-        out.drain(
-            look_up(again, client, &shutdown.stop, concurrency),
-            client,
-            None,
-        )
-        .await;
-    };
-    let grace = async {
-        shutdown.stop.cancelled().await;
+        let drain = async {
+            // With --max-attempts 1 nothing is retried, not even at the end.
+            let mut deferred = (client.max_attempts() > 1).then(Vec::new);
+            let first = look_up(keys, client, &shutdown.stop, concurrency);
+            if !out.drain(first, client, deferred.as_mut()).await {
+                return;
+            }
+            let deferred = deferred.unwrap_or_default();
+            if deferred.is_empty() || shutdown.stop.is_cancelled() {
+                return;
+            }
+            tracing::info!(
+                keys = deferred.len(),
+                "looking up once more the keys whose lookups failed transiently"
+            );
+            let again = stream::iter(deferred.into_iter().map(Ok))
+                .take_until(shutdown.stop.clone().cancelled_owned());
+            out.drain(
+                look_up(again, client, &shutdown.stop, concurrency),
+                client,
+                None,
+            )
+            .await;
+        };
+        let grace = async {
+            shutdown.stop.cancelled().await;
+            tokio::select! {
+                _ = tokio::time::sleep(settings.shutdown_grace) => {}
+                _ = shutdown.now.cancelled() => {}
+            }
+        };
         tokio::select! {
-            _ = tokio::time::sleep(settings.shutdown_grace) => {}
-            _ = shutdown.now.cancelled() => {}
+            _ = drain => {}
+            _ = grace => {
+                tracing::warn!("shutdown grace expired: lookups still in flight are abandoned (resume checks them)");
+            }
         }
-    };
-    tokio::select! {
-        _ = drain => {}
-        _ = grace => {
-            tracing::warn!("shutdown grace expired: lookups still in flight are abandoned (resume checks them)");
-        }
+        let mut looked = out.looked;
+        looked.stopped = shutdown.stop.is_cancelled();
+        looked
     }
-    let mut looked = out.looked;
-    looked.stopped = shutdown.stop.is_cancelled();
-    looked
 }
 
 /// Keys waiting for the second pass: at most this many are held (about 100 bytes each);
@@ -738,4 +700,99 @@ fn pending_keys(
         }
     })
     .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_shard_has_its_own_lease() {
+        assert_eq!(lease_name(Shard::WHOLE), "reconcile");
+        let shard = Shard::new(1, 3).expect("shard");
+        assert_eq!(lease_name(shard), "reconcile/shard-1-of-3");
+    }
+
+    fn looked(stopped: bool, error: Option<RunError>) -> Looked {
+        Looked {
+            checked: 4,
+            stopped,
+            error,
+        }
+    }
+
+    fn stats() -> WriterStats {
+        WriterStats {
+            rows: 4,
+            batches: 1,
+            retries: 0,
+        }
+    }
+
+    fn store_error() -> StoreError {
+        StoreError::Query {
+            doing: "writing results",
+            source: sqlx::Error::PoolTimedOut,
+        }
+    }
+
+    #[test]
+    fn the_lookup_phase_finishes_stops_or_fails() {
+        assert!(matches!(
+            lookup_outcome(looked(false, None), Ok(Ok(stats()))),
+            Outcome::Finished
+        ));
+        assert!(matches!(
+            lookup_outcome(looked(true, None), Ok(Ok(stats()))),
+            Outcome::Stopped
+        ));
+        // The loop's own error wins over the writer's.
+        let both = lookup_outcome(
+            looked(false, Some(RunError::NoSuchRun(3))),
+            Ok(Err(WriterError {
+                lost: 2,
+                stats: stats(),
+                source: store_error(),
+            })),
+        );
+        assert!(matches!(both, Outcome::Failed(RunError::NoSuchRun(3))));
+        let writer = lookup_outcome(
+            looked(true, None),
+            Ok(Err(WriterError {
+                lost: 2,
+                stats: stats(),
+                source: store_error(),
+            })),
+        );
+        assert!(matches!(writer, Outcome::Failed(RunError::Writer(_))));
+    }
+
+    #[tokio::test]
+    async fn a_writer_task_that_died_fails_the_run_as_a_store_error() {
+        let task = tokio::spawn(async { panic!("writer bug") });
+        let joined: Result<Result<WriterStats, WriterError>, _> = task.await;
+        let outcome = lookup_outcome(looked(false, None), joined);
+        let Outcome::Failed(error) = outcome else {
+            panic!("not failed: {outcome:?}");
+        };
+        assert!(matches!(error, RunError::Store(_)));
+        assert!(error.to_string().contains("writer task failed"), "{error}");
+    }
+
+    #[test]
+    fn run_errors_name_their_exit_code() {
+        assert_eq!(RunError::NoSuchRun(1).exit_status(), ExitStatus::Config);
+        assert_eq!(RunError::Interrupted.exit_status(), ExitStatus::Interrupted);
+        assert_eq!(
+            RunError::Store(store_error()).exit_status(),
+            ExitStatus::Internal
+        );
+        let held = RunError::Store(StoreError::LeaseHeld {
+            name: "reconcile".to_owned(),
+            run_id: 1,
+            holder: "other".to_owned(),
+            expires_at: String::new(),
+        });
+        assert_eq!(held.exit_status(), ExitStatus::Config);
+    }
 }

@@ -85,11 +85,8 @@ impl Progress {
     pub fn record(&self, status: KeyStatus) {
         self.counters.slot(status).fetch_add(1, Ordering::Relaxed);
         self.span.pb_inc(1);
-        let c = self.counters.snapshot();
-        self.span.pb_set_message(&format!(
-            "active {} gone {} failed {} rejected {}",
-            c.active, c.gone, c.failed, c.rejected
-        ));
+        self.span
+            .pb_set_message(&bar_message(&self.counters.snapshot()));
     }
 
     pub fn counts(&self) -> StatusCounts {
@@ -103,6 +100,26 @@ impl Drop for Progress {
     }
 }
 
+/// The bar's message: the counts per status.
+fn bar_message(c: &StatusCounts) -> String {
+    format!(
+        "active {} gone {} failed {} rejected {}",
+        c.active, c.gone, c.failed, c.rejected
+    )
+}
+
+/// Keys per second since the start (`done_now` of them in `elapsed`), and the time the
+/// `left` keys will take at that pace.
+fn rate_and_eta(done_now: i64, left: i64, elapsed: Duration) -> (f64, String) {
+    let rate = done_now as f64 / elapsed.as_secs_f64().max(0.001);
+    let eta = if rate > 0.0 {
+        format!("{:.0}s", left.max(0) as f64 / rate)
+    } else {
+        "unknown".to_owned()
+    };
+    (rate, eta)
+}
+
 async fn report_every(counters: Arc<Counters>, total: i64, before: i64, interval: Duration) {
     let started = Instant::now();
     let mut tick = tokio::time::interval(interval);
@@ -111,12 +128,7 @@ async fn report_every(counters: Arc<Counters>, total: i64, before: i64, interval
         tick.tick().await;
         let c = counters.snapshot();
         let done = c.total();
-        let rate = (done - before) as f64 / started.elapsed().as_secs_f64().max(0.001);
-        let eta = if rate > 0.0 {
-            format!("{:.0}s", (total - done).max(0) as f64 / rate)
-        } else {
-            "unknown".to_owned()
-        };
+        let (rate, eta) = rate_and_eta(done - before, total - done, started.elapsed());
         tracing::info!(
             done,
             total,
@@ -127,6 +139,57 @@ async fn report_every(counters: Arc<Counters>, total: i64, before: i64, interval
             failed = c.failed,
             rejected = c.rejected,
             "progress"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_and_eta_follow_the_pace_since_the_start() {
+        let (rate, eta) = rate_and_eta(50, 200, Duration::from_secs(10));
+        assert_eq!(rate, 5.0);
+        assert_eq!(eta, "40s");
+        assert_eq!(rate_and_eta(0, 10, Duration::from_secs(3)).1, "unknown");
+        // More done than planned (a count moved on): no negative time.
+        assert_eq!(rate_and_eta(10, -3, Duration::from_secs(1)).1, "0s");
+        // A zero elapsed time does not divide by zero.
+        assert!(rate_and_eta(1, 1, Duration::ZERO).0.is_finite());
+    }
+
+    #[test]
+    fn the_bar_message_names_every_status() {
+        let c = StatusCounts {
+            active: 1,
+            gone: 2,
+            failed: 3,
+            rejected: 4,
+        };
+        assert_eq!(bar_message(&c), "active 1 gone 2 failed 3 rejected 4");
+    }
+
+    #[tokio::test]
+    async fn counts_start_from_the_rows_a_resumed_run_already_has() {
+        let before = StatusCounts {
+            active: 2,
+            gone: 0,
+            failed: 1,
+            rejected: 0,
+        };
+        let progress = Progress::start(10, before, Duration::from_secs(60));
+        progress.record(KeyStatus::Active);
+        progress.record(KeyStatus::Rejected);
+        progress.record(KeyStatus::Failed);
+        assert_eq!(
+            progress.counts(),
+            StatusCounts {
+                active: 3,
+                gone: 0,
+                failed: 2,
+                rejected: 1,
+            }
         );
     }
 }

@@ -127,3 +127,60 @@ pub async fn count(
     }
     Ok(staged)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+    use crate::domain::{KeyStatus, RejectReason};
+
+    #[test]
+    fn a_rejected_item_becomes_a_placeholder_row_without_its_value() {
+        let item = Item::Rejected {
+            seq: 7,
+            reason: RejectReason::Whitespace,
+            customer_ref: Some("CUST-7".to_owned()),
+            location: "keys.csv line 7".to_owned(),
+        };
+        let row = rejected_row(&item).expect("a row");
+        assert_eq!(row.payer_id, "#7 rejected");
+        assert_eq!(row.customer_ref.as_deref(), Some("CUST-7"));
+        assert_eq!(row.outcome.status, KeyStatus::Rejected);
+        let msg = row.outcome.result_msg.expect("message");
+        assert!(msg.contains("keys.csv line 7"), "{msg}");
+        let key = Item::from_raw(1, "validKey123", None, || "keys.csv line 1".to_owned());
+        assert!(rejected_row(&key).is_none());
+    }
+
+    #[tokio::test]
+    async fn count_finds_keys_duplicates_and_rejected_rows_of_its_shard() {
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        write!(
+            file,
+            "payer_id,customer_ref\nkeyA1,c1\nkeyB2,c2\nkeyA1,c3\nbad key,c4\n,c5\nkeyC3,c6\n"
+        )
+        .expect("write");
+        let spec = SourceSpec::Csv {
+            path: file.path().to_owned(),
+        };
+        let whole = count(&spec, None, Shard::WHOLE).await.expect("counted");
+        assert_eq!(
+            whole,
+            Staged {
+                keys: 3,
+                duplicates: 1,
+                rejected: 2
+            }
+        );
+        // Every key lands in exactly one shard; rejected rows are counted by each.
+        let mut keys = 0;
+        for index in 0..3 {
+            let shard = Shard::new(index, 3).expect("shard");
+            let part = count(&spec, None, shard).await.expect("counted");
+            assert_eq!(part.rejected, 2);
+            keys += part.keys;
+        }
+        assert_eq!(keys, 3);
+    }
+}

@@ -1,0 +1,255 @@
+//! How a run ends: the pure decision of its final state and exit status
+//! ([`conclude`]), and the summary printed on stdout ([`summary_of`]).
+
+use std::time::Duration;
+
+use super::RunError;
+use crate::domain::RunSummary;
+use crate::exit::ExitStatus;
+use crate::shutdown::Signal;
+use crate::store::{RunRecord, RunState, StatusCounts};
+
+/// How the work on a run ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Every pending key was looked up and written.
+    Finished,
+    /// The key stream was cut short (by a signal).
+    Stopped,
+    /// An error stopped the run (or kept it from starting).
+    Failed(RunError),
+}
+
+impl Outcome {
+    /// The error that stopped the run, if one did.
+    pub fn error(&self) -> Option<&RunError> {
+        match self {
+            Self::Failed(e) => Some(e),
+            Self::Finished | Self::Stopped => None,
+        }
+    }
+
+    pub fn into_error(self) -> Option<RunError> {
+        match self {
+            Self::Failed(e) => Some(e),
+            Self::Finished | Self::Stopped => None,
+        }
+    }
+}
+
+/// What is known of the run's recorded results when the decision is made.
+#[derive(Debug, Clone, Copy)]
+pub enum Tally<'a> {
+    /// Not recorded yet: the state to record, and the exit status so far.
+    Pending,
+    /// Recording the end of the run failed: it stays resumable.
+    Unrecorded,
+    /// Recorded: the whole run's counts (all shards, a resume included).
+    Recorded(&'a StatusCounts),
+}
+
+/// The state a run ends in and the process's exit status: a signal's code when it was
+/// stopped, the error's when it failed, 2 when a completed run has failed or rejected
+/// keys, 1 when a success could not be recorded. The one place this is decided.
+pub fn conclude(
+    outcome: &Outcome,
+    signal: Option<Signal>,
+    tally: Tally<'_>,
+) -> (RunState, ExitStatus) {
+    let (state, exit) = match (outcome, signal) {
+        (Outcome::Stopped | Outcome::Failed(RunError::Interrupted), Some(signal)) => {
+            (RunState::Interrupted, signal.exit_status())
+        }
+        (Outcome::Finished | Outcome::Stopped, _) => (RunState::Completed, ExitStatus::Success),
+        (Outcome::Failed(e @ RunError::Interrupted), None) => {
+            (RunState::Interrupted, e.exit_status())
+        }
+        (Outcome::Failed(e), _) => (RunState::Failed, e.exit_status()),
+    };
+    let exit = match tally {
+        Tally::Unrecorded if exit == ExitStatus::Success => ExitStatus::Internal,
+        Tally::Recorded(counts)
+            if exit == ExitStatus::Success
+                && state == RunState::Completed
+                && (counts.failed > 0 || counts.rejected > 0) =>
+        {
+            ExitStatus::KeysFailed
+        }
+        _ => exit,
+    };
+    (state, exit)
+}
+
+/// What a run did, from its record and this process's counters.
+pub fn summary_of(
+    run: &RunRecord,
+    checked_now: u64,
+    elapsed: Duration,
+    auth_calls: u64,
+    lookups: u64,
+    exit: ExitStatus,
+) -> RunSummary {
+    let secs = elapsed.as_secs_f64();
+    RunSummary {
+        run_id: run.id,
+        state: run.state.as_str(),
+        source: run.source.clone(),
+        keys: run.keys_total,
+        duplicates: run.duplicates,
+        active: run.counts.active,
+        gone: run.counts.gone,
+        failed: run.counts.failed,
+        rejected: run.counts.rejected,
+        checked_now,
+        duration_secs: (secs * 1000.0).round() / 1000.0,
+        lookups_per_second: ((checked_now as f64 / secs.max(0.001)) * 10.0).round() / 10.0,
+        auth_calls,
+        lookups,
+        exit_code: exit.code(),
+        note: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreError;
+
+    const CLEAN: StatusCounts = StatusCounts {
+        active: 3,
+        gone: 1,
+        failed: 0,
+        rejected: 0,
+    };
+
+    fn failed_error() -> RunError {
+        RunError::NoSuchRun(7)
+    }
+
+    #[test]
+    fn a_finished_run_completes_and_its_failed_keys_make_exit_2() {
+        let done = Outcome::Finished;
+        assert_eq!(
+            conclude(&done, None, Tally::Pending),
+            (RunState::Completed, ExitStatus::Success)
+        );
+        assert_eq!(
+            conclude(&done, None, Tally::Recorded(&CLEAN)),
+            (RunState::Completed, ExitStatus::Success)
+        );
+        for counts in [
+            StatusCounts { failed: 1, ..CLEAN },
+            StatusCounts {
+                rejected: 2,
+                ..CLEAN
+            },
+        ] {
+            assert_eq!(
+                conclude(&done, None, Tally::Recorded(&counts)),
+                (RunState::Completed, ExitStatus::KeysFailed)
+            );
+        }
+        // A signal after the last key does not make it interrupted.
+        assert_eq!(
+            conclude(&done, Some(Signal::Terminate), Tally::Pending),
+            (RunState::Completed, ExitStatus::Success)
+        );
+    }
+
+    #[test]
+    fn a_stopped_run_is_interrupted_with_the_signals_code_whatever_its_keys() {
+        let failing = StatusCounts { failed: 5, ..CLEAN };
+        for (signal, exit) in [
+            (Signal::Interrupt, ExitStatus::Interrupted),
+            (Signal::Terminate, ExitStatus::Terminated),
+        ] {
+            for outcome in [Outcome::Stopped, Outcome::Failed(RunError::Interrupted)] {
+                assert_eq!(
+                    conclude(&outcome, Some(signal), Tally::Recorded(&failing)),
+                    (RunState::Interrupted, exit),
+                    "{outcome:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_failed_run_exits_with_its_errors_code() {
+        let config = Outcome::Failed(failed_error());
+        assert_eq!(
+            conclude(
+                &config,
+                None,
+                Tally::Recorded(&StatusCounts { failed: 1, ..CLEAN })
+            ),
+            (RunState::Failed, ExitStatus::Config)
+        );
+        let store = Outcome::Failed(RunError::Store(StoreError::Query {
+            doing: "writing results",
+            source: sqlx::Error::PoolTimedOut,
+        }));
+        assert_eq!(
+            conclude(&store, Some(Signal::Interrupt), Tally::Pending),
+            (RunState::Failed, ExitStatus::Internal)
+        );
+    }
+
+    #[test]
+    fn an_unrecorded_end_turns_success_into_exit_1_and_keeps_other_codes() {
+        assert_eq!(
+            conclude(&Outcome::Finished, None, Tally::Unrecorded).1,
+            ExitStatus::Internal
+        );
+        assert_eq!(
+            conclude(
+                &Outcome::Stopped,
+                Some(Signal::Terminate),
+                Tally::Unrecorded
+            )
+            .1,
+            ExitStatus::Terminated
+        );
+        assert_eq!(
+            conclude(&Outcome::Failed(failed_error()), None, Tally::Unrecorded).1,
+            ExitStatus::Config
+        );
+    }
+
+    #[test]
+    fn summaries_round_their_figures() {
+        let run = RunRecord {
+            id: 4,
+            run_key: None,
+            started_at: String::new(),
+            finished_at: None,
+            source: "csv keys.csv".to_owned(),
+            source_spec: String::new(),
+            options: String::new(),
+            state: RunState::Completed,
+            shard_count: 1,
+            keys_total: Some(4),
+            duplicates: 1,
+            counts: CLEAN,
+            auth_calls: 1,
+            lookups: 4,
+            exit_code: None,
+        };
+        let s = summary_of(
+            &run,
+            3,
+            Duration::from_millis(1_234_567),
+            1,
+            4,
+            ExitStatus::KeysFailed,
+        );
+        assert_eq!(
+            (s.run_id, s.state, s.active, s.gone),
+            (4, "completed", 3, 1)
+        );
+        assert_eq!(s.duration_secs, 1234.567);
+        assert_eq!(s.lookups_per_second, 0.0);
+        assert_eq!(s.exit_code, 2);
+        let fast = summary_of(&run, 1000, Duration::ZERO, 1, 1000, ExitStatus::Success);
+        assert_eq!(fast.lookups_per_second, 1_000_000.0);
+    }
+}
