@@ -167,6 +167,13 @@ impl PayType {
             Self::Transfer => "transfer",
         }
     }
+
+    /// The stored name back as a pay type.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Card, Self::Transfer]
+            .into_iter()
+            .find(|p| p.as_str() == s)
+    }
 }
 
 /// What Payple told us about the payment instrument behind an active key. Only masked
@@ -228,6 +235,19 @@ impl LookupOutcome {
             attempts: 0,
         }
     }
+}
+
+/// The payer id stored for a rejected input row: its position in the source (`#N
+/// rejected`), never its value. The space makes it something no valid key can be, so it
+/// never hides a real key.
+pub fn rejected_placeholder(seq: i64) -> String {
+    format!("#{seq} rejected")
+}
+
+/// Whether a stored row's payer id is a [`rejected_placeholder`] (a rejected row whose id
+/// starts with `#`): shown as it is in reports, not masked.
+pub fn is_rejected_placeholder(status: KeyStatus, payer_id: &str) -> bool {
+    status == KeyStatus::Rejected && payer_id.starts_with('#')
 }
 
 /// What a run did, printed as JSON on stdout at the end.

@@ -2,7 +2,7 @@
 //! dropped by the database, invalid values written as `rejected` rows), before any
 //! lookup. A malformed file therefore stops the run with nothing sent.
 
-use crate::domain::LookupOutcome;
+use crate::domain::{LookupOutcome, rejected_placeholder};
 use crate::settings::Shard;
 use crate::shutdown::Shutdown;
 use crate::source::{self, Item, SourceError, SourceSpec};
@@ -19,12 +19,6 @@ pub struct Staged {
     pub rejected: i64,
 }
 
-/// The placeholder key of a rejected input row: its position, never its value. The space
-/// makes it something no valid key can be, so it never hides a real key.
-pub fn rejected_key(seq: i64) -> String {
-    format!("#{seq} rejected")
-}
-
 /// The result row of a rejected input row.
 pub fn rejected_row(item: &Item) -> Option<CheckRow> {
     let Item::Rejected {
@@ -37,7 +31,7 @@ pub fn rejected_row(item: &Item) -> Option<CheckRow> {
         return None;
     };
     Some(CheckRow {
-        payer_id: rejected_key(*seq),
+        payer_id: rejected_placeholder(*seq),
         customer_ref: customer_ref.clone(),
         outcome: LookupOutcome::rejected(reason, location.clone()),
         checked_at: now_text(),

@@ -9,7 +9,7 @@ use std::io::{self, Write};
 
 use chrono::{DateTime, FixedOffset, Utc};
 
-use crate::domain::mask_payer_id;
+use crate::domain::{PayType, is_rejected_placeholder, mask_payer_id};
 use crate::store::CheckRecord;
 
 /// The UTF-8 byte order mark that makes Excel read the file as UTF-8.
@@ -83,7 +83,7 @@ impl ReportRow {
 /// How a stored payer id appears in a report: masked, except the `#N` placeholder of a
 /// rejected input row, which is a position in the source and not a key.
 pub fn shown_payer_id(record: &CheckRecord) -> String {
-    if record.status == "rejected" && record.payer_id.starts_with('#') {
+    if is_rejected_placeholder(record.status, &record.payer_id) {
         record.payer_id.clone()
     } else {
         mask_payer_id(&record.payer_id)
@@ -94,16 +94,21 @@ pub fn shown_payer_id(record: &CheckRecord) -> String {
 pub fn report_row(record: &CheckRecord) -> ReportRow {
     let text = |v: &Option<String>| v.clone().unwrap_or_default();
     let (kst, utc) = kst_and_utc(&record.checked_at);
+    let d = &record.details;
     ReportRow {
         customer_ref: text(&record.customer_ref),
         payer_id_masked: shown_payer_id(record),
-        status: record.status.clone(),
-        pay_type: text(&record.pay_type),
-        card_name: text(&record.card_name),
-        card_mask: text(&record.card_mask),
-        bank_name: text(&record.bank_name),
-        bank_mask: text(&record.bank_mask),
-        account_type: text(&record.bank_account_type),
+        status: record.status.as_str().to_owned(),
+        pay_type: d
+            .pay_type
+            .map(PayType::as_str)
+            .unwrap_or_default()
+            .to_owned(),
+        card_name: text(&d.card_name),
+        card_mask: text(&d.card_mask),
+        bank_name: text(&d.bank_name),
+        bank_mask: text(&d.bank_mask),
+        account_type: text(&d.bank_account_type),
         result_code: text(&record.result_code),
         result_msg: text(&record.result_msg),
         checked_at_kst: kst,
@@ -211,24 +216,27 @@ impl<W: Write> ReportWriter<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{KeyDetails, KeyStatus};
 
     fn record() -> CheckRecord {
         CheckRecord {
             run_id: 7,
             payer_id: "NS9qNTgzU2xRNHR2RmFBWWFBTWk5UT09".to_owned(),
             customer_ref: Some("CUST-00001".to_owned()),
-            status: "active".to_owned(),
-            pay_type: Some("card".to_owned()),
-            card_code: Some("0100".to_owned()),
-            card_name: Some("신한카드".to_owned()),
-            card_mask: Some("4518-****-****-1234".to_owned()),
-            bank_account_type: Some("개인".to_owned()),
-            payer_name: Some("김민준".to_owned()),
+            status: KeyStatus::Active,
+            details: KeyDetails {
+                pay_type: Some(PayType::Card),
+                card_code: Some("0100".to_owned()),
+                card_name: Some("신한카드".to_owned()),
+                card_mask: Some("4518-****-****-1234".to_owned()),
+                bank_account_type: Some("개인".to_owned()),
+                payer_name: Some("김민준".to_owned()),
+                ..KeyDetails::default()
+            },
             result_code: Some("0000".to_owned()),
             result_msg: Some("회원조회 성공".to_owned()),
             attempts: 1,
             checked_at: "2026-11-26T17:05:03.123Z".to_owned(),
-            ..CheckRecord::default()
         }
     }
 
@@ -291,7 +299,7 @@ mod tests {
         assert!(!row.cells().contains(&"김민준"), "no payer name in reports");
         let rejected = CheckRecord {
             payer_id: "#5".to_owned(),
-            status: "rejected".to_owned(),
+            status: KeyStatus::Rejected,
             ..record()
         };
         assert_eq!(report_row(&rejected).payer_id_masked, "#5");

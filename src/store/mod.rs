@@ -25,7 +25,7 @@ use sqlx::ConnectOptions;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, AssertSqlSafe, Row};
 
-use crate::domain::{KeyStatus, LookupOutcome};
+use crate::domain::{KeyDetails, KeyStatus, LookupOutcome, PayType};
 
 /// Which SQL the database speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -253,27 +253,34 @@ pub struct CheckRow {
 }
 
 /// One result row as stored, for reports.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckRecord {
     pub run_id: i64,
     pub payer_id: String,
     pub customer_ref: Option<String>,
-    pub status: String,
-    pub pay_type: Option<String>,
-    pub card_code: Option<String>,
-    pub card_name: Option<String>,
-    pub card_mask: Option<String>,
-    pub bank_code: Option<String>,
-    pub bank_name: Option<String>,
-    pub bank_mask: Option<String>,
-    pub bank_account_type: Option<String>,
-    pub payer_name: Option<String>,
-    pub payer_phone_mask: Option<String>,
-    pub is_tax: Option<String>,
+    pub status: KeyStatus,
+    pub details: KeyDetails,
     pub result_code: Option<String>,
     pub result_msg: Option<String>,
     pub attempts: i64,
     pub checked_at: String,
+}
+
+impl Default for CheckRecord {
+    /// An empty `failed` row: a base for building rows field by field.
+    fn default() -> Self {
+        Self {
+            run_id: 0,
+            payer_id: String::new(),
+            customer_ref: None,
+            status: KeyStatus::Failed,
+            details: KeyDetails::default(),
+            result_code: None,
+            result_msg: None,
+            attempts: 0,
+            checked_at: String::new(),
+        }
+    }
 }
 
 /// Rows per status.
@@ -480,27 +487,44 @@ fn run_record(row: &AnyRow) -> Result<RunRecord, StoreError> {
 }
 
 fn check_record(row: &AnyRow) -> Result<CheckRecord, sqlx::Error> {
+    let status: String = row.try_get(3)?;
+    let status = KeyStatus::parse(&status).ok_or_else(|| unknown_value(3, "status", &status))?;
+    let pay_type: Option<String> = row.try_get(4)?;
+    let pay_type = match pay_type.as_deref() {
+        None => None,
+        Some(name) => Some(PayType::parse(name).ok_or_else(|| unknown_value(4, "pay_type", name))?),
+    };
     Ok(CheckRecord {
         run_id: row.try_get(0)?,
         payer_id: row.try_get(1)?,
         customer_ref: row.try_get(2)?,
-        status: row.try_get(3)?,
-        pay_type: row.try_get(4)?,
-        card_code: row.try_get(5)?,
-        card_name: row.try_get(6)?,
-        card_mask: row.try_get(7)?,
-        bank_code: row.try_get(8)?,
-        bank_name: row.try_get(9)?,
-        bank_mask: row.try_get(10)?,
-        bank_account_type: row.try_get(11)?,
-        payer_name: row.try_get(12)?,
-        payer_phone_mask: row.try_get(13)?,
-        is_tax: row.try_get(14)?,
+        status,
+        details: KeyDetails {
+            pay_type,
+            card_code: row.try_get(5)?,
+            card_name: row.try_get(6)?,
+            card_mask: row.try_get(7)?,
+            bank_code: row.try_get(8)?,
+            bank_name: row.try_get(9)?,
+            bank_mask: row.try_get(10)?,
+            bank_account_type: row.try_get(11)?,
+            payer_name: row.try_get(12)?,
+            payer_phone_mask: row.try_get(13)?,
+            is_tax: row.try_get(14)?,
+        },
         result_code: row.try_get(15)?,
         result_msg: row.try_get(16)?,
         attempts: row.try_get(17)?,
         checked_at: row.try_get(18)?,
     })
+}
+
+/// A stored value this version does not know.
+fn unknown_value(index: usize, column: &str, value: &str) -> sqlx::Error {
+    sqlx::Error::ColumnDecode {
+        index: format!("{index} ({column})"),
+        source: format!("unknown {column} {value:?}").into(),
+    }
 }
 
 #[cfg(test)]
@@ -539,5 +563,53 @@ mod tests {
                 .insert_ignoring("t (a, b)", "(?, ?)", "a, b")
                 .ends_with("ON CONFLICT (a, b) DO NOTHING")
         );
+    }
+
+    #[tokio::test]
+    async fn unknown_statuses_are_not_read() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("r.db").display());
+        let store = Store::open(&url).await.expect("open");
+        let run_id = store
+            .create_or_join_run(&NewRun {
+                run_key: None,
+                source: "test".to_owned(),
+                source_spec: "{}".to_owned(),
+                options: "{}".to_owned(),
+                shard_count: 1,
+            })
+            .await
+            .expect("run");
+        let rejected = CheckRow {
+            payer_id: crate::domain::rejected_placeholder(3),
+            customer_ref: None,
+            outcome: LookupOutcome::rejected(
+                &crate::domain::RejectReason::Empty,
+                "line 3".to_owned(),
+            ),
+            checked_at: now_text(),
+        };
+        store
+            .insert_checks(run_id, &[rejected])
+            .await
+            .expect("insert");
+        let rows = store.checks_page(run_id, "", &[], 10).await.expect("read");
+        assert_eq!(rows[0].status, KeyStatus::Rejected);
+        assert_eq!(rows[0].payer_id, "#3 rejected");
+        assert!(crate::domain::is_rejected_placeholder(
+            rows[0].status,
+            &rows[0].payer_id
+        ));
+
+        sqlx::query("UPDATE billing_key_checks SET status = 'paused'")
+            .execute(store.pool())
+            .await
+            .expect("update");
+        let err = store
+            .checks_page(run_id, "", &[], 10)
+            .await
+            .expect_err("an unknown status is refused");
+        assert!(err.to_string().contains("paused"), "{err}");
+        store.close().await;
     }
 }

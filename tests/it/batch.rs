@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use payple_reconcile::domain::stable_hash;
+use payple_reconcile::domain::{KeyDetails, KeyStatus, PayType, stable_hash};
 use payple_reconcile::simulator::{Faults, KeyBook, SimKey, SimKind, derive_key};
 use payple_reconcile::store::{CheckRecord, RunState, Store};
 use serde_json::{Value, json};
@@ -49,18 +49,20 @@ fn expected_row(
         run_id,
         payer_id: payer_id.to_owned(),
         customer_ref: customer_ref.map(str::to_owned),
-        status: status.to_owned(),
-        pay_type: detail(&key.pay_type),
-        card_code: detail(&key.card_code),
-        card_name: detail(&key.card_name),
-        card_mask: detail(&key.card_mask),
-        bank_code: detail(&key.bank_code),
-        bank_name: detail(&key.bank_name),
-        bank_mask: detail(&key.bank_mask),
-        bank_account_type: detail(&key.bank_account_type),
-        payer_name: detail(&key.payer_name),
-        payer_phone_mask: detail(&key.payer_phone_mask),
-        is_tax: detail(&key.is_tax),
+        status: KeyStatus::parse(status).expect("a status"),
+        details: KeyDetails {
+            pay_type: detail(&key.pay_type).and_then(|p| PayType::parse(&p)),
+            card_code: detail(&key.card_code),
+            card_name: detail(&key.card_name),
+            card_mask: detail(&key.card_mask),
+            bank_code: detail(&key.bank_code),
+            bank_name: detail(&key.bank_name),
+            bank_mask: detail(&key.bank_mask),
+            bank_account_type: detail(&key.bank_account_type),
+            payer_name: detail(&key.payer_name),
+            payer_phone_mask: detail(&key.payer_phone_mask),
+            is_tax: detail(&key.is_tax),
+        },
         result_code: Some(code),
         result_msg: msg,
         attempts: 1,
@@ -236,7 +238,9 @@ async fn rows_and_run_record(db: TestDb) {
             // --max-attempts 3, then the second pass at the end of the run: 3 more.
             expected.attempts = 6;
         }
-        *expected_counts.entry(expected.status.clone()).or_default() += 1;
+        *expected_counts
+            .entry(expected.status.as_str().to_owned())
+            .or_default() += 1;
         assert_row(actual, expected, &run);
     }
 
@@ -463,7 +467,12 @@ async fn assert_derived_rows(store: &Store, run_id: i64, want: &BTreeMap<String,
         .collect();
     assert_eq!(&got, want, "rows of run {run_id}");
     for c in checks.values() {
-        assert_eq!(c.status, derived_status(&c.payer_id), "{}", c.payer_id);
+        assert_eq!(
+            c.status.as_str(),
+            derived_status(&c.payer_id),
+            "{}",
+            c.payer_id
+        );
         assert_eq!(c.attempts, 1);
     }
 }
@@ -685,7 +694,7 @@ async fn duplicates_once_and_bad_ids_rejected_unsent() {
     assert_eq!(checks.len(), 13);
     for (i, id) in ids.iter().enumerate() {
         let c = &checks[id];
-        assert_eq!(c.status, derived_status(id));
+        assert_eq!(c.status.as_str(), derived_status(id));
         // The first occurrence's reference is kept.
         assert_eq!(c.customer_ref.as_deref(), Some(format!("C-{i}").as_str()));
         assert_eq!(c.attempts, 1);
@@ -710,7 +719,7 @@ async fn duplicates_once_and_bad_ids_rejected_unsent() {
         let c = checks
             .get(&format!("#{line} rejected"))
             .unwrap_or_else(|| panic!("no rejected row for line {line}: {:?}", checks.keys()));
-        assert_eq!(c.status, "rejected");
+        assert_eq!(c.status, KeyStatus::Rejected);
         assert_eq!(c.customer_ref.as_deref(), Some(reference));
         assert_eq!(c.result_code.as_deref(), Some(code));
         let msg = c.result_msg.as_deref().unwrap_or_default();
@@ -718,7 +727,12 @@ async fn duplicates_once_and_bad_ids_rejected_unsent() {
         assert!(msg.contains(&format!("{name} line {line}")), "{msg}");
         assert_eq!(c.attempts, 0);
         assert_eq!(
-            (&c.pay_type, &c.card_code, &c.bank_code, &c.payer_name),
+            (
+                &c.details.pay_type,
+                &c.details.card_code,
+                &c.details.bank_code,
+                &c.details.payer_name
+            ),
             (&None, &None, &None, &None)
         );
     }
@@ -1046,8 +1060,8 @@ async fn numeric_codes_keep_their_leading_zeros() {
         .iter()
         .map(|id| {
             (
-                checks[id].card_code.as_deref(),
-                checks[id].bank_code.as_deref(),
+                checks[id].details.card_code.as_deref(),
+                checks[id].details.bank_code.as_deref(),
             )
         })
         .collect();

@@ -16,7 +16,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use payple_reconcile::domain::stable_hash;
+use payple_reconcile::domain::{KeyStatus, stable_hash};
 use payple_reconcile::simulator::{Faults, KeyBook, Partner, SimConfig};
 use payple_reconcile::store::{CheckRecord, RunState};
 use rand::rngs::StdRng;
@@ -379,7 +379,7 @@ async fn storm_with_default_retries_misclassifies_nothing() {
             earlier.iter().all(|l| l.fault != "none"),
             "{id}: retried after a clean answer: {sent:?}"
         );
-        if row.status == "failed" {
+        if row.status == KeyStatus::Failed {
             assert_eq!(row.attempts, 8, "{id}: both passes used: {row:?}");
             assert_ne!(last.fault, "none", "{id}: {sent:?}");
             assert_eq!(
@@ -390,7 +390,7 @@ async fn storm_with_default_retries_misclassifies_nothing() {
             failed.push(id.clone());
         } else {
             assert_eq!(last.fault, "none", "{id}: {sent:?}");
-            assert_eq!(row.status, derived_status(id), "{id}: {row:?}");
+            assert_eq!(row.status.as_str(), derived_status(id), "{id}: {row:?}");
         }
     }
     eprintln!(
@@ -420,9 +420,9 @@ async fn storm_without_retries_fails_exactly_the_faulted_keys_with_their_reason(
         assert_eq!(row.attempts, 1, "{id}");
         let fault = sent[0].fault.as_str();
         if fault == "none" {
-            assert_eq!(row.status, derived_status(id), "{id}: {row:?}");
+            assert_eq!(row.status.as_str(), derived_status(id), "{id}: {row:?}");
         } else {
-            assert_eq!(row.status, "failed", "{id} got {fault}: {row:?}");
+            assert_eq!(row.status, KeyStatus::Failed, "{id} got {fault}: {row:?}");
             assert_eq!(
                 row.result_code.as_deref(),
                 Some(fault_code(fault)),
@@ -860,11 +860,13 @@ async fn corpus_case(name: &str, bytes: &[u8], expect: Expect) {
                 let row = checks
                     .get(id)
                     .unwrap_or_else(|| panic!("{name}: no row for {id:?}"));
-                assert_eq!(row.status, derived_status(id), "{name}: {row:?}");
+                assert_eq!(row.status.as_str(), derived_status(id), "{name}: {row:?}");
                 assert_eq!(&row.customer_ref, customer_ref, "{name}: {id}");
             }
-            let mut got: Vec<&CheckRecord> =
-                checks.values().filter(|c| c.status == "rejected").collect();
+            let mut got: Vec<&CheckRecord> = checks
+                .values()
+                .filter(|c| c.status == KeyStatus::Rejected)
+                .collect();
             got.sort_by_key(|c| {
                 c.payer_id
                     .trim_start_matches('#')

@@ -483,7 +483,7 @@ pub async fn assert_ground_truth(
         let row = checks
             .get(id)
             .unwrap_or_else(|| panic!("no row for {id} in run {run_id}"));
-        assert_eq!(row.status, derived_status(id), "{id}: {row:?}");
+        assert_eq!(row.status.as_str(), derived_status(id), "{id}: {row:?}");
     }
     checks
 }

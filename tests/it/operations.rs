@@ -621,7 +621,7 @@ async fn three_shards_cover_every_key_once_on_postgres() {
     assert_eq!(checks.len(), 60, "one row per key");
     for id in &ids {
         let c = checks.get(id).unwrap_or_else(|| panic!("no row for {id}"));
-        assert_eq!(c.status, derived_status(id), "{id}");
+        assert_eq!(c.status.as_str(), derived_status(id), "{id}");
         assert_eq!(c.attempts, 1, "{id}");
     }
     let shards = sqlx::query(
@@ -821,9 +821,9 @@ async fn omit_pii_stores_no_name_or_phone() {
     let mut actives = 0;
     for id in &ids {
         let row = &without[id];
-        assert_eq!(row.payer_name, None, "{id}");
-        assert_eq!(row.payer_phone_mask, None, "{id}");
-        assert_eq!(row.status, derived_status(id));
+        assert_eq!(row.details.payer_name, None, "{id}");
+        assert_eq!(row.details.payer_phone_mask, None, "{id}");
+        assert_eq!(row.status.as_str(), derived_status(id));
         assert!(
             row.result_code.is_some() && row.result_msg.is_some(),
             "{row:?}"
@@ -832,15 +832,15 @@ async fn omit_pii_stores_no_name_or_phone() {
         let mut other = with[id].clone();
         if active(id) {
             actives += 1;
-            assert!(other.payer_name.is_some(), "{other:?}");
-            assert!(row.pay_type.is_some(), "{row:?}");
+            assert!(other.details.payer_name.is_some(), "{other:?}");
+            assert!(row.details.pay_type.is_some(), "{row:?}");
             assert!(
-                row.card_name.is_some() || row.bank_name.is_some(),
+                row.details.card_name.is_some() || row.details.bank_name.is_some(),
                 "{row:?}"
             );
         }
-        other.payer_name = None;
-        other.payer_phone_mask = None;
+        other.details.payer_name = None;
+        other.details.payer_phone_mask = None;
         other.run_id = row.run_id;
         other.checked_at = row.checked_at.clone();
         assert_eq!(*row, other, "{id}");
@@ -1020,7 +1020,7 @@ async fn end_to_end_on_mysql_with_keys_differing_only_in_case() {
     for (i, id) in ids.iter().enumerate() {
         let row = checks.get(id).unwrap_or_else(|| panic!("no row for {id}"));
         assert_eq!(&row.payer_id, id, "stored byte for byte");
-        assert_eq!(row.status, derived_status(id), "{id}");
+        assert_eq!(row.status.as_str(), derived_status(id), "{id}");
         assert_eq!(
             row.customer_ref.as_deref(),
             Some(format!("CUST-{i:05}").as_str())
