@@ -1,5 +1,5 @@
-//! The command line as typed: clap structures only. [`crate::settings`] turns them into
-//! validated settings; nothing past that sees a flag.
+//! The command line as typed: clap structures only. `settings::from_cli` turns them into
+//! validated settings, once; nothing past that sees a flag.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;

@@ -2,16 +2,27 @@
 //! records which still work, what they point at (masked), and which lookups failed.
 //!
 //! # Layout
-//! - [`cli`]: the command line as typed; [`settings`]: the same, validated.
-//! - [`app`]: one function per subcommand, wiring the parts below together.
-//! - [`domain`]: billing keys, statuses and outcomes, parsed once at the boundary.
-//! - [`payple`]: the Payple client: partner auth, the shared token, lookups, retries.
-//! - [`pipeline`]: the nightly batch: plan, stage, bounded lookups, single writer.
-//! - [`report`]: finance CSV reports, run-to-run changes, summaries, metrics.
+//! - [`cli`]: the command line as typed (clap only); [`settings`]: the same, validated
+//!   once by [`settings::from_cli`] into one [`settings::Settings`] variant per subcommand.
+//! - [`app`]: the command layer, one file per subcommand (`app/run.rs`, `app/lookup.rs`,
+//!   `app/report.rs`, …), and [`app::AppError`], the one place exit codes are decided.
+//! - [`domain`]: billing keys, statuses, outcomes, key details and the run summary, parsed
+//!   once at the boundary.
+//! - [`payple`]: the Payple client: partner auth, the shared token, lookups, retries; the
+//!   documented test partner.
+//! - [`pipeline`]: the nightly batch: plan, stage, bounded lookups, single writer;
+//!   [`pipeline::end::conclude`] decides how a run ends.
+//! - [`report`]: finance CSV reports, run-to-run changes, summaries, metrics: pure
+//!   formatting, plus streaming a run from the store into the writers.
 //! - [`simulator`]: a loopback Payple for tests, demos and benchmarks.
 //! - [`source`]: where the keys come from: CSV (or stdin), a table, or a query.
-//! - [`store`]: the results database (SQLite, PostgreSQL, MySQL) and its single writer.
+//! - [`store`]: the results database (SQLite, PostgreSQL, MySQL), its typed records and its
+//!   single writer.
 //! - [`exit`], [`http`], [`shutdown`], [`telemetry`]: exit codes, the HTTP client, signals, logs.
+//!
+//! Imports point down only: `app` → `pipeline` → `settings` → `cli`, and all of them →
+//! the leaves (`payple`, `source`, `store`, `report`, `simulator`, `domain`), which never
+//! import `cli`, `settings`, `app` or `pipeline`.
 
 pub mod app;
 pub mod cli;

@@ -149,31 +149,7 @@ pub fn payple_settings(args: &PaypleArgs, env: &dyn Env) -> Result<PaypleSetting
         PaypleTarget::Origin(url) => url.clone(),
         PaypleTarget::Simulator => parse_origin(SIMULATOR_PLACEHOLDER)?,
     };
-    let sim = target == PaypleTarget::Simulator;
-    let or_test = |name: &'static str, test: &str| -> Result<String, ConfigError> {
-        match env.var(name) {
-            Some(v) => Ok(v),
-            None if sim => Ok(test.to_owned()),
-            None => Err(ConfigError::MissingEnv(name)),
-        }
-    };
-    let cst_id = or_test("PAYPLE_CST_ID", TEST_CST_ID)?;
-    let cust_key = match &args.cust_key_file {
-        Some(path) => std::fs::read_to_string(path)
-            .map(|s| s.trim().to_owned())
-            .map_err(|source| ConfigError::CustKeyFile {
-                path: path.clone(),
-                source,
-            })?,
-        None => or_test("PAYPLE_CUST_KEY", TEST_CUST_KEY)?,
-    };
-    if cust_key.is_empty() {
-        return Err(ConfigError::MissingEnv("PAYPLE_CUST_KEY"));
-    }
-    let referer = or_test("PAYPLE_REFERER", TEST_REFERER)?;
-    if referer.parse::<reqwest::header::HeaderValue>().is_err() {
-        return Err(invalid("PAYPLE_REFERER", "not a valid header value"));
-    }
+    let (cst_id, cust_key, referer) = credentials(args, env, target == PaypleTarget::Simulator)?;
     if args.token_ttl < 2 {
         return Err(invalid("--token-ttl", "must be at least 2 seconds"));
     }
@@ -186,18 +162,7 @@ pub fn payple_settings(args: &PaypleArgs, env: &dyn Env) -> Result<PaypleSetting
     if args.max_attempts == 0 || args.max_attempts > 20 {
         return Err(invalid("--max-attempts", "must be within 1..=20"));
     }
-    let mut codes = CodeBook::default();
-    if let Some(gone) = &args.gone_codes {
-        let gone: Vec<String> = gone
-            .iter()
-            .map(|c| c.trim().to_owned())
-            .filter(|c| !c.is_empty())
-            .collect();
-        if gone.is_empty() {
-            return Err(invalid("--gone-codes", "give at least one code"));
-        }
-        codes = codes.with_gone(gone);
-    }
+    let codes = code_book(args.gone_codes.as_deref())?;
     let request_timeout = Duration::from_secs_f64(args.request_timeout);
     let client = ClientConfig {
         origin,
@@ -218,6 +183,57 @@ pub fn payple_settings(args: &PaypleArgs, env: &dyn Env) -> Result<PaypleSetting
         codes,
     };
     Ok(PaypleSettings { target, client })
+}
+
+/// The partner id, custKey and Referer from the environment (custKey from
+/// `--cust-key-file` when given); for the simulator, the test partner's where unset.
+fn credentials(
+    args: &PaypleArgs,
+    env: &dyn Env,
+    simulator: bool,
+) -> Result<(String, String, String), ConfigError> {
+    let or_test = |name: &'static str, test: &str| -> Result<String, ConfigError> {
+        match env.var(name) {
+            Some(v) => Ok(v),
+            None if simulator => Ok(test.to_owned()),
+            None => Err(ConfigError::MissingEnv(name)),
+        }
+    };
+    let cst_id = or_test("PAYPLE_CST_ID", TEST_CST_ID)?;
+    let cust_key = match &args.cust_key_file {
+        Some(path) => std::fs::read_to_string(path)
+            .map(|s| s.trim().to_owned())
+            .map_err(|source| ConfigError::CustKeyFile {
+                path: path.clone(),
+                source,
+            })?,
+        None => or_test("PAYPLE_CUST_KEY", TEST_CUST_KEY)?,
+    };
+    if cust_key.is_empty() {
+        return Err(ConfigError::MissingEnv("PAYPLE_CUST_KEY"));
+    }
+    let referer = or_test("PAYPLE_REFERER", TEST_REFERER)?;
+    if referer.parse::<reqwest::header::HeaderValue>().is_err() {
+        return Err(invalid("PAYPLE_REFERER", "not a valid header value"));
+    }
+    Ok((cst_id, cust_key, referer))
+}
+
+/// The result codes that mean "gone": the defaults, or `--gone-codes`.
+fn code_book(gone_codes: Option<&[String]>) -> Result<CodeBook, ConfigError> {
+    let codes = CodeBook::default();
+    let Some(gone) = gone_codes else {
+        return Ok(codes);
+    };
+    let gone: Vec<String> = gone
+        .iter()
+        .map(|c| c.trim().to_owned())
+        .filter(|c| !c.is_empty())
+        .collect();
+    if gone.is_empty() {
+        return Err(invalid("--gone-codes", "give at least one code"));
+    }
+    Ok(codes.with_gone(gone))
 }
 
 /// Which part of the keys this process checks.
@@ -313,31 +329,57 @@ pub fn run_settings(args: &RunArgs, env: &dyn Env) -> Result<RunSettings, Config
     Ok(RunSettings { batch, payple })
 }
 
-/// Validates `run`'s batch flags (not the Payple ones). `env` supplies
-/// `JOB_COMPLETION_INDEX` for `--shards`.
-pub fn batch_settings(args: &RunArgs, env: &dyn Env) -> Result<BatchSettings, ConfigError> {
-    let source = if let Some(path) = &args.csv {
-        SourceSpec::Csv { path: path.clone() }
-    } else if let Some(sql) = &args.source_query {
+/// Where `run` reads its keys: `--csv`, `--source-query`, or `--source-table`.
+fn source_spec(args: &RunArgs) -> Result<SourceSpec, ConfigError> {
+    if let Some(path) = &args.csv {
+        return Ok(SourceSpec::Csv { path: path.clone() });
+    }
+    if let Some(sql) = &args.source_query {
         if sql.trim().is_empty() {
             return Err(invalid("--source-query", "empty query"));
         }
-        SourceSpec::Query { sql: sql.clone() }
-    } else {
-        let check = |flag: &'static str, v: &str| {
-            validate_identifier(v)
-                .map(str::to_owned)
-                .map_err(|e| invalid(flag, e.to_string()))
-        };
-        SourceSpec::Table {
-            table: check("--source-table", &args.source_table)?,
-            id_column: check("--id-column", &args.id_column)?,
-            ref_column: match args.ref_column.as_str() {
-                "none" | "" => None,
-                other => Some(check("--ref-column", other)?),
-            },
-        }
+        return Ok(SourceSpec::Query { sql: sql.clone() });
+    }
+    let check = |flag: &'static str, v: &str| {
+        validate_identifier(v)
+            .map(str::to_owned)
+            .map_err(|e| invalid(flag, e.to_string()))
     };
+    Ok(SourceSpec::Table {
+        table: check("--source-table", &args.source_table)?,
+        id_column: check("--id-column", &args.id_column)?,
+        ref_column: match args.ref_column.as_str() {
+            "none" | "" => None,
+            other => Some(check("--ref-column", other)?),
+        },
+    })
+}
+
+/// This process's shard: `--shard`, or `--shards` with `JOB_COMPLETION_INDEX`.
+fn shard_of(args: &RunArgs, env: &dyn Env) -> Result<Shard, ConfigError> {
+    Ok(match (&args.shard, args.shards) {
+        (Some(s), _) => Shard::parse(s)?,
+        (None, Some(count)) => {
+            let index = env.var("JOB_COMPLETION_INDEX").ok_or_else(|| {
+                invalid(
+                    "--shards",
+                    "JOB_COMPLETION_INDEX is not set (use --shard INDEX/COUNT outside an Indexed Job)",
+                )
+            })?;
+            let index = index
+                .trim()
+                .parse()
+                .map_err(|_| invalid("--shards", "JOB_COMPLETION_INDEX is not a number"))?;
+            Shard::new(index, count)?
+        }
+        (None, None) => Shard::WHOLE,
+    })
+}
+
+/// Validates `run`'s batch flags (not the Payple ones). `env` supplies
+/// `JOB_COMPLETION_INDEX` for `--shards`.
+pub fn batch_settings(args: &RunArgs, env: &dyn Env) -> Result<BatchSettings, ConfigError> {
+    let source = source_spec(args)?;
     let concurrency = NonZeroUsize::new(args.concurrency)
         .filter(|n| n.get() <= 1024)
         .ok_or_else(|| invalid("--concurrency", "must be within 1..=1024"))?;
@@ -355,23 +397,7 @@ pub fn batch_settings(args: &RunArgs, env: &dyn Env) -> Result<BatchSettings, Co
             "--run-key already continues its unfinished run; give one or the other",
         ));
     }
-    let shard = match (&args.shard, args.shards) {
-        (Some(s), _) => Shard::parse(s)?,
-        (None, Some(count)) => {
-            let index = env.var("JOB_COMPLETION_INDEX").ok_or_else(|| {
-                invalid(
-                    "--shards",
-                    "JOB_COMPLETION_INDEX is not set (use --shard INDEX/COUNT outside an Indexed Job)",
-                )
-            })?;
-            let index = index
-                .trim()
-                .parse()
-                .map_err(|_| invalid("--shards", "JOB_COMPLETION_INDEX is not a number"))?;
-            Shard::new(index, count)?
-        }
-        (None, None) => Shard::WHOLE,
-    };
+    let shard = shard_of(args, env)?;
     if !shard.is_whole() && args.run_key.is_none() && resume == Resume::No {
         return Err(invalid(
             "--shard",

@@ -301,18 +301,8 @@ impl PaypleClient {
                     msg,
                     retry_after,
                 } => {
-                    let delay = if code == codes::RATE_LIMITED && rate_limited < MAX_RATE_LIMITED {
-                        // Pushback is about our pace, not this key: pause everyone and
-                        // do not spend the key's retry budget on it.
-                        rate_limited += 1;
-                        let pause = retry_after.unwrap_or(self.config.retry_base);
-                        self.pause_all(pause.min(MAX_RETRY_AFTER));
-                        Some(Duration::ZERO)
-                    } else {
-                        delays
-                            .next()
-                            .map(|d| d.max(retry_after.unwrap_or_default()))
-                    };
+                    let delay =
+                        self.retry_delay(&code, retry_after, &mut rate_limited, &mut delays);
                     let Some(delay) = delay else {
                         return Ok(Some(LookupOutcome::failed(code, msg, attempts)));
                     };
@@ -325,6 +315,29 @@ impl PaypleClient {
                 }
             }
         }
+    }
+
+    /// How long to wait before the next attempt after a transient failure; `None` when the
+    /// key's retries are spent. A rate limit pauses every lookup instead and does not spend
+    /// the key's budget (at most `MAX_RATE_LIMITED` times).
+    fn retry_delay(
+        &self,
+        code: &str,
+        retry_after: Option<Duration>,
+        rate_limited: &mut u32,
+        delays: &mut impl Iterator<Item = Duration>,
+    ) -> Option<Duration> {
+        if code == codes::RATE_LIMITED && *rate_limited < MAX_RATE_LIMITED {
+            // Pushback is about our pace, not this key: pause everyone and do not spend
+            // the key's retry budget on it.
+            *rate_limited += 1;
+            let pause = retry_after.unwrap_or(self.config.retry_base);
+            self.pause_all(pause.min(MAX_RETRY_AFTER));
+            return Some(Duration::ZERO);
+        }
+        delays
+            .next()
+            .map(|d| d.max(retry_after.unwrap_or_default()))
     }
 
     /// Capped exponential backoff with jitter; yields `max_attempts - 1` delays.

@@ -373,19 +373,7 @@ async fn lookup(
     };
 
     if !admitted {
-        Counters::bump(&st.counters.rate_limited);
-        log.http_status = Some(429);
-        log.fault = "429";
-        let retry_after = st.faults.retry_after_secs().to_string();
-        let response = (
-            StatusCode::TOO_MANY_REQUESTS,
-            [
-                (RETRY_AFTER, retry_after.as_str()),
-                (CONTENT_TYPE, PHP_CONTENT_TYPE),
-            ],
-            TOO_MANY_PAGE,
-        )
-            .into_response();
+        let response = too_many_requests(&st, &mut log);
         return finish(log, response);
     }
     if st.fail_first.should_fail(key_hash) {
@@ -395,26 +383,8 @@ async fn lookup(
         return finish(log, internal_error());
     }
     let fault = st.dice.fault(&st.faults);
-    log.fault = fault.label();
-    match fault {
-        Fault::Error500 => {
-            Counters::bump(&st.counters.injected_500);
-            log.http_status = Some(500);
-            return finish(log, internal_error());
-        }
-        Fault::Drop => {
-            Counters::bump(&st.counters.dropped);
-            log.http_status = None;
-            return finish(log, dropped_connection());
-        }
-        Fault::Garbage => {
-            Counters::bump(&st.counters.garbage);
-            return finish(
-                log,
-                php_response(StatusCode::OK, GARBAGE_PAGE.as_bytes().to_vec()),
-            );
-        }
-        Fault::None | Fault::Truncate => {}
+    if let Some(response) = injected(&st, fault, &mut log) {
+        return finish(log, response);
     }
 
     let answer = st.answer(&headers, &request, &payer_id);
@@ -426,6 +396,49 @@ async fn lookup(
         bytes.truncate(bytes.len() / 2);
     }
     finish(log, php_response(StatusCode::OK, bytes))
+}
+
+/// The 429 answer of a lookup over the rate limit.
+fn too_many_requests(st: &Shared, log: &mut LogLine) -> Response {
+    Counters::bump(&st.counters.rate_limited);
+    log.http_status = Some(429);
+    log.fault = "429";
+    let retry_after = st.faults.retry_after_secs().to_string();
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [
+            (RETRY_AFTER, retry_after.as_str()),
+            (CONTENT_TYPE, PHP_CONTENT_TYPE),
+        ],
+        TOO_MANY_PAGE,
+    )
+        .into_response()
+}
+
+/// The answer a drawn fault replaces the lookup's with (`None`: answer normally, perhaps
+/// truncated later).
+fn injected(st: &Shared, fault: Fault, log: &mut LogLine) -> Option<Response> {
+    log.fault = fault.label();
+    match fault {
+        Fault::Error500 => {
+            Counters::bump(&st.counters.injected_500);
+            log.http_status = Some(500);
+            Some(internal_error())
+        }
+        Fault::Drop => {
+            Counters::bump(&st.counters.dropped);
+            log.http_status = None;
+            Some(dropped_connection())
+        }
+        Fault::Garbage => {
+            Counters::bump(&st.counters.garbage);
+            Some(php_response(
+                StatusCode::OK,
+                GARBAGE_PAGE.as_bytes().to_vec(),
+            ))
+        }
+        Fault::None | Fault::Truncate => None,
+    }
 }
 
 /// `GET /_sim/stats`.

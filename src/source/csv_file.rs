@@ -92,7 +92,7 @@ pub fn read_items(
         },
     };
 
-    // The header: the first record, BOM stripped, names compared without case or spaces.
+    // The header: the first record.
     if !reader.read_byte_record(&mut record).map_err(malformed)? {
         return Err(SourceError::Empty {
             path: name.to_owned(),
@@ -100,33 +100,7 @@ pub fn read_items(
     }
     unclosed_quote(&reader, &record, &tally, name)?;
     let header_line = start_line(&reader, &record);
-    let mut names = Vec::with_capacity(record.len());
-    for i in 0..record.len() {
-        let field = field(&record, i).unwrap_or_default();
-        let field = if i == 0 {
-            field.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(field)
-        } else {
-            field
-        };
-        let text = std::str::from_utf8(field).map_err(|_| SourceError::NotUtf8 {
-            path: name.to_owned(),
-            line: header_line,
-        })?;
-        names.push(text.trim().to_ascii_lowercase());
-    }
-    let Some(id_at) = names.iter().position(|n| n == ID_COLUMN) else {
-        return Err(SourceError::MissingColumn {
-            path: name.to_owned(),
-            line: header_line,
-            found: names
-                .iter()
-                .map(|n| format!("{:?}", n.chars().take(40).collect::<String>()))
-                .take(10)
-                .collect::<Vec<_>>()
-                .join(", "),
-        });
-    };
-    let ref_at = names.iter().position(|n| n == REF_COLUMN);
+    let (id_at, ref_at) = columns(&record, header_line, name)?;
 
     while reader.read_byte_record(&mut record).map_err(malformed)? {
         unclosed_quote(&reader, &record, &tally, name)?;
@@ -159,6 +133,43 @@ pub fn read_items(
         }
     }
     Ok(true)
+}
+
+/// Where the key and customer-reference columns are in the header `record` (BOM
+/// stripped, names compared without case or surrounding spaces).
+fn columns(
+    record: &csv::ByteRecord,
+    header_line: u64,
+    name: &str,
+) -> Result<(usize, Option<usize>), SourceError> {
+    let mut names = Vec::with_capacity(record.len());
+    for i in 0..record.len() {
+        let field = field(record, i).unwrap_or_default();
+        let field = if i == 0 {
+            field.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(field)
+        } else {
+            field
+        };
+        let text = std::str::from_utf8(field).map_err(|_| SourceError::NotUtf8 {
+            path: name.to_owned(),
+            line: header_line,
+        })?;
+        names.push(text.trim().to_ascii_lowercase());
+    }
+    let Some(id_at) = names.iter().position(|n| n == ID_COLUMN) else {
+        return Err(SourceError::MissingColumn {
+            path: name.to_owned(),
+            line: header_line,
+            found: names
+                .iter()
+                .map(|n| format!("{:?}", n.chars().take(40).collect::<String>()))
+                .take(10)
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    };
+    let ref_at = names.iter().position(|n| n == REF_COLUMN);
+    Ok((id_at, ref_at))
 }
 
 /// Counts the bytes of the input and remembers the last one.

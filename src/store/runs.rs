@@ -2,6 +2,7 @@
 //! of keys each shard set out to check (staging, pending pages).
 
 use sqlx::Row;
+use sqlx::any::AnyRow;
 
 use super::{
     Dialect, MAX_ROWS_PER_STATEMENT, NewRun, RUN_COLUMNS, RunRecord, RunState, ShardRecord,
@@ -202,25 +203,9 @@ impl Store {
         .fetch_all(&mut *tx)
         .await
         .map_err(ctx("reading shards"))?;
-        let mut completed = 0i64;
-        let (mut keys, mut dups, mut auths, mut looks) = (Some(0i64), 0i64, 0i64, 0i64);
-        for row in &shards {
-            let shard_state: String = row.try_get(0).map_err(ctx("reading shards"))?;
-            completed += i64::from(RunState::parse(&shard_state) == RunState::Completed);
-            let total: Option<i64> = row.try_get(1).map_err(ctx("reading shards"))?;
-            keys = keys.zip(total).map(|(a, b)| a + b);
-            dups += row.try_get::<i64, _>(2).map_err(ctx("reading shards"))?;
-            auths += row.try_get::<i64, _>(3).map_err(ctx("reading shards"))?;
-            looks += row.try_get::<i64, _>(4).map_err(ctx("reading shards"))?;
-        }
+        let totals = ShardTotals::sum(&shards).map_err(ctx("reading shards"))?;
         let counts = self.count_statuses(&mut *tx, run_id).await?;
-        let run_state = if completed == shard_count {
-            RunState::Completed
-        } else if state == RunState::Completed {
-            RunState::Running
-        } else {
-            state
-        };
+        let run_state = totals.run_state(shard_count, state);
         sqlx::query(self.sql(
             "UPDATE reconcile_runs SET state = ?, finished_at = ?, keys_total = ?, \
              duplicates = ?, active_count = ?, gone_count = ?, failed_count = ?, \
@@ -229,14 +214,14 @@ impl Store {
         ))
         .bind(run_state.as_str())
         .bind((run_state != RunState::Running).then_some(now))
-        .bind(keys.filter(|_| shards.len() as i64 == shard_count))
-        .bind(dups)
+        .bind(totals.keys.filter(|_| shards.len() as i64 == shard_count))
+        .bind(totals.duplicates)
         .bind(counts.active)
         .bind(counts.gone)
         .bind(counts.failed)
         .bind(counts.rejected)
-        .bind(auths)
-        .bind(looks)
+        .bind(totals.auth_calls)
+        .bind(totals.lookups)
         .bind(i64::from(exit_code))
         .bind(error)
         .bind(run_id)
@@ -423,5 +408,50 @@ impl Store {
         .fetch_one(&self.pool)
         .await
         .map_err(ctx("counting pending keys"))
+    }
+}
+
+/// The shards of a run added up.
+struct ShardTotals {
+    completed: i64,
+    /// `None` while a shard has not finished staging.
+    keys: Option<i64>,
+    duplicates: i64,
+    auth_calls: i64,
+    lookups: i64,
+}
+
+impl ShardTotals {
+    /// Adds up `state, keys_total, duplicates, auth_calls, lookups` rows.
+    fn sum(rows: &[AnyRow]) -> Result<Self, sqlx::Error> {
+        let mut t = Self {
+            completed: 0,
+            keys: Some(0),
+            duplicates: 0,
+            auth_calls: 0,
+            lookups: 0,
+        };
+        for row in rows {
+            let shard_state: String = row.try_get(0)?;
+            t.completed += i64::from(RunState::parse(&shard_state) == RunState::Completed);
+            let total: Option<i64> = row.try_get(1)?;
+            t.keys = t.keys.zip(total).map(|(a, b)| a + b);
+            t.duplicates += row.try_get::<i64, _>(2)?;
+            t.auth_calls += row.try_get::<i64, _>(3)?;
+            t.lookups += row.try_get::<i64, _>(4)?;
+        }
+        Ok(t)
+    }
+
+    /// The run's state once a shard ended in `shard_state`: completed when every shard
+    /// is, still running while a completed shard waits for the others.
+    fn run_state(&self, shard_count: i64, shard_state: RunState) -> RunState {
+        if self.completed == shard_count {
+            RunState::Completed
+        } else if shard_state == RunState::Completed {
+            RunState::Running
+        } else {
+            shard_state
+        }
     }
 }
