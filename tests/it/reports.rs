@@ -16,7 +16,7 @@ use payple_reconcile::report::changes::{ChangeKind, ChangeStream};
 use payple_reconcile::report::csv::{REPORT_HEADER, UTF8_BOM};
 use payple_reconcile::report::export::export_run;
 use payple_reconcile::simulator::{KeyBook, SimConfig, SimHandle};
-use payple_reconcile::store::{RunState, Store};
+use payple_reconcile::store::{RunState, StatusCounts, Store};
 use serde_json::json;
 
 use crate::helpers::{self, TestDb, assert_exit, output_of, stderr_of};
@@ -168,14 +168,13 @@ async fn completed_runs(store: &Store) -> Vec<i64> {
     ids
 }
 
-/// The whole scenario on one database.
-async fn scenario(db: TestDb) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let d = dir.path();
+/// The scenario's key files (`keys1.jsonl`, `keys2.jsonl`) and key CSVs (`keys1.csv`,
+/// `keys2.csv`) in `d`; returns the 30 bulk ids both CSVs hold.
+fn scenario_files(d: &Path) -> Vec<String> {
     let bulk = helpers::payer_ids(30, "reports");
     let card = |id: &str, name: &str, mask: &str| json!({"payer_id": id, "kind": "card", "card_name": name, "card_mask": mask});
     let acct = |id: &str, mask: &str| json!({"payer_id": id, "kind": "transfer", "bank_name": "KB국민은행", "bank_mask": mask});
-    let keys1 = key_file(
+    key_file(
         d,
         "keys1.jsonl",
         &[
@@ -188,7 +187,7 @@ async fn scenario(db: TestDb) {
             card(KOREAN, "KB국민카드", "4048-****-****-4444"),
         ],
     );
-    let keys2 = key_file(
+    key_file(
         d,
         "keys2.jsonl",
         &[
@@ -218,16 +217,37 @@ async fn scenario(db: TestDb) {
     let mut rows2 = bulk_rows.clone();
     rows2.push((NEW, "R-new"));
     rows2.extend(common.iter().copied());
-    let csv1 = key_csv(d, "keys1.csv", &rows1);
-    let csv2 = key_csv(d, "keys2.csv", &rows2);
-    let store = db.store().await;
+    key_csv(d, "keys1.csv", &rows1);
+    key_csv(d, "keys2.csv", &rows2);
+    bulk
+}
 
-    // ---- run 1, then `changes` has only one run to go on -----------------------------
-    let sim1 = sim_for(&keys1).await;
-    let csv1_s = csv1.display().to_string();
-    let out = bin(&sim1, &db, &["run", "--rate", "0", "--csv", &csv1_s]).await;
+/// What the checks after the two runs share.
+struct Ctx<'a> {
+    d: &'a Path,
+    db: &'a TestDb,
+    /// The second run's simulator.
+    sim: &'a SimHandle,
+    store: &'a Store,
+    r1: i64,
+    r2: i64,
+    /// The second run's counts.
+    counts: StatusCounts,
+}
+
+impl Ctx<'_> {
+    async fn bin(&self, args: &[&str]) -> Output {
+        bin(self.sim, self.db, args).await
+    }
+}
+
+/// Run 1, after which `changes` has only one run to go on.
+async fn first_run(d: &Path, db: &TestDb) {
+    let sim1 = sim_for(&d.join("keys1.jsonl")).await;
+    let csv1_s = d.join("keys1.csv").display().to_string();
+    let out = bin(&sim1, db, &["run", "--rate", "0", "--csv", &csv1_s]).await;
     assert_exit(&out, 2); // a rejected input row
-    let out = bin(&sim1, &db, &["changes"]).await;
+    let out = bin(&sim1, db, &["changes"]).await;
     assert_exit(&out, 3);
     assert!(
         stderr_of(&out).contains("two completed runs"),
@@ -235,19 +255,18 @@ async fn scenario(db: TestDb) {
         stderr_of(&out)
     );
     sim1.shutdown().await;
+}
 
-    // ---- run 2 writes the report and the metrics --------------------------------------
-    let sim2 = sim_for(&keys2).await;
-    let report = d.join("report.csv");
-    let metrics = d.join("metrics.prom");
+/// Run 2 writes the report and the metrics.
+async fn second_run(d: &Path, db: &TestDb, sim2: &SimHandle) {
     let (csv2_s, report_s, metrics_s) = (
-        csv2.display().to_string(),
-        report.display().to_string(),
-        metrics.display().to_string(),
+        d.join("keys2.csv").display().to_string(),
+        d.join("report.csv").display().to_string(),
+        d.join("metrics.prom").display().to_string(),
     );
     let out = bin(
-        &sim2,
-        &db,
+        sim2,
+        db,
         &[
             "run",
             "--rate",
@@ -263,19 +282,17 @@ async fn scenario(db: TestDb) {
     )
     .await;
     assert_exit(&out, 2);
-    let runs = completed_runs(&store).await;
-    assert_eq!(runs.len(), 2, "{runs:?}");
-    let (r1, r2) = (runs[0], runs[1]);
-    let counts2 = store.status_counts(r2).await.expect("counts");
-    assert_eq!(counts2.total(), 30 + 1 + 8);
+}
 
-    // The Excel report: BOM, header, every row, Korean intact, formulas defused.
+/// The Excel report of run 2: BOM, header, every row, Korean intact, formulas defused.
+fn assert_excel_report(c: &Ctx<'_>, bulk: &[String]) {
+    let report = c.d.join("report.csv");
     let bytes = std::fs::read(&report).expect("report written");
     assert!(bytes.starts_with(b"\xEF\xBB\xBF"), "{:?}", &bytes[..8]);
     let text = String::from_utf8(bytes.clone()).expect("UTF-8 report");
     let (header, rows) = csv_rows(&bytes);
     assert_eq!(header, REPORT_HEADER.map(str::to_owned).to_vec());
-    assert_eq!(rows.len() as i64, counts2.total());
+    assert_eq!(rows.len() as i64, c.counts.total());
     let refs = by_ref(&rows);
     let korean = &refs[KOREAN_REF];
     assert_eq!(korean["card_name"], "KB국민카드");
@@ -304,13 +321,16 @@ async fn scenario(db: TestDb) {
                 .expect("UTC time");
         assert_eq!(kst - utc, chrono::Duration::hours(9), "{row:?}");
     }
+}
 
-    // The metrics file.
+/// The metrics file of run 2.
+fn assert_metrics(c: &Ctx<'_>) {
+    let metrics = c.d.join("metrics.prom");
     let prom = std::fs::read_to_string(&metrics).expect("metrics written");
     let samples = prometheus_samples(&prom);
     assert_eq!(
         samples["payple_reconcile_keys{status=\"active\"}"],
-        counts2.active as f64
+        c.counts.active as f64
     );
     assert_eq!(samples["payple_reconcile_keys{status=\"rejected\"}"], 1.0);
     assert_eq!(samples["payple_reconcile_run_exit_code"], 2.0);
@@ -320,16 +340,15 @@ async fn scenario(db: TestDb) {
     let last = samples["payple_reconcile_last_success_timestamp_seconds"];
     let now = chrono::Utc::now().timestamp() as f64;
     assert!((now - 600.0..=now + 5.0).contains(&last), "{last} vs {now}");
+}
 
-    // ---- report --------------------------------------------------------------------------
-    let filtered = d.join("gone-failed.csv");
+/// `report`: a status filter, another run to stdout, and paging.
+async fn report_command(c: &Ctx<'_>) {
+    let filtered = c.d.join("gone-failed.csv");
     let filtered_s = filtered.display().to_string();
-    let out = bin(
-        &sim2,
-        &db,
-        &["report", "--status", "gone,FAILED", "--output", &filtered_s],
-    )
-    .await;
+    let out = c
+        .bin(&["report", "--status", "gone,FAILED", "--output", &filtered_s])
+        .await;
     assert_exit(&out, 0);
     let bytes = std::fs::read(&filtered).expect("filtered report");
     assert!(
@@ -337,7 +356,7 @@ async fn scenario(db: TestDb) {
         "no BOM without --excel"
     );
     let (_, rows) = csv_rows(&bytes);
-    assert_eq!(rows.len() as i64, counts2.gone + counts2.failed);
+    assert_eq!(rows.len() as i64, c.counts.gone + c.counts.failed);
     assert!(
         rows.iter()
             .all(|r| r["status"] == "gone" || r["status"] == "failed")
@@ -346,60 +365,57 @@ async fn scenario(db: TestDb) {
     assert_eq!(refs["R-gone"]["status"], "gone");
     assert_eq!(refs["R-fail"]["status"], "failed");
 
-    let r1_s = r1.to_string();
-    let out = bin(&sim2, &db, &["report", "--run", &r1_s, "--output", "-"]).await;
+    let r1_s = c.r1.to_string();
+    let out = c.bin(&["report", "--run", &r1_s, "--output", "-"]).await;
     assert_exit(&out, 0);
     let (_, rows) = csv_rows(&out.stdout);
     let refs = by_ref(&rows);
     assert!(refs.contains_key("R-miss"), "{refs:?}");
     assert_eq!(refs["R-gone"]["card_name"], "BC카드");
 
-    let nowhere = d.join("nowhere.csv");
+    // Paging does not change the report.
+    let mut whole = Vec::new();
+    let mut paged = Vec::new();
+    export_run(c.store, c.r2, &[], &mut whole, false, 5000)
+        .await
+        .expect("export");
+    export_run(c.store, c.r2, &[], &mut paged, false, 2)
+        .await
+        .expect("export");
+    assert_eq!(whole, paged);
+}
+
+/// `report` refusals: an unknown status, a run that does not exist, a run that is no id.
+async fn report_refusals(c: &Ctx<'_>) {
+    let nowhere = c.d.join("nowhere.csv");
     let nowhere_s = nowhere.display().to_string();
-    let out = bin(
-        &sim2,
-        &db,
-        &[
+    let out = c
+        .bin(&[
             "report",
             "--status",
             "active,expired",
             "--output",
             &nowhere_s,
-        ],
-    )
-    .await;
+        ])
+        .await;
     assert_exit(&out, 3);
     assert!(stderr_of(&out).contains("expired"), "{}", stderr_of(&out));
-    let out = bin(
-        &sim2,
-        &db,
-        &["report", "--run", "999999", "--output", &nowhere_s],
-    )
-    .await;
+    let out = c
+        .bin(&["report", "--run", "999999", "--output", &nowhere_s])
+        .await;
     assert_exit(&out, 3);
     assert!(stderr_of(&out).contains("999999"), "{}", stderr_of(&out));
-    let out = bin(
-        &sim2,
-        &db,
-        &["report", "--run", "yesterday", "--output", &nowhere_s],
-    )
-    .await;
+    let out = c
+        .bin(&["report", "--run", "yesterday", "--output", &nowhere_s])
+        .await;
     assert_exit(&out, 3);
     assert!(!nowhere.exists());
+}
 
-    // Paging does not change the report.
-    let mut whole = Vec::new();
-    let mut paged = Vec::new();
-    export_run(&store, r2, &[], &mut whole, false, 5000)
-        .await
-        .expect("export");
-    export_run(&store, r2, &[], &mut paged, false, 2)
-        .await
-        .expect("export");
-    assert_eq!(whole, paged);
-
-    // ---- changes -------------------------------------------------------------------------
-    let out = bin(&sim2, &db, &["changes"]).await;
+/// `changes` as a table, as CSV, with explicit runs and with a run that does not exist.
+async fn changes_command(c: &Ctx<'_>) {
+    let r1 = c.r1;
+    let out = c.bin(&["changes"]).await;
     assert_exit(&out, 0);
     let table = stdout_of(&out);
     assert!(
@@ -416,9 +432,9 @@ async fn scenario(db: TestDb) {
     }
     assert!(table.trim_end().ends_with("1 missing_key"), "{table}");
 
-    let changes_csv = d.join("changes.csv");
+    let changes_csv = c.d.join("changes.csv");
     let changes_s = changes_csv.display().to_string();
-    let out = bin(&sim2, &db, &["changes", "--output", &changes_s]).await;
+    let out = c.bin(&["changes", "--output", &changes_s]).await;
     assert_exit(&out, 0);
     let bytes = std::fs::read(&changes_csv).expect("changes CSV");
     let (header, rows) = csv_rows(&bytes);
@@ -450,32 +466,28 @@ async fn scenario(db: TestDb) {
     assert_eq!(refs["R-back"]["detail"], "롯데카드 9490-****-****-5555");
     assert_eq!(refs["R-miss"]["after"], "");
 
-    let (since_s, run_s) = (r1.to_string(), r2.to_string());
-    let out = bin(
-        &sim2,
-        &db,
-        &[
+    let (since_s, run_s) = (c.r1.to_string(), c.r2.to_string());
+    let out = c
+        .bin(&[
             "changes", "--since", &since_s, "--run", &run_s, "--output", "-",
-        ],
-    )
-    .await;
+        ])
+        .await;
     assert_exit(&out, 0);
     assert_eq!(out.stdout, bytes, "explicit runs give the same CSV");
-    let out = bin(&sim2, &db, &["changes", "--run", &run_s, "--output", "-"]).await;
+    let out = c.bin(&["changes", "--run", &run_s, "--output", "-"]).await;
     assert_exit(&out, 0);
     assert_eq!(out.stdout, bytes, "--since defaults to the run before");
-    let out = bin(
-        &sim2,
-        &db,
-        &["changes", "--since", &run_s, "--run", "999999"],
-    )
-    .await;
+    let out = c
+        .bin(&["changes", "--since", &run_s, "--run", "999999"])
+        .await;
     assert_exit(&out, 3);
+}
 
-    // The merge gives the same answer whatever the window size, and reversing the runs
-    // swaps new and missing keys.
+/// The merge gives the same answer whatever the window size, and reversing the runs swaps
+/// new and missing keys.
+async fn changes_merge(store: &Store, r1: i64, r2: i64) {
     for page in [1, 2, 3, 7, 5000] {
-        let mut stream = ChangeStream::new(&store, r1, r2, page);
+        let mut stream = ChangeStream::new(store, r1, r2, page);
         let mut got = BTreeMap::new();
         while let Some(window) = stream.next_window().await.expect("window") {
             for c in window {
@@ -488,16 +500,20 @@ async fn scenario(db: TestDb) {
         }
         assert_eq!(got, expected_changes(), "page {page}");
     }
-    let mut reverse = ChangeStream::new(&store, r2, r1, 4);
+    let mut reverse = ChangeStream::new(store, r2, r1, 4);
     let mut kinds = BTreeSet::new();
     while let Some(window) = reverse.next_window().await.expect("window") {
         kinds.extend(window.into_iter().map(|c| (c.customer_ref, c.kind)));
     }
     assert!(kinds.contains(&(Some("R-new".to_owned()), ChangeKind::MissingKey)));
     assert!(kinds.contains(&(Some("R-miss".to_owned()), ChangeKind::NewKey)));
+}
 
-    // ---- summary -------------------------------------------------------------------------
-    let out = bin(&sim2, &db, &["summary"]).await;
+/// `summary` of the latest run, of run 1, and of a run that does not exist.
+async fn summary_command(c: &Ctx<'_>) {
+    let r2 = c.r2;
+    let r1_s = c.r1.to_string();
+    let out = c.bin(&["summary"]).await;
     assert_exit(&out, 0);
     let text = stdout_of(&out);
     assert!(text.starts_with(&format!("run {r2}: completed")), "{text}");
@@ -512,23 +528,53 @@ async fn scenario(db: TestDb) {
             .parse()
             .expect("number")
     };
-    assert_eq!(count_of("active"), counts2.active);
-    assert_eq!(count_of("gone"), counts2.gone);
-    assert_eq!(count_of("failed"), counts2.failed);
+    assert_eq!(count_of("active"), c.counts.active);
+    assert_eq!(count_of("gone"), c.counts.gone);
+    assert_eq!(count_of("failed"), c.counts.failed);
     assert_eq!(count_of("rejected"), 1);
-    assert_eq!(count_of("total"), counts2.total());
+    assert_eq!(count_of("total"), c.counts.total());
     assert!(count_of("KB국민카드") >= 1, "{text}");
     assert!(count_of("KB국민은행") >= 1, "{text}");
-    let out = bin(&sim2, &db, &["summary", "--run", &r1_s]).await;
+    let out = c.bin(&["summary", "--run", &r1_s]).await;
     assert_exit(&out, 0);
     assert!(stdout_of(&out).contains("BC카드"));
-    let out = bin(&sim2, &db, &["summary", "--run", "999999"]).await;
+    let out = c.bin(&["summary", "--run", "999999"]).await;
     assert_exit(&out, 3);
+}
 
+/// The whole scenario on one database.
+async fn scenario(db: TestDb) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path();
+    let bulk = scenario_files(d);
+    let store = db.store().await;
+    first_run(d, &db).await;
+    let sim2 = sim_for(&d.join("keys2.jsonl")).await;
+    second_run(d, &db, &sim2).await;
+    let runs = completed_runs(&store).await;
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    let (r1, r2) = (runs[0], runs[1]);
+    let counts = store.status_counts(r2).await.expect("counts");
+    assert_eq!(counts.total(), 30 + 1 + 8);
+    let c = Ctx {
+        d,
+        db: &db,
+        sim: &sim2,
+        store: &store,
+        r1,
+        r2,
+        counts,
+    };
+    assert_excel_report(&c, &bulk);
+    assert_metrics(&c);
+    report_command(&c).await;
+    report_refusals(&c).await;
+    changes_command(&c).await;
+    changes_merge(&store, r1, r2).await;
+    summary_command(&c).await;
     store.close().await;
     sim2.shutdown().await;
 }
-
 helpers::per_database!(
     #[tokio::test]
     scenario:

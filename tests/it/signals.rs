@@ -12,8 +12,8 @@ use payple_reconcile::simulator::{Faults, KeyBook};
 use payple_reconcile::store::{RunState, Store};
 
 use crate::helpers::{
-    self, TestDb, all_checks, assert_exit, assert_ground_truth, csv_run, finish, key_hash,
-    logged_lookups, only_run, output_of, run_cmd, scalar_i64, sim_with, slow_sim, spawn,
+    self, Scenario, TestDb, all_checks, assert_exit, assert_ground_truth, csv_run, finish,
+    key_hash, logged_lookups, only_run, output_of, run_cmd, scalar_i64, sim_with, slow_sim, spawn,
     summary_of,
 };
 
@@ -32,6 +32,14 @@ fn kill(signal: &str, pid: u32) {
     assert!(status.success(), "kill -{signal} {pid}: {status}");
 }
 
+/// A simulator answering every lookup after `ms` milliseconds.
+fn latency(ms: u64) -> Faults {
+    Faults {
+        latency: Duration::from_millis(ms),
+        ..Faults::none()
+    }
+}
+
 /// Every input key has exactly one row in the run, with the status its derived answer
 /// implies, looked up once.
 async fn assert_every_key_once(store: &Store, run_id: i64, ids: &[String]) {
@@ -44,25 +52,26 @@ async fn assert_every_key_once(store: &Store, run_id: i64, ids: &[String]) {
 /// SIGKILL mid-run, then `run --resume`: only keys without a row are looked up again, every
 /// key ends with exactly one row, and the run completes under its first id.
 async fn sigkill_then_resume(db: TestDb) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let log = dir.path().join("requests.jsonl");
-    let ids = helpers::payer_ids(KEYS, "sigkill");
-    let csv = helpers::write_csv(dir.path(), "keys.csv", &ids);
-    let sim = sim_with(KeyBook::derived(), Faults::none(), Some(log.clone())).await;
     // Migrated before the child starts, so polling never races the child's migrations.
-    let store = db.store().await;
+    let set = Scenario::new()
+        .keys(KEYS, "sigkill")
+        .request_log()
+        .on(db)
+        .start()
+        .await;
+    let (store, sim) = (&set.store, &set.sim);
 
-    let mut child = spawn(csv_run(&sim, &db.url, &csv, RATE, &CONCURRENCY.to_string()));
+    let mut child = set.spawn(&["--rate", RATE, "--concurrency", &CONCURRENCY.to_string()]);
     let pid = child.id().expect("child pid");
-    helpers::wait_for_rows(&store, 100, Duration::from_secs(15), POLL, &mut child).await;
+    helpers::wait_for_rows(store, 100, Duration::from_secs(15), POLL, &mut child).await;
     kill("KILL", pid);
     let out = finish(child).await;
     assert_eq!(out.status.signal(), Some(9), "{:?}", out.status);
     assert!(out.stdout.is_empty(), "a killed run printed a summary");
 
-    let run = only_run(&store).await;
+    let run = only_run(store).await;
     assert_eq!(run.state, RunState::Running, "a killed run stays `running`");
-    let written_at_kill = scalar_i64(&store, "SELECT COUNT(*) FROM billing_key_checks").await;
+    let written_at_kill = set.rows().await;
     let sent_at_kill = sim.stats().lookups as i64;
     assert!(
         written_at_kill >= 100 && written_at_kill < KEYS as i64,
@@ -75,9 +84,9 @@ async fn sigkill_then_resume(db: TestDb) {
         (0..=CONCURRENCY as i64 + 35).contains(&lost),
         "{sent_at_kill} lookups sent, {written_at_kill} rows written at the kill"
     );
-    let rows_before: Vec<String> = all_checks(&store, run.id).await.into_keys().collect();
+    let rows_before: Vec<String> = all_checks(store, run.id).await.into_keys().collect();
 
-    let out = output_of(run_cmd(&sim, &db.url, &["--resume", "--rate", "0"])).await;
+    let out = output_of(set.bare_command(&["--resume", "--rate", "0"])).await;
     assert_exit(&out, 0);
     let summary = summary_of(&out);
     assert_eq!(summary["run_id"], run.id, "resume continues the killed run");
@@ -93,7 +102,7 @@ async fn sigkill_then_resume(db: TestDb) {
         1,
         "no second run"
     );
-    assert_every_key_once(&store, run.id, &ids).await;
+    assert_every_key_once(store, run.id, &set.ids).await;
 
     // The resume looked up exactly the keys that had no row: nothing written was redone.
     let total = sim.stats().lookups as i64;
@@ -106,9 +115,9 @@ async fn sigkill_then_resume(db: TestDb) {
         total <= KEYS as i64 + CONCURRENCY as i64 + 35,
         "{total} lookups for {KEYS} keys"
     );
-    sim.shutdown().await;
+    let left = set.close().await;
     let mut per_key: HashMap<String, usize> = HashMap::new();
-    for key in logged_lookups(&log) {
+    for key in logged_lookups(left.log()) {
         *per_key.entry(key).or_default() += 1;
     }
     assert_eq!(per_key.len(), KEYS, "every key looked up");
@@ -125,7 +134,6 @@ async fn sigkill_then_resume(db: TestDb) {
         "keys looked up twice are those unwritten at the kill"
     );
     assert!(per_key.values().all(|n| *n <= 2));
-    store.close().await;
 }
 
 helpers::per_database!(
@@ -139,15 +147,17 @@ helpers::per_database!(
 /// `interrupted` with exit code 143 / 130, and `--resume` completes it without looking
 /// any key up twice.
 async fn graceful_stop_then_resume(signal: &str, code: i32) {
-    let (_dir, ids, csv) = helpers::keys_csv(KEYS, &format!("graceful-{signal}"));
     // 300 ms per lookup: eight lookups are on the wire when the signal comes.
-    let sim = slow_sim(Duration::from_millis(300), None).await;
-    let db = TestDb::sqlite();
-    let store = db.store().await;
+    let set = Scenario::new()
+        .keys(KEYS, &format!("graceful-{signal}"))
+        .faults(latency(300))
+        .start()
+        .await;
+    let (store, sim) = (&set.store, &set.sim);
 
-    let mut child = spawn(csv_run(&sim, &db.url, &csv, RATE, &CONCURRENCY.to_string()));
+    let mut child = set.spawn(&["--rate", RATE, "--concurrency", &CONCURRENCY.to_string()]);
     let pid = child.id().expect("child pid");
-    helpers::wait_for_rows(&store, 50, Duration::from_secs(15), POLL, &mut child).await;
+    helpers::wait_for_rows(store, 50, Duration::from_secs(15), POLL, &mut child).await;
     let signalled = Instant::now();
     kill(signal, pid);
     let out = finish(child).await;
@@ -161,11 +171,11 @@ async fn graceful_stop_then_resume(signal: &str, code: i32) {
     assert_eq!(summary["state"], "interrupted");
     assert_eq!(summary["exit_code"], code);
 
-    let run = only_run(&store).await;
+    let run = only_run(store).await;
     assert_eq!(run.state, RunState::Interrupted);
     assert_eq!(run.exit_code, Some(i64::from(code)));
     assert!(run.finished_at.is_some());
-    let written = scalar_i64(&store, "SELECT COUNT(*) FROM billing_key_checks").await;
+    let written = set.rows().await;
     assert!(
         written > 0 && written < KEYS as i64,
         "{written} rows after {signal}"
@@ -179,12 +189,8 @@ async fn graceful_stop_then_resume(signal: &str, code: i32) {
         written
     );
 
-    let out = output_of(run_cmd(
-        &sim,
-        &db.url,
-        &["--resume", "--rate", "0", "--concurrency", "64"],
-    ))
-    .await;
+    let out =
+        output_of(set.bare_command(&["--resume", "--rate", "0", "--concurrency", "64"])).await;
     assert_exit(&out, 0);
     let summary = summary_of(&out);
     assert_eq!(summary["run_id"], run.id);
@@ -192,10 +198,9 @@ async fn graceful_stop_then_resume(signal: &str, code: i32) {
     let run = store.run(run.id).await.expect("read").expect("the run");
     assert_eq!(run.state, RunState::Completed);
     assert_eq!(run.exit_code, Some(0));
-    assert_every_key_once(&store, run.id, &ids).await;
+    assert_every_key_once(store, run.id, &set.ids).await;
     assert_eq!(sim.stats().lookups, KEYS as u64, "no key looked up twice");
-    store.close().await;
-    sim.shutdown().await;
+    set.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,14 +218,12 @@ async fn sigint_mid_run_exits_130_interrupted_then_resumes() {
 /// the process exits promptly instead of draining the limiter's queue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_sends_nothing_that_was_waiting_for_the_rate_limiter() {
-    let (_dir, _, csv) = helpers::keys_csv(200, "limiter-queue");
-    let sim = sim_with(KeyBook::derived(), Faults::none(), None).await;
-    let db = TestDb::sqlite();
-    let store = db.store().await;
+    let set = Scenario::new().keys(200, "limiter-queue").start().await;
+    let (store, sim) = (&set.store, &set.sim);
 
-    let mut child = spawn(csv_run(&sim, &db.url, &csv, "10", "64"));
+    let mut child = set.spawn(&["--rate", "10", "--concurrency", "64"]);
     let pid = child.id().expect("child pid");
-    helpers::wait_for_rows(&store, 5, Duration::from_secs(15), POLL, &mut child).await;
+    helpers::wait_for_rows(store, 5, Duration::from_secs(15), POLL, &mut child).await;
     let sent_before = sim.stats().lookups;
     let signalled = Instant::now();
     kill("TERM", pid);
@@ -237,15 +240,14 @@ async fn sigterm_sends_nothing_that_was_waiting_for_the_rate_limiter() {
         took < Duration::from_secs(2),
         "exiting took {took:?} after SIGTERM"
     );
-    let written = scalar_i64(&store, "SELECT COUNT(*) FROM billing_key_checks").await;
+    let written = set.rows().await;
     assert_eq!(
         written as u64,
         sim.stats().lookups,
         "every lookup sent was written"
     );
-    assert_eq!(only_run(&store).await.state, RunState::Interrupted);
-    store.close().await;
-    sim.shutdown().await;
+    assert_eq!(only_run(store).await.state, RunState::Interrupted);
+    set.close().await;
 }
 
 /// A second signal abandons the lookups still in flight: the process exits at once, the
