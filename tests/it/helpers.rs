@@ -1,6 +1,7 @@
 //! Shared test plumbing: the simulator on an ephemeral port, a fresh results database per
 //! test (a SQLite file, or a new PostgreSQL / MySQL database), and the real binary: run to
 //! the end or as a child process, with what it leaves in the database and the request log.
+//! [`Scenario`] puts them together: the common set-up of a run test as one expression.
 
 #![allow(dead_code)]
 
