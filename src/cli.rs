@@ -64,8 +64,8 @@ pub struct PaypleArgs {
     /// Read custKey from this file instead of PAYPLE_CUST_KEY (e.g. a mounted Secret).
     #[arg(long, env = "PAYPLE_CUST_KEY_FILE", hide_env_values = true)]
     pub cust_key_file: Option<PathBuf>,
-    /// Start the built-in simulator on an ephemeral loopback port and use it; credentials
-    /// default to Payple's documented test partner.
+    /// Start the built-in simulator on an ephemeral loopback port and use it; it accepts
+    /// the configured credentials, which default to Payple's documented test partner.
     #[arg(long)]
     pub simulator: bool,
     /// Token lifetime in seconds (Payple: 30 minutes).

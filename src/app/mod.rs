@@ -17,16 +17,18 @@ mod summary;
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
 
+use secrecy::ExposeSecret;
 use serde::Serialize;
 
 use crate::cli::Cli;
+use crate::domain::mask_payer_id;
 use crate::exit::ExitStatus;
-use crate::payple::{PaypleClient, PaypleError};
+use crate::payple::{ClientConfig, PaypleClient, PaypleError};
 use crate::pipeline::RunError;
 use crate::report::ReportError;
 use crate::report::select::open_store;
 use crate::settings::{self, ConfigError, PaypleSettings, PaypleTarget, ProcessEnv, Settings};
-use crate::simulator::{self, SimConfig, SimError, SimHandle};
+use crate::simulator::{self, Partner, SimConfig, SimError, SimHandle};
 use crate::store::{Store, StoreError};
 
 pub use lookup::LookupLine;
@@ -132,7 +134,7 @@ async fn payple_client(
     let (config, sim) = match &payple.target {
         PaypleTarget::Origin(_) => (payple.client.clone(), None),
         PaypleTarget::Simulator => {
-            let sim = start_simulator(SimConfig::default()).await?;
+            let sim = start_simulator(&payple.client).await?;
             let url = sim.url();
             let origin =
                 url::Url::parse(&url).map_err(|source| AppError::SimulatorUrl { url, source })?;
@@ -143,13 +145,25 @@ async fn payple_client(
     Ok((client, sim))
 }
 
-/// Starts the in-process simulator for `--simulator` on an ephemeral loopback port.
-async fn start_simulator(config: SimConfig) -> Result<SimHandle, AppError> {
+/// Starts the in-process simulator for `--simulator` on an ephemeral loopback port,
+/// accepting the partner id, custKey and Referer the job is configured with (the test
+/// partner's unless the environment names another).
+async fn start_simulator(client: &ClientConfig) -> Result<SimHandle, AppError> {
+    let partner = Partner {
+        cst_id: client.cst_id.expose_secret().to_owned(),
+        cust_key: client.cust_key.expose_secret().to_owned(),
+        referer: client.referer.clone(),
+    };
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-    let handle = simulator::start(config, addr)
+    let handle = simulator::start(SimConfig::accepting(partner), addr)
         .await
         .map_err(AppError::StartSimulator)?;
     tracing::info!(url = %handle.url(), "built-in Payple simulator started");
+    tracing::info!(
+        partner = %mask_payer_id(client.cst_id.expose_secret()),
+        referer = %client.referer,
+        "built-in simulator accepts the configured partner"
+    );
     Ok(handle)
 }
 

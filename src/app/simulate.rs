@@ -38,6 +38,8 @@ fn sim_config(settings: &SimulateSettings) -> Result<SimConfig, SimError> {
         request_log: settings.request_log.clone(),
         return_origin: settings.return_origin.clone(),
         seed: settings.seed,
+        // Nothing reads them from another process; a long benchmark must not grow.
+        keep_lookup_times: false,
         ..SimConfig::default()
     })
 }

@@ -51,6 +51,10 @@ pub struct SimConfig {
     pub return_origin: Option<String>,
     /// Seeds the fault RNG; 0 means a random seed.
     pub seed: u64,
+    /// Remember every lookup's arrival time for [`SimHandle::lookup_times`] (16 bytes a
+    /// lookup, for tests and benchmarks); off for `--simulator` and `simulate`, whose
+    /// memory must not grow with the number of keys.
+    pub keep_lookup_times: bool,
 }
 
 impl Default for SimConfig {
@@ -63,6 +67,19 @@ impl Default for SimConfig {
             request_log: None,
             return_origin: None,
             seed: 0,
+            keep_lookup_times: true,
+        }
+    }
+}
+
+impl SimConfig {
+    /// The default configuration, but accepting `partner` instead of the test partner:
+    /// `--simulator` accepts whatever credentials the job is configured with.
+    pub fn accepting(partner: Partner) -> Self {
+        Self {
+            partners: vec![partner],
+            keep_lookup_times: false,
+            ..Self::default()
         }
     }
 }
@@ -180,7 +197,8 @@ impl SimHandle {
         self.shared.stats()
     }
 
-    /// When each lookup request arrived (any outcome), measured from start.
+    /// When each lookup request arrived (any outcome), measured from start; empty unless
+    /// [`SimConfig::keep_lookup_times`].
     pub fn lookup_times(&self) -> Vec<Duration> {
         self.shared.lookup_times()
     }

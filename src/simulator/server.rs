@@ -71,7 +71,8 @@ pub(crate) struct Shared {
     started: Instant,
     counters: Counters,
     in_flight: AtomicU64,
-    lookup_times: Mutex<Vec<Duration>>,
+    /// `None` unless the configuration keeps lookup times.
+    lookup_times: Option<Mutex<Vec<Duration>>>,
     tokens: Mutex<TokenBook>,
     dice: Dice,
     window: RateWindow,
@@ -121,7 +122,7 @@ impl Shared {
             started: Instant::now(),
             counters: Counters::default(),
             in_flight: AtomicU64::new(0),
-            lookup_times: Mutex::new(Vec::new()),
+            lookup_times: config.keep_lookup_times.then(|| Mutex::new(Vec::new())),
             tokens: Mutex::new(TokenBook::default()),
             log,
         })
@@ -132,7 +133,10 @@ impl Shared {
     }
 
     pub(crate) fn lookup_times(&self) -> Vec<Duration> {
-        lock(&self.lookup_times).clone()
+        self.lookup_times
+            .as_ref()
+            .map(|times| lock(times).clone())
+            .unwrap_or_default()
     }
 
     pub(crate) fn flush_log(&self) {
@@ -167,7 +171,9 @@ impl Shared {
     /// Counts a lookup's arrival and holds the concurrency gauge until dropped.
     fn enter_lookup(&self, arrival: Instant) -> InFlight<'_> {
         Counters::bump(&self.counters.lookups);
-        lock(&self.lookup_times).push(self.since_start(arrival));
+        if let Some(times) = &self.lookup_times {
+            lock(times).push(self.since_start(arrival));
+        }
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.counters
             .peak_concurrent_lookups

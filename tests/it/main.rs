@@ -3,6 +3,7 @@
 
 mod batch;
 mod faults;
+mod front_door;
 mod helpers;
 mod operations;
 mod payple;
