@@ -83,10 +83,18 @@ pub struct PaypleArgs {
     /// Lookups per second (burst 1); 0 for no limit. With shards, the global budget.
     #[arg(long, default_value_t = 10)]
     pub rate: u32,
-    /// Result codes meaning the key is gone (comma-separated); replaces the defaults
-    /// SPAY0005,SPCD0001,CPAY0002,CPAY0004.
+    /// Result codes meaning the key is gone (comma-separated); replaces the default gone
+    /// codes (SPAY0005,RPAY0005,SPCD0012,SPCD0001,SPCD0011,CPAY0002,CPAY0003,CPAY0004).
     #[arg(long, value_delimiter = ',', value_name = "CODES")]
     pub gone_codes: Option<Vec<String>>,
+    /// A TOML file whose [codes] table maps a code or a `*`-pattern to a class (gone,
+    /// reauth, transient, maintenance, config, failed), merged over the defaults.
+    #[arg(long, value_name = "FILE")]
+    pub codes: Option<PathBuf>,
+    /// Seconds the run may spend paused because Payple is unavailable (open circuit,
+    /// Retry-After) before it stops with exit code 4, resumable.
+    #[arg(long, default_value_t = 1800, value_name = "SECS")]
+    pub outage_budget: u64,
     /// First retry delay in milliseconds (doubles, with jitter, up to 10 s).
     #[arg(long, default_value_t = 250, hide = true)]
     pub retry_base_ms: u64,
@@ -275,6 +283,34 @@ pub struct SimulateArgs {
     /// Answer the first N lookups of every key with HTTP 500.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub fail_first: u32,
+    /// An outage: from the lookup after the Nth on, every lookup answers --outage-status.
+    #[arg(long, value_name = "N")]
+    pub outage_after_lookups: Option<u64>,
+    /// How long the outage lasts, in seconds (forever when not given).
+    #[arg(long, value_name = "SECS", requires = "outage_after_lookups")]
+    pub outage_secs: Option<u64>,
+    /// The outage's HTTP status.
+    #[arg(long, value_name = "STATUS", default_value_t = 503)]
+    pub outage_status: u16,
+    /// A code storm: every lookup answers this code (e.g. SYS9999) from --storm-after on.
+    #[arg(long, value_name = "CODE")]
+    pub storm_code: Option<String>,
+    /// Lookups answered normally before the storm.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub storm_after: u64,
+    /// How long the storm lasts, in seconds (forever when not given).
+    #[arg(long, value_name = "SECS", requires = "storm_code")]
+    pub storm_secs: Option<u64>,
+    /// Every lookup answers this code whatever the token (e.g. SPAY0001).
+    #[arg(long, value_name = "CODE")]
+    pub always_code: Option<String>,
+    /// From the lookup after the Nth on, every lookup answers 429 with
+    /// --throttle-retry-after.
+    #[arg(long, value_name = "N")]
+    pub throttle_after: Option<u64>,
+    /// The throttle's Retry-After, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 1)]
+    pub throttle_retry_after: u64,
     /// Write one JSON line per request to this file.
     #[arg(long, value_name = "PATH")]
     pub request_log: Option<PathBuf>,

@@ -11,6 +11,9 @@ pub enum ExitStatus {
     KeysFailed,
     /// Configuration or authentication error: nothing was checked (or the run stopped).
     Config,
+    /// Payple stayed unavailable past the outage budget: the run is `interrupted` and
+    /// resumable.
+    Unavailable,
     /// Interrupted by SIGINT.
     Interrupted,
     /// Stopped by SIGTERM.
@@ -24,6 +27,7 @@ impl ExitStatus {
             Self::Internal => 1,
             Self::KeysFailed => 2,
             Self::Config => 3,
+            Self::Unavailable => 4,
             Self::Interrupted => 130,
             Self::Terminated => 143,
         }
@@ -42,5 +46,6 @@ Exit codes:
   0    every key resolved (active or gone)
   2    finished, but some keys failed (or were rejected as invalid input)
   3    configuration or authentication error; no key was checked (or the run stopped)
+  4    Payple unavailable past --outage-budget; the run is interrupted and resumable
   1    unexpected internal error (e.g. the results database failed); the run is resumable
   130  interrupted by SIGINT;  143  stopped by SIGTERM (the run is resumable)";

@@ -16,10 +16,12 @@ use crate::cli::{
 };
 use crate::domain::KeyStatus;
 use crate::payple::classify::CodeBook;
+use crate::payple::health::HealthConfig;
 use crate::payple::{
     ClientConfig, LIVE_ORIGIN, Rate, TEST_CST_ID, TEST_CUST_KEY, TEST_ORIGIN, TEST_REFERER,
 };
 use crate::report::{ReportError, RunSelector, parse_statuses};
+use crate::simulator::Episode;
 use crate::source::{SourceSpec, validate_identifier};
 
 /// A configuration that cannot run: exit code 3.
@@ -162,7 +164,10 @@ pub fn payple_settings(args: &PaypleArgs, env: &dyn Env) -> Result<PaypleSetting
     if args.max_attempts == 0 || args.max_attempts > 20 {
         return Err(invalid("--max-attempts", "must be within 1..=20"));
     }
-    let codes = code_book(args.gone_codes.as_deref())?;
+    let codes = code_book(args)?;
+    if args.outage_budget == 0 {
+        return Err(invalid("--outage-budget", "must be at least 1 second"));
+    }
     let request_timeout = Duration::from_secs_f64(args.request_timeout);
     let client = ClientConfig {
         origin,
@@ -181,6 +186,11 @@ pub fn payple_settings(args: &PaypleArgs, env: &dyn Env) -> Result<PaypleSetting
             share: NonZeroU32::MIN,
         }),
         codes,
+        health: HealthConfig {
+            budget: Duration::from_secs(args.outage_budget),
+            probe_timeout: request_timeout * 2 + Duration::from_secs(1),
+            ..HealthConfig::default()
+        },
     };
     Ok(PaypleSettings { target, client })
 }
@@ -219,21 +229,31 @@ fn credentials(
     Ok((cst_id, cust_key, referer))
 }
 
-/// The result codes that mean "gone": the defaults, or `--gone-codes`.
-fn code_book(gone_codes: Option<&[String]>) -> Result<CodeBook, ConfigError> {
-    let codes = CodeBook::default();
-    let Some(gone) = gone_codes else {
-        return Ok(codes);
-    };
-    let gone: Vec<String> = gone
-        .iter()
-        .map(|c| c.trim().to_owned())
-        .filter(|c| !c.is_empty())
-        .collect();
-    if gone.is_empty() {
-        return Err(invalid("--gone-codes", "give at least one code"));
+/// The code book: defaults, `--gone-codes` replacing the gone codes, then `--codes FILE`
+/// merged over them.
+fn code_book(args: &PaypleArgs) -> Result<CodeBook, ConfigError> {
+    let mut codes = CodeBook::default();
+    if let Some(gone) = &args.gone_codes {
+        let gone: Vec<String> = gone
+            .iter()
+            .map(|c| c.trim().to_owned())
+            .filter(|c| !c.is_empty())
+            .collect();
+        if gone.is_empty() {
+            return Err(invalid("--gone-codes", "give at least one code"));
+        }
+        codes = codes
+            .with_gone(gone)
+            .map_err(|e| invalid("--gone-codes", e.to_string()))?;
     }
-    Ok(codes.with_gone(gone))
+    if let Some(path) = &args.codes {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| invalid("--codes", format!("{}: {e}", path.display())))?;
+        codes = codes
+            .merge_toml(&text)
+            .map_err(|e| invalid("--codes", format!("{}: {e}", path.display())))?;
+    }
+    Ok(codes)
 }
 
 /// Which part of the keys this process checks.
@@ -446,7 +466,7 @@ pub fn batch_settings(args: &RunArgs, env: &dyn Env) -> Result<BatchSettings, Co
 pub enum Settings {
     Run(Box<RunSettings>),
     Lookup(Box<LookupSettings>),
-    Simulate(SimulateSettings),
+    Simulate(Box<SimulateSettings>),
     Migrate(DatabaseSettings),
     Report(ReportSettings),
     Changes(ChangesSettings),
@@ -458,7 +478,7 @@ pub fn from_cli(cli: Cli, env: &dyn Env) -> Result<Settings, ConfigError> {
     Ok(match cli.command {
         Command::Run(args) => Settings::Run(Box::new(run_settings(&args, env)?)),
         Command::Lookup(args) => Settings::Lookup(Box::new(lookup_settings(args, env)?)),
-        Command::Simulate(args) => Settings::Simulate(simulate_settings(&args)),
+        Command::Simulate(args) => Settings::Simulate(Box::new(simulate_settings(&args))),
         Command::Migrate(args) => Settings::Migrate(database_settings(args)),
         Command::Report(args) => Settings::Report(report_settings(args)?),
         Command::Changes(args) => Settings::Changes(changes_settings(args)),
@@ -564,6 +584,10 @@ pub struct SimulateSettings {
     pub rate_limit: Option<u32>,
     pub retry_after: Duration,
     pub fail_first: u32,
+    pub outage: Option<Episode<u16>>,
+    pub storm: Option<Episode<String>>,
+    pub throttle: Option<Episode<u64>>,
+    pub always_code: Option<String>,
     pub request_log: Option<PathBuf>,
     pub seed: u64,
     pub return_origin: Option<String>,
@@ -583,6 +607,20 @@ fn simulate_settings(args: &SimulateArgs) -> SimulateSettings {
         rate_limit: args.rate_limit,
         retry_after: Duration::from_secs(args.retry_after.max(1)),
         fail_first: args.fail_first,
+        outage: args.outage_after_lookups.map(|after| Episode {
+            what: args.outage_status,
+            after,
+            secs: args.outage_secs.map(Duration::from_secs),
+        }),
+        storm: args.storm_code.clone().map(|code| Episode {
+            what: code,
+            after: args.storm_after,
+            secs: args.storm_secs.map(Duration::from_secs),
+        }),
+        throttle: args
+            .throttle_after
+            .map(|after| Episode::forever(args.throttle_retry_after, after)),
+        always_code: args.always_code.clone(),
         request_log: args.request_log.clone(),
         seed: args.seed,
         return_origin: args.return_origin.clone(),
@@ -662,6 +700,9 @@ mod tests {
             &["--token-ttl", "1"],
             &["--request-timeout", "0"],
             &["--gone-codes", ","],
+            &["--gone-codes", "0000"],
+            &["--outage-budget", "0"],
+            &["--codes", "/nonexistent/codes.toml"],
         ] {
             assert!(
                 payple_config(&payple_args(flags), &env(CREDS)).is_err(),
@@ -670,6 +711,33 @@ mod tests {
         }
         let config = payple_config(&payple_args(&["--rate", "0"]), &env(CREDS)).unwrap();
         assert!(config.rate.is_none());
+    }
+
+    #[test]
+    fn codes_file_and_outage_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("codes.toml");
+        std::fs::write(&path, "[codes]\nXPAY0042 = \"gone\"\n").unwrap();
+        let file = path.to_str().unwrap();
+        let config = payple_config(
+            &payple_args(&["--codes", file, "--outage-budget", "10"]),
+            &env(CREDS),
+        )
+        .unwrap();
+        assert_eq!(
+            config.codes.class_of("XPAY0042"),
+            Some(crate::payple::classify::CodeClass::Gone)
+        );
+        assert_eq!(config.health.budget, Duration::from_secs(10));
+        std::fs::write(&path, "[codes]\n\"0000\" = \"gone\"\n").unwrap();
+        let err = payple_config(&payple_args(&["--codes", file]), &env(CREDS))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--codes") && err.contains("codes.toml"),
+            "{err}"
+        );
+        assert!(err.contains("0000"), "{err}");
     }
 
     #[test]

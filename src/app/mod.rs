@@ -108,7 +108,7 @@ async fn dispatch(settings: Settings) -> Result<ExitStatus, AppError> {
     match settings {
         Settings::Run(s) => run::run(*s).await,
         Settings::Lookup(s) => lookup::lookup(*s).await,
-        Settings::Simulate(s) => simulate::simulate(s).await,
+        Settings::Simulate(s) => simulate::simulate(*s).await,
         Settings::Migrate(s) => migrate::migrate(s).await,
         Settings::Report(s) => report::report(s).await,
         Settings::Changes(s) => changes::changes(s).await,

@@ -25,6 +25,10 @@ fn sim_config(settings: &SimulateSettings) -> Result<SimConfig, SimError> {
         rate_limit: settings.rate_limit,
         retry_after: settings.retry_after,
         fail_first: settings.fail_first,
+        outage: settings.outage.clone(),
+        storm: settings.storm.clone(),
+        throttle: settings.throttle.clone(),
+        always_code: settings.always_code.clone(),
     };
     faults.validate()?;
     let keys = match &settings.keys_file {
@@ -53,6 +57,7 @@ mod tests {
     use super::*;
     use crate::cli::Cli;
     use crate::settings::{Settings, from_cli};
+    use crate::simulator::Episode;
 
     fn parse(argv: &[&str]) -> SimulateSettings {
         let argv = ["payple-reconcile", "simulate"]
@@ -61,7 +66,7 @@ mod tests {
         let cli = Cli::try_parse_from(argv).expect("valid flags");
         let no_env = |_: &str| None;
         match from_cli(cli, &no_env).expect("valid settings") {
-            Settings::Simulate(s) => s,
+            Settings::Simulate(s) => *s,
             other => panic!("not simulate: {other:?}"),
         }
     }
@@ -107,6 +112,43 @@ mod tests {
         assert_eq!(config.faults.rate_limit, Some(20));
         assert_eq!(config.faults.retry_after, Duration::from_secs(1));
         assert_eq!(config.faults.fail_first, 2);
+        assert_eq!(config.faults.outage, None);
+        let episodes = sim_config(&parse(&[
+            "--outage-after-lookups",
+            "50",
+            "--outage-secs",
+            "20",
+            "--outage-status",
+            "500",
+            "--storm-code",
+            "SYS9999",
+            "--storm-after",
+            "7",
+            "--always-code",
+            "SPAY0001",
+            "--throttle-after",
+            "3",
+            "--throttle-retry-after",
+            "100000",
+        ]))
+        .expect("valid");
+        let f = &episodes.faults;
+        assert_eq!(
+            f.outage,
+            Some(Episode::lasting(500, 50, Duration::from_secs(20)))
+        );
+        assert_eq!(f.storm, Some(Episode::forever("SYS9999".to_owned(), 7)));
+        assert_eq!(f.always_code.as_deref(), Some("SPAY0001"));
+        assert_eq!(f.throttle, Some(Episode::forever(100_000, 3)));
+        assert!(
+            sim_config(&parse(&[
+                "--outage-after-lookups",
+                "1",
+                "--outage-status",
+                "404"
+            ]))
+            .is_err()
+        );
         assert_eq!(config.token_ttl, Duration::from_secs(1));
         assert_eq!(config.seed, 9);
         assert_eq!(

@@ -1,48 +1,417 @@
 //! Pure decisions about Payple's answers: what a reply says about a key, which failures
 //! are worth retrying, and which codes mean the configuration itself is wrong.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::domain::{KeyDetails, PayType, PayerId};
 
 use super::wire::{Fields, find_code};
 
-/// Which result codes mean what. Payple publishes no PUSERINFO code list, so the mapping
-/// is configuration with API.md's findings as defaults; an unknown code is a failure.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CodeBook {
-    /// Codes meaning the billing key no longer exists.
-    pub gone: BTreeSet<String>,
-    /// Codes meaning the auth token expired or mismatched: renew it and retry once.
-    pub reauth: BTreeSet<String>,
-    /// Codes worth retrying with backoff.
-    pub transient: BTreeSet<String>,
-    /// Codes meaning the partner configuration is wrong: the run stops.
-    pub config: BTreeSet<String>,
+/// What a result code means for a reconciliation job.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum CodeClass {
+    /// The billing key no longer exists.
+    Gone,
+    /// The auth token expired or mismatched: renew it and retry once.
+    Reauth,
+    /// Worth retrying with backoff.
+    Transient,
+    /// Payple (or a bank) is in maintenance: the whole run pauses, never a verdict on a key.
+    Maintenance,
+    /// The partner configuration is wrong: the run stops.
+    Config,
+    /// A definite per-key failure: recorded verbatim (lets a file take a default back).
+    Failed,
 }
 
-fn set(codes: &[&str]) -> BTreeSet<String> {
-    codes.iter().map(|c| (*c).to_owned()).collect()
-}
-
-impl Default for CodeBook {
-    fn default() -> Self {
-        Self {
-            gone: set(&["SPAY0005", "SPCD0001", "CPAY0002", "CPAY0004"]),
-            reauth: set(&["SPAY0001", "ARSA0001", "BILL0002"]),
-            transient: set(&["AUTH0005"]),
-            config: set(&["AUTH0001", "AUTH0002", "AUTH0003", "AUTH0004", "AUTH0007"]),
+impl CodeClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Gone => "gone",
+            Self::Reauth => "reauth",
+            Self::Transient => "transient",
+            Self::Maintenance => "maintenance",
+            Self::Config => "config",
+            Self::Failed => "failed",
         }
     }
 }
 
-impl CodeBook {
-    /// Replaces the gone codes (from `--gone-codes`).
-    pub fn with_gone(mut self, codes: impl IntoIterator<Item = String>) -> Self {
-        self.gone = codes.into_iter().collect();
-        self
+/// The success code: never configurable.
+pub const SUCCESS_CODE: &str = "0000";
+
+/// Which result codes mean what. Payple publishes no PUSERINFO code list, so the mapping
+/// is data: API.md's table as defaults, merged with `--codes FILE` and `--gone-codes`.
+/// A code is looked up exactly first, then by pattern (`*9998` ends with, `SPAY*` starts
+/// with; the longest pattern wins). A code matching nothing is unknown: a failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodeBook {
+    exact: BTreeMap<String, CodeClass>,
+    /// Keyed by the pattern as written (`*9998`, `SPAY*`).
+    patterns: BTreeMap<String, CodeClass>,
+}
+
+/// Why a code book entry was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CodeBookError {
+    #[error(
+        "{0:?} is not a code or pattern (letters, digits and `_`, with at most one `*` at the start or the end)"
+    )]
+    BadCode(String),
+    #[error("{0:?} would cover the success code 0000, which always means success")]
+    Success(String),
+    #[error("not valid TOML: {0}")]
+    Toml(String),
+    #[error("no [codes] table")]
+    NoTable,
+    #[error(
+        "{code:?}: {value:?} is not a class (gone, reauth, transient, maintenance, config, failed)"
+    )]
+    BadClass { code: String, value: String },
+}
+
+/// The defaults and where each came from (API.md's code table): README prints them.
+pub const DEFAULT_CODES: &[(&str, CodeClass, &str)] = &[
+    (
+        "SPAY0005",
+        CodeClass::Gone,
+        "response-code manual: not registered / cancelled card",
+    ),
+    (
+        "RPAY0005",
+        CodeClass::Gone,
+        "response-code manual: same wording as SPAY0005",
+    ),
+    (
+        "SPCD0012",
+        CodeClass::Gone,
+        "response-code manual: same wording as SPAY0005",
+    ),
+    (
+        "SPCD0001",
+        CodeClass::Gone,
+        "response-code manual: payment key missing",
+    ),
+    (
+        "SPCD0011",
+        CodeClass::Gone,
+        "response-code manual: PCD_PAYER_ID differs (inferred)",
+    ),
+    (
+        "CPAY0002",
+        CodeClass::Gone,
+        "response-code manual: recurring target missing (inferred)",
+    ),
+    (
+        "CPAY0003",
+        CodeClass::Gone,
+        "response-code manual: withdrawal target missing (inferred)",
+    ),
+    (
+        "CPAY0004",
+        CodeClass::Gone,
+        "response-code manual: recurring target missing (inferred)",
+    ),
+    (
+        "SPAY0001",
+        CodeClass::Reauth,
+        "PUSERINFO page: token mismatch or session expired",
+    ),
+    (
+        "BILL0002",
+        CodeClass::Reauth,
+        "response-code manual: auth session expired",
+    ),
+    (
+        "CPAY0001",
+        CodeClass::Reauth,
+        "response-code manual: auth session expired",
+    ),
+    (
+        "RPAY0001",
+        CodeClass::Reauth,
+        "response-code manual: auth session expired",
+    ),
+    (
+        "SPCD0004",
+        CodeClass::Reauth,
+        "response-code manual: auth session expired",
+    ),
+    (
+        "ARSA0001",
+        CodeClass::Reauth,
+        "older manual: auth key mismatch",
+    ),
+    (
+        "AUTH0005",
+        CodeClass::Transient,
+        "response-code manual: token creation error",
+    ),
+    (
+        "*9998",
+        CodeClass::Maintenance,
+        "response-code manual: bank maintenance time",
+    ),
+    (
+        "*9991",
+        CodeClass::Config,
+        "card/bank code pages: partner key mismatch",
+    ),
+    (
+        "AUTH0001",
+        CodeClass::Config,
+        "PUSERINFO page: cst_id empty",
+    ),
+    (
+        "AUTH0002",
+        CodeClass::Config,
+        "PUSERINFO page: custKey empty",
+    ),
+    (
+        "AUTH0003",
+        CodeClass::Config,
+        "PUSERINFO page: no partner account",
+    ),
+    (
+        "AUTH0004",
+        CodeClass::Config,
+        "PUSERINFO page: Referer / domain not registered",
+    ),
+    (
+        "AUTH0006",
+        CodeClass::Config,
+        "response-code manual: HTTPS required",
+    ),
+    (
+        "AUTH0007",
+        CodeClass::Config,
+        "PUSERINFO page: test Referer differs",
+    ),
+];
+
+impl Default for CodeBook {
+    fn default() -> Self {
+        let mut book = Self {
+            exact: BTreeMap::new(),
+            patterns: BTreeMap::new(),
+        };
+        for (code, class, _) in DEFAULT_CODES {
+            // The defaults are valid by construction (a unit test checks them).
+            let _ = book.insert(code, *class);
+        }
+        book
     }
+}
+
+/// A code or pattern's shape: letters, digits, `_`, and one `*` at one end at most.
+fn check_code(raw: &str) -> Result<String, CodeBookError> {
+    let code = raw.trim().to_ascii_uppercase();
+    let body = code
+        .strip_prefix('*')
+        .or_else(|| code.strip_suffix('*'))
+        .unwrap_or(&code);
+    let ok = !body.is_empty()
+        && body.len() <= 32
+        && body.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if !ok {
+        return Err(CodeBookError::BadCode(raw.to_owned()));
+    }
+    if pattern_matches(&code, SUCCESS_CODE) {
+        return Err(CodeBookError::Success(raw.to_owned()));
+    }
+    Ok(code)
+}
+
+/// Whether `pattern` (a code, `*SUFFIX` or `PREFIX*`) covers `code`.
+fn pattern_matches(pattern: &str, code: &str) -> bool {
+    if let Some(suffix) = pattern.strip_prefix('*') {
+        code.ends_with(suffix)
+    } else if let Some(prefix) = pattern.strip_suffix('*') {
+        code.starts_with(prefix)
+    } else {
+        pattern == code
+    }
+}
+
+impl CodeBook {
+    /// Adds or replaces one entry (a code, or a pattern with `*`).
+    pub fn insert(&mut self, code: &str, class: CodeClass) -> Result<(), CodeBookError> {
+        let code = check_code(code)?;
+        if code.contains('*') {
+            self.patterns.insert(code, class);
+        } else {
+            self.exact.insert(code, class);
+        }
+        Ok(())
+    }
+
+    /// Replaces the exactly listed gone codes (from `--gone-codes`); patterns stay.
+    pub fn with_gone(
+        mut self,
+        codes: impl IntoIterator<Item = String>,
+    ) -> Result<Self, CodeBookError> {
+        self.exact.retain(|_, class| *class != CodeClass::Gone);
+        for code in codes {
+            self.insert(&code, CodeClass::Gone)?;
+        }
+        Ok(self)
+    }
+
+    /// Merges a TOML document's `[codes]` table over this book.
+    pub fn merge_toml(mut self, text: &str) -> Result<Self, CodeBookError> {
+        let doc: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| CodeBookError::Toml(e.message().to_owned()))?;
+        let table = doc
+            .get("codes")
+            .and_then(toml::Value::as_table)
+            .ok_or(CodeBookError::NoTable)?;
+        for (code, value) in table {
+            let class = value
+                .as_str()
+                .and_then(|v| {
+                    serde::Deserialize::deserialize(serde::de::value::StrDeserializer::<
+                        serde::de::value::Error,
+                    >::new(v))
+                    .ok()
+                })
+                .ok_or_else(|| CodeBookError::BadClass {
+                    code: code.clone(),
+                    value: format!("{value:?}"),
+                })?;
+            self.insert(code, class)?;
+        }
+        Ok(self)
+    }
+
+    /// The class of a code: exact entries first, then the longest matching pattern.
+    /// `0000` and unknown codes have none.
+    pub fn class_of(&self, code: &str) -> Option<CodeClass> {
+        if code == SUCCESS_CODE {
+            return None;
+        }
+        if let Some(class) = self.exact.get(code) {
+            return Some(*class);
+        }
+        self.patterns
+            .iter()
+            .filter(|(pattern, _)| pattern_matches(pattern, code))
+            .max_by_key(|(pattern, _)| pattern.len())
+            .map(|(_, class)| *class)
+    }
+
+    /// Whether `code` has this class.
+    pub fn is(&self, code: &str, class: CodeClass) -> bool {
+        self.class_of(code) == Some(class)
+    }
+
+    /// Every entry, code or pattern → class name, for the runs table and logs.
+    pub fn describe(&self) -> BTreeMap<String, &'static str> {
+        self.exact
+            .iter()
+            .chain(&self.patterns)
+            .map(|(code, class)| (code.clone(), class.as_str()))
+            .collect()
+    }
+}
+
+/// Why one lookup attempt ended as it did: the health monitor's input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cause {
+    /// Success, or a definite answer about the key.
+    Active,
+    Gone,
+    /// Connect error, timeout, reset.
+    Transport,
+    /// HTTP 5xx or 408.
+    Http5xx,
+    /// HTTP 429.
+    RateLimited,
+    /// Unparseable, truncated or oversize body.
+    BadReply,
+    /// A maintenance-class code.
+    Maintenance,
+    /// A transient-class code (e.g. `AUTH0005`).
+    TransientCode,
+    Reauth,
+    Config,
+    /// Payple answered about another key.
+    Mismatch,
+    /// Any other code, ours (`HTTP_404`, `NO_RESULT_CODE`) or Payple's.
+    UnknownCode(String),
+}
+
+impl Cause {
+    /// Failures that are about the service, not about one key.
+    pub fn is_systemic(&self) -> bool {
+        matches!(
+            self,
+            Self::Transport
+                | Self::Http5xx
+                | Self::RateLimited
+                | Self::BadReply
+                | Self::Maintenance
+                | Self::TransientCode
+        )
+    }
+
+    /// The code a same-code storm is counted by: a non-gone, non-success answer.
+    pub fn storm_code(&self) -> Option<&str> {
+        match self {
+            Self::Mismatch => Some(codes::MISMATCH),
+            Self::UnknownCode(code) => Some(code),
+            _ => None,
+        }
+    }
+
+    /// Short name for logs.
+    pub fn label(&self) -> String {
+        match self {
+            Self::Active => "answered".to_owned(),
+            Self::Gone => "gone".to_owned(),
+            Self::Transport => "transport".to_owned(),
+            Self::Http5xx => "http 5xx".to_owned(),
+            Self::RateLimited => "http 429".to_owned(),
+            Self::BadReply => "bad reply".to_owned(),
+            Self::Maintenance => "maintenance".to_owned(),
+            Self::TransientCode => "transient code".to_owned(),
+            Self::Reauth => "reauth".to_owned(),
+            Self::Config => "config".to_owned(),
+            Self::Mismatch => "mismatch".to_owned(),
+            Self::UnknownCode(code) => format!("code {code}"),
+        }
+    }
+}
+
+/// The cause of an attempt's verdict.
+pub fn cause_of(verdict: &Verdict, book: &CodeBook) -> Cause {
+    match verdict {
+        Verdict::Active { .. } => Cause::Active,
+        Verdict::Gone { .. } => Cause::Gone,
+        Verdict::Reauth { .. } => Cause::Reauth,
+        Verdict::Config { .. } => Cause::Config,
+        Verdict::Failed { code, .. } if code == codes::MISMATCH => Cause::Mismatch,
+        Verdict::Failed { code, .. } => Cause::UnknownCode(code.clone()),
+        Verdict::Transient { code, .. } => match code.as_str() {
+            codes::TRANSPORT => Cause::Transport,
+            codes::BAD_BODY => Cause::BadReply,
+            codes::RATE_LIMITED => Cause::RateLimited,
+            c if c.starts_with("HTTP_") => Cause::Http5xx,
+            c if book.is(c, CodeClass::Maintenance) => Cause::Maintenance,
+            _ => Cause::TransientCode,
+        },
+    }
+}
+
+/// Whether a key written `failed` with `code` deserves a second lookup at the end of the
+/// run: everything but a mismatched echo and codes configured as definite failures (an
+/// unknown code may be a storm's first victims).
+pub fn worth_second_look(code: &str, book: &CodeBook) -> bool {
+    code != codes::MISMATCH && !book.is(code, CodeClass::Failed)
 }
 
 /// What one lookup reply (or its absence) means.
@@ -89,7 +458,8 @@ pub fn is_transient_code(code: &str, book: &CodeBook) -> bool {
     match code {
         codes::TRANSPORT | codes::BAD_BODY | codes::RATE_LIMITED => true,
         _ => {
-            book.transient.contains(code)
+            book.is(code, CodeClass::Transient)
+                || book.is(code, CodeClass::Maintenance)
                 || code.strip_prefix("HTTP_").is_some_and(|status| {
                     status == "408" || (status.len() == 3 && status.starts_with('5'))
                 })
@@ -188,28 +558,25 @@ pub fn classify_lookup(reply: &Fields, asked: &PayerId, book: &CodeBook) -> Verd
     }
 }
 
-/// The code-driven verdicts shared by lookup and auth replies: gone, reauth, transient
-/// and configuration codes. `None` for success and unknown codes.
+/// The code-driven verdicts: gone, reauth, transient (maintenance too) and configuration
+/// codes. `None` for success, unknown codes and codes configured as failures.
 fn classify_code(code: &str, msg: Option<&str>, book: &CodeBook) -> Option<Verdict> {
+    let class = book.class_of(code)?;
     let code = code.to_owned();
     let msg = msg.unwrap_or_default().to_owned();
-    if book.config.contains(&code) {
-        Some(Verdict::Config { code, msg })
-    } else if book.reauth.contains(&code) {
-        Some(Verdict::Reauth { code, msg })
-    } else if book.transient.contains(&code) {
-        Some(Verdict::Transient {
+    match class {
+        CodeClass::Config => Some(Verdict::Config { code, msg }),
+        CodeClass::Reauth => Some(Verdict::Reauth { code, msg }),
+        CodeClass::Transient | CodeClass::Maintenance => Some(Verdict::Transient {
             code,
             msg,
             retry_after: None,
-        })
-    } else if book.gone.contains(&code) {
-        Some(Verdict::Gone {
+        }),
+        CodeClass::Gone => Some(Verdict::Gone {
             code,
             msg: Some(msg).filter(|m| !m.is_empty()),
-        })
-    } else {
-        None
+        }),
+        CodeClass::Failed => None,
     }
 }
 
@@ -271,7 +638,7 @@ pub fn classify_auth(reply: &Fields, book: &CodeBook) -> AuthVerdict {
         return AuthVerdict::Success;
     }
     match find_code(&msg) {
-        Some(code) if book.transient.contains(&code) => AuthVerdict::Transient { code, msg },
+        Some(code) if book.is(&code, CodeClass::Transient) => AuthVerdict::Transient { code, msg },
         // Any other coded auth refusal is about the partner's setup, not the network.
         Some(code) => AuthVerdict::Config { code, msg },
         None => AuthVerdict::Transient {
@@ -365,7 +732,9 @@ mod tests {
                 msg: "m".into()
             }
         );
-        let custom = CodeBook::default().with_gone(["ZZZZ9999".to_owned()]);
+        let custom = CodeBook::default()
+            .with_gone(["ZZZZ9999".to_owned()])
+            .unwrap();
         let r = reply(r#"{"PCD_PAY_RST":"error","PCD_PAY_CODE":"ZZZZ9999"}"#);
         assert!(matches!(
             classify_lookup(&r, &id(), &custom),
@@ -472,5 +841,111 @@ mod tests {
             classify_auth(&busy, &book),
             AuthVerdict::Transient { .. }
         ));
+    }
+
+    #[test]
+    fn default_book_follows_the_api_table() {
+        let book = CodeBook::default();
+        for code in ["SPAY0005", "RPAY0005", "SPCD0012", "SPCD0011", "CPAY0003"] {
+            assert_eq!(book.class_of(code), Some(CodeClass::Gone), "{code}");
+        }
+        for code in ["CPAY0001", "RPAY0001", "SPCD0004", "SPAY0001"] {
+            assert_eq!(book.class_of(code), Some(CodeClass::Reauth), "{code}");
+        }
+        for code in ["ARSA9998", "CPAY9998", "SPAY9998"] {
+            assert_eq!(book.class_of(code), Some(CodeClass::Maintenance), "{code}");
+        }
+        for code in ["SPCD9991", "RPCD9991", "CDAU9991", "AUTH0006"] {
+            assert_eq!(book.class_of(code), Some(CodeClass::Config), "{code}");
+        }
+        assert_eq!(book.class_of("SYS9999"), None);
+        assert_eq!(book.class_of("0000"), None);
+        assert_eq!(book.describe().len(), DEFAULT_CODES.len());
+    }
+
+    #[test]
+    fn a_codes_file_merges_over_the_defaults() {
+        let book = CodeBook::default()
+            .merge_toml(
+                "[codes]\nXPAY0042 = \"gone\"\n\"*9997\" = \"maintenance\"\n\
+                 SPAY0005 = \"failed\"\n\"ZZ*\" = \"config\"\nZZAB9998 = \"gone\"\n",
+            )
+            .unwrap();
+        assert_eq!(book.class_of("XPAY0042"), Some(CodeClass::Gone));
+        assert_eq!(book.class_of("ABCD9997"), Some(CodeClass::Maintenance));
+        assert_eq!(book.class_of("SPAY0005"), Some(CodeClass::Failed));
+        // Exact beats pattern; the longer pattern beats the shorter.
+        assert_eq!(book.class_of("ZZAB9998"), Some(CodeClass::Gone));
+        assert_eq!(book.class_of("ZZAB9999"), Some(CodeClass::Config));
+        let failed = reply(r#"{"PCD_PAY_RST":"error","PCD_PAY_CODE":"SPAY0005"}"#);
+        assert!(matches!(
+            classify_lookup(&failed, &id(), &book),
+            Verdict::Failed { .. }
+        ));
+        let maint = reply(r#"{"PCD_PAY_RST":"error","PCD_PAY_CODE":"CPAY9998"}"#);
+        let v = classify_lookup(&maint, &id(), &book);
+        assert_eq!(cause_of(&v, &book), Cause::Maintenance);
+        assert!(cause_of(&v, &book).is_systemic());
+    }
+
+    #[test]
+    fn success_can_never_be_configured() {
+        let err = |text: &str| CodeBook::default().merge_toml(text).unwrap_err();
+        assert!(matches!(
+            err("[codes]\n\"0000\" = \"gone\""),
+            CodeBookError::Success(_)
+        ));
+        assert!(matches!(
+            err("[codes]\n\"*00\" = \"gone\""),
+            CodeBookError::Success(_)
+        ));
+        assert!(matches!(
+            err("[codes]\nX = \"sometimes\""),
+            CodeBookError::BadClass { .. }
+        ));
+        assert!(matches!(
+            err("[codes]\n\"A*B\" = \"gone\""),
+            CodeBookError::BadCode(_)
+        ));
+        assert!(matches!(err("codes = 1"), CodeBookError::NoTable));
+        assert!(matches!(err("[codes"), CodeBookError::Toml(_)));
+        assert!(matches!(
+            CodeBook::default().with_gone(["0000".to_owned()]),
+            Err(CodeBookError::Success(_))
+        ));
+    }
+
+    #[test]
+    fn causes_of_verdicts() {
+        let book = CodeBook::default();
+        let transient = |code: &str| Verdict::Transient {
+            code: code.to_owned(),
+            msg: String::new(),
+            retry_after: None,
+        };
+        assert_eq!(cause_of(&transient("HTTP_503"), &book), Cause::Http5xx);
+        assert_eq!(cause_of(&transient("HTTP_429"), &book), Cause::RateLimited);
+        assert_eq!(cause_of(&transient("BAD_REPLY"), &book), Cause::BadReply);
+        assert_eq!(
+            cause_of(&transient("TRANSPORT_ERROR"), &book),
+            Cause::Transport
+        );
+        assert_eq!(
+            cause_of(&transient("AUTH0005"), &book),
+            Cause::TransientCode
+        );
+        let failed = |code: &str| Verdict::Failed {
+            code: code.to_owned(),
+            msg: String::new(),
+        };
+        assert_eq!(
+            cause_of(&failed("SYS9999"), &book),
+            Cause::UnknownCode("SYS9999".into())
+        );
+        assert_eq!(cause_of(&failed(codes::MISMATCH), &book), Cause::Mismatch);
+        assert!(!Cause::UnknownCode("X".into()).is_systemic());
+        assert!(worth_second_look("SYS9999", &book));
+        assert!(worth_second_look("HTTP_500", &book));
+        assert!(!worth_second_look(codes::MISMATCH, &book));
     }
 }

@@ -2,14 +2,18 @@
 //! lookup, and one `check` per billing key with retries for what is transient.
 //!
 //! # Architecture
-//! [`PaypleClient::check`] loops over attempts. Each attempt takes the shared token
-//! ([`token::TokenSlot`], renewed single-flight before it lapses or when Payple answers
-//! `SPAY0001`), waits for the rate limiter and any global `Retry-After` pause, sends one
-//! lookup, and hands the reply to the pure [`classify`] functions. Configuration errors and
-//! an unreachable auth endpoint end the run ([`PaypleError`]); everything about one key ends
-//! in a [`LookupOutcome`].
+//! [`PaypleClient::check`] loops over attempts. Each attempt asks the run's [`health`] gate
+//! (closed, open or probing; `Retry-After` holds; the outage budget), waits for the rate
+//! limiter, takes the shared token ([`token::TokenSlot`], renewed single-flight before it
+//! lapses or when Payple answers `SPAY0001`), sends one lookup, and hands the reply to the
+//! pure [`classify`] functions; the attempt's cause goes back to the health gate. An attempt
+//! that belongs to an outage episode spends no retry budget: the key waits at the gate.
+//! Configuration errors, a token storm and an unreachable auth endpoint end the run
+//! ([`PaypleError`]); a spent outage budget cancels [`PaypleClient::unavailable`];
+//! everything about one key ends in a [`LookupOutcome`].
 
 pub mod classify;
+pub mod health;
 pub mod pace;
 pub mod token;
 pub mod wire;
@@ -26,8 +30,9 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use crate::domain::{KeyStatus, LookupOutcome, PayerId};
-use classify::{AuthVerdict, CodeBook, Verdict, codes};
+use crate::domain::{KeyStatus, LookupOutcome, PayerId, stable_hash};
+use classify::{AuthVerdict, Cause, CodeBook, Verdict, codes};
+use health::{Admit, Health, HealthConfig, Recorded, Transition};
 use token::{Lifetime, Token, TokenSlot};
 use wire::{AuthRequest, Fields, LookupRequest};
 
@@ -45,10 +50,8 @@ pub const TEST_REFERER: &str = "http://localhost:8080";
 
 const AUTH_PATH: &str = "/php/auth.php";
 const PAY_WORK: &str = "PUSERINFO";
-/// A `Retry-After` longer than this is cut to it: one slow night beats a stuck job.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
-/// How many HTTP 429 answers one key tolerates, on top of `max_attempts`.
-const MAX_RATE_LIMITED: u32 = 30;
+/// A retry delay never exceeds this.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(120);
 
 /// Everything the client needs, validated by the settings layer.
 #[derive(Debug, Clone)]
@@ -69,6 +72,8 @@ pub struct ClientConfig {
     /// Lookups per second across the process; `None` for no limit.
     pub rate: Option<Rate>,
     pub codes: CodeBook,
+    /// The circuit breaker and the outage budget.
+    pub health: HealthConfig,
 }
 
 impl ClientConfig {
@@ -116,6 +121,11 @@ pub enum PaypleError {
     Client(#[source] reqwest::Error),
     #[error("cannot start the pacer thread: {0}")]
     Pacer(#[source] std::io::Error),
+    #[error(
+        "Payple refused {rounds} freshly issued tokens in a row ({code}): check the partner \
+         configuration (cst_id, custKey, Referer) with Payple"
+    )]
+    TokenStorm { code: String, rounds: u32 },
 }
 
 impl PaypleError {
@@ -137,10 +147,22 @@ pub struct PaypleClient {
     auth_url: Url,
     slot: TokenSlot,
     pacer: Option<pace::Pacer>,
-    /// Set on HTTP 429: no lookup starts before this instant.
-    pause_until: std::sync::Mutex<Option<Instant>>,
+    /// The breaker, `Retry-After` holds and the outage budget.
+    health: std::sync::Mutex<Health>,
+    /// Cancelled when the outage budget is spent: nothing more is sent.
+    unavailable: CancellationToken,
+    /// The highest token generation Payple accepted at least once.
+    accepted_generation: AtomicU64,
+    /// A key that answered success: what a half-open circuit probes with.
+    canary: std::sync::Mutex<Option<PayerId>>,
     auth_calls: AtomicU64,
     lookups: AtomicU64,
+}
+
+/// After an attempt: the key's outcome (or what stops the run), or another attempt.
+enum Next {
+    Done(Box<Result<LookupOutcome, PaypleError>>),
+    Retry(Duration),
 }
 
 /// What one attempt produced: a verdict, plus the generation of the token it used.
@@ -180,7 +202,10 @@ impl PaypleClient {
             auth_url,
             slot: TokenSlot::new(lifetime),
             pacer,
-            pause_until: std::sync::Mutex::new(None),
+            health: std::sync::Mutex::new(Health::new(config.health)),
+            unavailable: CancellationToken::new(),
+            accepted_generation: AtomicU64::new(0),
+            canary: std::sync::Mutex::new(None),
             auth_calls: AtomicU64::new(0),
             lookups: AtomicU64::new(0),
             config,
@@ -197,7 +222,8 @@ impl PaypleClient {
             "rate_share": c.rate.map(|r| r.share.get()),
             "token_ttl_secs": c.token_ttl.as_secs(),
             "request_timeout_secs": c.request_timeout.as_secs_f64(),
-            "gone_codes": c.codes.gone,
+            "codes": c.codes.describe(),
+            "outage_budget_secs": c.health.budget.as_secs(),
         })
     }
 
@@ -213,7 +239,31 @@ impl PaypleClient {
             && outcome
                 .result_code
                 .as_deref()
-                .is_some_and(|code| classify::is_transient_code(code, &self.config.codes))
+                .is_some_and(|code| classify::worth_second_look(code, &self.config.codes))
+    }
+
+    /// Cancelled once the outage budget is spent: the run stops (exit 4, resumable).
+    pub fn unavailable(&self) -> &CancellationToken {
+        &self.unavailable
+    }
+
+    /// Whether the outage budget is spent.
+    pub fn is_unavailable(&self) -> bool {
+        self.unavailable.is_cancelled()
+    }
+
+    /// Time paused so far for reasons not about any key (open circuit, `Retry-After`).
+    pub fn outage_paused(&self) -> Duration {
+        self.lock_health().spent(Instant::now())
+    }
+
+    /// What the health gate is doing, for the progress bar; `None` when all is well.
+    pub fn health_note(&self) -> Option<String> {
+        self.lock_health().note(Instant::now())
+    }
+
+    fn lock_health(&self) -> std::sync::MutexGuard<'_, Health> {
+        self.health.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Auth requests sent so far.
@@ -240,8 +290,8 @@ impl PaypleClient {
         }))
     }
 
-    /// Looks one key up unless `stop` fires while it waits for its turn or for a retry:
-    /// then `Ok(None)`, and no request is sent after the signal.
+    /// Looks one key up unless `stop` fires while it waits for its turn or for a retry, or
+    /// the outage budget runs out: then `Ok(None)`, and no request is sent after that.
     pub async fn check_until(
         &self,
         id: &PayerId,
@@ -249,95 +299,93 @@ impl PaypleClient {
     ) -> Result<Option<LookupOutcome>, PaypleError> {
         let mut delays = self.backoff();
         let mut attempts = 0u32;
-        let mut rate_limited = 0u32;
         let mut renewed = false;
         loop {
             // Wait for our turn first: a token taken before a long wait could lapse.
+            let Some(probe) = self.wait_turn(stop).await else {
+                return Ok(None);
+            };
+            let token = self.token().await?;
+            if probe && let Some(canary) = self.canary_other_than(id) {
+                // A key known to answer tells best whether Payple is back.
+                let attempt = self.attempt(&token, &canary).await;
+                self.observe(&attempt, &canary, true)?;
+                if !self.hold_for(&attempt.verdict) {
+                    return Ok(None);
+                }
+                continue;
+            }
+            attempts += 1;
+            let attempt = self.attempt(&token, id).await;
+            let episode = self.observe(&attempt, id, probe)?.episode;
+            if !self.hold_for(&attempt.verdict) {
+                return Ok(None);
+            }
+            if episode || is_rate_limited(&attempt.verdict) {
+                // Part of an outage, or pushback about our pace: no retry budget spent;
+                // the key waits at the gate.
+                continue;
+            }
+            let delay = match self.settle(attempt, attempts, &mut renewed, &mut delays) {
+                Next::Done(outcome) => return (*outcome).map(Some),
+                Next::Retry(delay) => delay,
+            };
+            tracing::debug!(key = %id, attempt = attempts, ?delay, "retrying");
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => return Ok(None),
-                _ = self.wait_turn() => {}
-            }
-            let token = self.token().await?;
-            attempts += 1;
-            let Attempt {
-                verdict,
-                generation,
-            } = self.attempt(&token, id).await;
-            match verdict {
-                Verdict::Active { details, code, msg } => {
-                    return Ok(Some(LookupOutcome {
-                        status: KeyStatus::Active,
-                        details: *details,
-                        result_code: Some(code),
-                        result_msg: msg,
-                        attempts,
-                    }));
-                }
-                Verdict::Gone { code, msg } => {
-                    return Ok(Some(LookupOutcome {
-                        status: KeyStatus::Gone,
-                        details: Default::default(),
-                        result_code: Some(code),
-                        result_msg: msg,
-                        attempts,
-                    }));
-                }
-                Verdict::Failed { code, msg } => {
-                    return Ok(Some(LookupOutcome::failed(code, msg, attempts)));
-                }
-                Verdict::Config { code, msg } => return Err(PaypleError::Config { code, msg }),
-                Verdict::Reauth { code, msg } => {
-                    if self.slot.invalidate(generation) {
-                        tracing::info!(%code, "Payple refused the token; renewing it");
-                    }
-                    if renewed {
-                        return Ok(Some(LookupOutcome::failed(code, msg, attempts)));
-                    }
-                    renewed = true;
-                }
-                Verdict::Transient {
-                    code,
-                    msg,
-                    retry_after,
-                } => {
-                    let delay =
-                        self.retry_delay(&code, retry_after, &mut rate_limited, &mut delays);
-                    let Some(delay) = delay else {
-                        return Ok(Some(LookupOutcome::failed(code, msg, attempts)));
-                    };
-                    tracing::debug!(key = %id, %code, attempt = attempts, ?delay, "retrying");
-                    tokio::select! {
-                        biased;
-                        _ = stop.cancelled() => return Ok(None),
-                        _ = tokio::time::sleep(delay.min(MAX_RETRY_AFTER)) => {}
-                    }
-                }
+                _ = tokio::time::sleep(delay.min(MAX_RETRY_DELAY)) => {}
             }
         }
     }
 
-    /// How long to wait before the next attempt after a transient failure; `None` when the
-    /// key's retries are spent. A rate limit pauses every lookup instead and does not spend
-    /// the key's budget (at most `MAX_RATE_LIMITED` times).
-    fn retry_delay(
+    /// What an attempt outside an outage episode means for the key: an outcome, or
+    /// another attempt after a delay (a renewed token, a transient failure with retries
+    /// left).
+    fn settle(
         &self,
-        code: &str,
-        retry_after: Option<Duration>,
-        rate_limited: &mut u32,
+        attempt: Attempt,
+        attempts: u32,
+        renewed: &mut bool,
         delays: &mut impl Iterator<Item = Duration>,
-    ) -> Option<Duration> {
-        if code == codes::RATE_LIMITED && *rate_limited < MAX_RATE_LIMITED {
-            // Pushback is about our pace, not this key: pause everyone and do not spend
-            // the key's retry budget on it.
-            *rate_limited += 1;
-            let pause = retry_after.unwrap_or(self.config.retry_base);
-            self.pause_all(pause.min(MAX_RETRY_AFTER));
-            return Some(Duration::ZERO);
+    ) -> Next {
+        let done = |status, details, code, msg| {
+            Next::Done(Box::new(Ok(LookupOutcome {
+                status,
+                details,
+                result_code: Some(code),
+                result_msg: msg,
+                attempts,
+            })))
+        };
+        let failed =
+            |code, msg| Next::Done(Box::new(Ok(LookupOutcome::failed(code, msg, attempts))));
+        match attempt.verdict {
+            Verdict::Active { details, code, msg } => done(KeyStatus::Active, *details, code, msg),
+            Verdict::Gone { code, msg } => done(KeyStatus::Gone, Default::default(), code, msg),
+            Verdict::Failed { code, msg } => failed(code, msg),
+            Verdict::Config { code, msg } => {
+                Next::Done(Box::new(Err(PaypleError::Config { code, msg })))
+            }
+            Verdict::Reauth { code, msg } => {
+                if self.slot.invalidate(attempt.generation) {
+                    tracing::info!(%code, "Payple refused the token; renewing it");
+                }
+                if *renewed {
+                    return failed(code, msg);
+                }
+                *renewed = true;
+                Next::Retry(Duration::ZERO)
+            }
+            Verdict::Transient {
+                code,
+                msg,
+                retry_after,
+            } => match delays.next() {
+                Some(d) => Next::Retry(d.max(retry_after.unwrap_or_default())),
+                None => failed(code, msg),
+            },
         }
-        delays
-            .next()
-            .map(|d| d.max(retry_after.unwrap_or_default()))
     }
 
     /// Capped exponential backoff with jitter; yields `max_attempts - 1` delays.
@@ -351,42 +399,165 @@ impl PaypleClient {
             .build()
     }
 
-    fn pause_all(&self, pause: Duration) {
-        let until = Instant::now() + pause;
-        let mut slot = self.pause_until.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.is_none_or(|t| t < until) {
-            *slot = Some(until);
+    /// After a 429, pauses every lookup for its `Retry-After`; `false` (and the run stops)
+    /// when that is longer than the outage budget left.
+    fn hold_for(&self, verdict: &Verdict) -> bool {
+        match verdict {
+            Verdict::Transient { retry_after, .. } if is_rate_limited(verdict) => {
+                self.hold_all(retry_after.unwrap_or(self.config.retry_base))
+            }
+            _ => true,
         }
     }
 
-    /// Waits for any global pause, then for the rate limiter.
-    async fn wait_turn(&self) {
+    /// Pauses every lookup for a `Retry-After`; `false` (and the run stops) when the pause
+    /// is longer than the outage budget left.
+    fn hold_all(&self, pause: Duration) -> bool {
+        let held = self.lock_health().hold(Instant::now(), pause);
+        match held {
+            Ok(()) => {
+                if pause >= Duration::from_secs(1) {
+                    tracing::info!(
+                        pause_secs = pause.as_secs_f64(),
+                        "Payple answered 429: pausing every lookup for its Retry-After"
+                    );
+                }
+                true
+            }
+            Err(left) => {
+                tracing::warn!(
+                    retry_after_secs = pause.as_secs(),
+                    budget_left_secs = left.as_secs(),
+                    "Payple asked for a pause longer than the outage budget left"
+                );
+                self.give_up();
+                false
+            }
+        }
+    }
+
+    /// The outage budget is spent: stop sending (once).
+    fn give_up(&self) {
+        if !self.unavailable.is_cancelled() {
+            tracing::error!(
+                paused_secs = self.outage_paused().as_secs(),
+                "outage budget spent: no more lookups; the run stops and is resumable"
+            );
+            self.unavailable.cancel();
+        }
+    }
+
+    /// Waits until the health gate and the rate limiter let an attempt go. `Some(true)`
+    /// for the half-open circuit's probe; `None` when `stop` fired or the budget is spent.
+    async fn wait_turn(&self, stop: &CancellationToken) -> Option<bool> {
         loop {
-            self.wait_pause().await;
-            if let Some(pacer) = &self.pacer {
-                pacer.ready().await;
+            let probe = self.wait_gate(stop).await?;
+            self.pace(stop).await?;
+            if probe {
+                return Some(true);
             }
-            // A 429 may have paused everyone while this lookup queued for the pacer.
-            if !self.paused() {
-                return;
+            // The circuit may have opened while this lookup queued for the pacer.
+            let admit = self.lock_health().admit(Instant::now());
+            match admit {
+                Admit::Go => return Some(false),
+                Admit::Probe => return Some(true),
+                Admit::Exhausted => {
+                    self.give_up();
+                    return None;
+                }
+                Admit::Wait(_) => {}
             }
         }
     }
 
-    /// The end of the current `Retry-After` pause, if one is in effect.
-    fn pause_end(&self) -> Option<Instant> {
-        let until = *self.pause_until.lock().unwrap_or_else(|p| p.into_inner());
-        until.filter(|t| *t > Instant::now())
-    }
-
-    fn paused(&self) -> bool {
-        self.pause_end().is_some()
-    }
-
-    async fn wait_pause(&self) {
-        while let Some(t) = self.pause_end() {
-            tokio::time::sleep_until(t.into()).await;
+    /// Waits at the health gate: `Some(true)` for the probe, `Some(false)` to go.
+    async fn wait_gate(&self, stop: &CancellationToken) -> Option<bool> {
+        loop {
+            let admit = self.lock_health().admit(Instant::now());
+            let until = match admit {
+                Admit::Go => return Some(false),
+                Admit::Probe => return Some(true),
+                Admit::Exhausted => {
+                    self.give_up();
+                    return None;
+                }
+                Admit::Wait(until) => until,
+            };
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => return None,
+                _ = tokio::time::sleep_until(until.into()) => {}
+            }
         }
+    }
+
+    async fn pace(&self, stop: &CancellationToken) -> Option<()> {
+        let Some(pacer) = &self.pacer else {
+            return Some(());
+        };
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => None,
+            _ = pacer.ready() => Some(()),
+        }
+    }
+
+    /// The canary key for a probe, unless it is the key itself.
+    fn canary_other_than(&self, id: &PayerId) -> Option<PayerId> {
+        let canary = self.canary.lock().unwrap_or_else(|p| p.into_inner());
+        canary.as_ref().filter(|c| *c != id).cloned()
+    }
+
+    /// Tells the health gate what an attempt came to, logs any state change, and says
+    /// whether the attempt belongs to an outage episode. `Err` for a token storm.
+    fn observe(
+        &self,
+        attempt: &Attempt,
+        id: &PayerId,
+        probe: bool,
+    ) -> Result<Recorded, PaypleError> {
+        let cause = classify::cause_of(&attempt.verdict, &self.config.codes);
+        let now = Instant::now();
+        let fresh_token = attempt.generation > self.accepted_generation.load(Ordering::Relaxed);
+        let recorded = match (&cause, &attempt.verdict) {
+            (Cause::Reauth, Verdict::Reauth { code, .. }) if fresh_token => {
+                if self.slot.invalidate(attempt.generation) {
+                    tracing::info!(%code, "Payple refused a token it had just issued");
+                }
+                self.lock_health()
+                    .token_refused(now, code, probe)
+                    .map_err(|storm| PaypleError::TokenStorm {
+                        code: storm.code,
+                        rounds: storm.rounds,
+                    })?
+            }
+            _ => {
+                if matches!(
+                    cause,
+                    Cause::Active
+                        | Cause::Gone
+                        | Cause::Mismatch
+                        | Cause::UnknownCode(_)
+                        | Cause::Maintenance
+                ) {
+                    self.accepted_generation
+                        .fetch_max(attempt.generation, Ordering::Relaxed);
+                    self.lock_health().token_accepted();
+                }
+                if cause == Cause::Active {
+                    let mut canary = self.canary.lock().unwrap_or_else(|p| p.into_inner());
+                    if canary.is_none() {
+                        *canary = Some(id.clone());
+                    }
+                }
+                let key = stable_hash(id.expose().as_bytes());
+                self.lock_health().record(now, &cause, key, probe)
+            }
+        };
+        if let Some(transition) = &recorded.transition {
+            log_transition(transition, &cause);
+        }
+        Ok(recorded)
     }
 
     /// One lookup request and what it means.
@@ -525,6 +696,32 @@ impl PaypleClient {
 enum Reply {
     Status(Verdict),
     Body(Fields),
+}
+
+fn is_rate_limited(verdict: &Verdict) -> bool {
+    matches!(verdict, Verdict::Transient { code, .. } if code == codes::RATE_LIMITED)
+}
+
+/// Logs a change of the health gate: WARN when lookups stop, INFO when they resume.
+fn log_transition(transition: &Transition, cause: &Cause) {
+    match transition {
+        Transition::Opened { reason, pause } => tracing::warn!(
+            cause = %cause.label(),
+            %reason,
+            pause_secs = pause.as_secs_f64(),
+            "Payple looks unavailable: lookups paused, then one probe"
+        ),
+        Transition::Reopened { reason, pause } => tracing::warn!(
+            cause = %cause.label(),
+            %reason,
+            pause_secs = pause.as_secs_f64(),
+            "the probe failed: lookups paused longer"
+        ),
+        Transition::Closed { paused } => tracing::info!(
+            paused_secs = paused.as_secs_f64(),
+            "the probe was answered: lookups resume at the configured pace"
+        ),
+    }
 }
 
 /// Where lookups go: `return_url`, else `PCD_PAY_HOST` + `PCD_PAY_URL`, else the older

@@ -16,6 +16,9 @@ pub enum Outcome {
     Finished,
     /// The key stream was cut short (by a signal).
     Stopped,
+    /// Payple stayed unavailable past the outage budget: the key stream was cut short and
+    /// the pending keys wait for a resume.
+    Unavailable,
     /// An error stopped the run (or kept it from starting).
     Failed(RunError),
 }
@@ -25,14 +28,14 @@ impl Outcome {
     pub fn error(&self) -> Option<&RunError> {
         match self {
             Self::Failed(e) => Some(e),
-            Self::Finished | Self::Stopped => None,
+            Self::Finished | Self::Stopped | Self::Unavailable => None,
         }
     }
 
     pub fn into_error(self) -> Option<RunError> {
         match self {
             Self::Failed(e) => Some(e),
-            Self::Finished | Self::Stopped => None,
+            Self::Finished | Self::Stopped | Self::Unavailable => None,
         }
     }
 }
@@ -49,7 +52,8 @@ pub enum Tally<'a> {
 }
 
 /// The state a run ends in and the process's exit status: a signal's code when it was
-/// stopped, the error's when it failed, 2 when a completed run has failed or rejected
+/// stopped, 4 (`interrupted`) when Payple stayed unavailable past the outage budget,
+/// the error's when it failed, 2 when a completed run has failed or rejected
 /// keys, 1 when a success could not be recorded. The one place this is decided.
 pub fn conclude(
     outcome: &Outcome,
@@ -57,9 +61,11 @@ pub fn conclude(
     tally: Tally<'_>,
 ) -> (RunState, ExitStatus) {
     let (state, exit) = match (outcome, signal) {
-        (Outcome::Stopped | Outcome::Failed(RunError::Interrupted), Some(signal)) => {
-            (RunState::Interrupted, signal.exit_status())
-        }
+        (
+            Outcome::Stopped | Outcome::Unavailable | Outcome::Failed(RunError::Interrupted),
+            Some(signal),
+        ) => (RunState::Interrupted, signal.exit_status()),
+        (Outcome::Unavailable, None) => (RunState::Interrupted, ExitStatus::Unavailable),
         (Outcome::Finished | Outcome::Stopped, _) => (RunState::Completed, ExitStatus::Success),
         (Outcome::Failed(e @ RunError::Interrupted), None) => {
             (RunState::Interrupted, e.exit_status())
@@ -171,6 +177,25 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn an_outage_past_the_budget_is_interrupted_with_exit_4_and_a_signal_wins() {
+        let failing = StatusCounts { failed: 5, ..CLEAN };
+        for tally in [Tally::Pending, Tally::Recorded(&failing)] {
+            assert_eq!(
+                conclude(&Outcome::Unavailable, None, tally),
+                (RunState::Interrupted, ExitStatus::Unavailable)
+            );
+        }
+        assert_eq!(
+            conclude(
+                &Outcome::Unavailable,
+                Some(Signal::Terminate),
+                Tally::Pending
+            ),
+            (RunState::Interrupted, ExitStatus::Terminated)
+        );
     }
 
     #[test]

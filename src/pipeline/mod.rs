@@ -326,7 +326,17 @@ impl RunContext<'_> {
         let Driven { checked, outcome } = driven;
         let signal = self.shutdown.signal();
         let (state, exit) = conclude(&outcome, signal, Tally::Pending);
-        let message = outcome.error().map(ToString::to_string);
+        let unavailable = matches!(outcome, Outcome::Unavailable).then(|| {
+            format!(
+                "Payple was unavailable for the whole outage budget ({} s paused); the pending \
+                 keys are looked up by --resume {run_id} or the same --run-key",
+                self.client.outage_paused().as_secs()
+            )
+        });
+        let message = outcome
+            .error()
+            .map(ToString::to_string)
+            .or_else(|| unavailable.clone());
         let (shard, client) = (self.settings.shard, &self.client);
         let finished = retrying(|| {
             self.store.finish_shard(
@@ -363,7 +373,7 @@ impl RunContext<'_> {
             tracing::warn!(error = %e, "could not record the exit code");
         }
         let elapsed = self.started.elapsed();
-        let summary = summary_of(
+        let mut summary = summary_of(
             &run,
             checked,
             elapsed,
@@ -371,6 +381,10 @@ impl RunContext<'_> {
             client.lookups(),
             final_exit,
         );
+        if let Some(note) = unavailable {
+            tracing::warn!("{note}");
+            summary.note = Some(note);
+        }
         RunEnd::new(outcome, final_exit, Some(summary))
     }
 
@@ -418,7 +432,10 @@ impl RunContext<'_> {
         let pending = store.count_pending(run_id, shard.index).await?;
         let before = store.status_counts(run_id).await?;
         let interval = self.settings.progress_interval;
-        Ok(Progress::start(before.total() + pending, before, interval))
+        let mut progress = Progress::start(before.total() + pending, before, interval);
+        let client = Arc::clone(&self.client);
+        progress.follow(move || client.health_note());
+        Ok(progress)
     }
 
     /// The lookups into the single writer; the outcome waits for the writer to finish.
@@ -461,6 +478,8 @@ fn lookup_outcome(
             );
             if looked.stopped {
                 Outcome::Stopped
+            } else if looked.unavailable {
+                Outcome::Unavailable
             } else {
                 Outcome::Finished
             }
@@ -485,6 +504,8 @@ async fn heartbeat(store: Store, name: String, holder: String) {
 struct Looked {
     checked: u64,
     stopped: bool,
+    /// The outage budget ran out: the key stream was cut short.
+    unavailable: bool,
     error: Option<RunError>,
 }
 
@@ -508,13 +529,14 @@ impl RunContext<'_> {
             looked: Looked {
                 checked: 0,
                 stopped: false,
+                unavailable: false,
                 error: None,
             },
         };
         let concurrency = settings.concurrency.get();
         let keys = pending_keys(store.clone(), run_id, settings.shard.index)
             .map(|key| key.map(|k| (k, 0)))
-            .take_until(shutdown.stop.clone().cancelled_owned());
+            .take_until(halted(shutdown, client));
         let drain = async {
             // With --max-attempts 1 nothing is retried, not even at the end.
             let mut deferred = (client.max_attempts() > 1).then(Vec::new);
@@ -523,15 +545,18 @@ impl RunContext<'_> {
                 return;
             }
             let deferred = deferred.unwrap_or_default();
-            if deferred.is_empty() || shutdown.stop.is_cancelled() {
+            // After a signal or a spent outage budget, held keys get no row: a resume
+            // looks them up again.
+            if deferred.is_empty() || shutdown.stop.is_cancelled() || client.is_unavailable() {
                 return;
             }
             tracing::info!(
                 keys = deferred.len(),
-                "looking up once more the keys whose lookups failed transiently"
+                "looking up once more the keys whose lookups failed transiently or with an \
+                 unknown code"
             );
-            let again = stream::iter(deferred.into_iter().map(Ok))
-                .take_until(shutdown.stop.clone().cancelled_owned());
+            let again =
+                stream::iter(deferred.into_iter().map(Ok)).take_until(halted(shutdown, client));
             out.drain(
                 look_up(again, client, &shutdown.stop, concurrency),
                 client,
@@ -554,7 +579,19 @@ impl RunContext<'_> {
         }
         let mut looked = out.looked;
         looked.stopped = shutdown.stop.is_cancelled();
+        looked.unavailable = client.is_unavailable();
         looked
+    }
+}
+
+/// Resolves on the first signal, or when the outage budget is spent.
+fn halted(shutdown: &Shutdown, client: &PaypleClient) -> impl Future<Output = ()> + 'static {
+    let (stop, unavailable) = (shutdown.stop.clone(), client.unavailable().clone());
+    async move {
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = unavailable.cancelled() => {}
+        }
     }
 }
 
@@ -717,6 +754,7 @@ mod tests {
         Looked {
             checked: 4,
             stopped,
+            unavailable: false,
             error,
         }
     }
@@ -745,6 +783,14 @@ mod tests {
         assert!(matches!(
             lookup_outcome(looked(true, None), Ok(Ok(stats()))),
             Outcome::Stopped
+        ));
+        let unavailable = Looked {
+            unavailable: true,
+            ..looked(false, None)
+        };
+        assert!(matches!(
+            lookup_outcome(unavailable, Ok(Ok(stats()))),
+            Outcome::Unavailable
         ));
         // The loop's own error wins over the writer's.
         let both = lookup_outcome(

@@ -47,6 +47,7 @@ pub struct Progress {
     counters: Arc<Counters>,
     span: Span,
     ticker: tokio::task::JoinHandle<()>,
+    follower: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Progress {
@@ -79,7 +80,30 @@ impl Progress {
             counters,
             span,
             ticker,
+            follower: None,
         }
+    }
+
+    /// Shows `note()` (e.g. "Payple unhealthy: paused") on the bar while it says something,
+    /// checked twice a second.
+    pub fn follow(&mut self, note: impl Fn() -> Option<String> + Send + 'static) {
+        let span = self.span.clone();
+        let counters = Arc::clone(&self.counters);
+        self.follower = Some(tokio::spawn(async move {
+            let mut shown = None;
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tick.tick().await;
+                let now = note();
+                if now != shown {
+                    let text = now
+                        .clone()
+                        .unwrap_or_else(|| bar_message(&counters.snapshot()));
+                    span.pb_set_message(&text);
+                    shown = now;
+                }
+            }
+        }));
     }
 
     pub fn record(&self, status: KeyStatus) {
@@ -97,6 +121,9 @@ impl Progress {
 impl Drop for Progress {
     fn drop(&mut self) {
         self.ticker.abort();
+        if let Some(follower) = &self.follower {
+            follower.abort();
+        }
     }
 }
 

@@ -1,5 +1,8 @@
-//! Fault injection for lookups: latency, a rate limit, the first failures of each key and
-//! random faults (500, dropped connection, truncated or non-JSON body) from a seeded RNG.
+//! Fault injection for lookups: latency, a rate limit, the first failures of each key,
+//! random faults (500, dropped connection, truncated or non-JSON body) from a seeded RNG,
+//! and service-wide episodes: an outage (5xx), a storm of one code, 429 with a given
+//! `Retry-After`, each from the Nth lookup on for a while or forever, and one code for
+//! every lookup.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -34,6 +37,52 @@ pub struct Faults {
     pub retry_after: Duration,
     /// The first N lookup attempts of each key are answered HTTP 500.
     pub fail_first: u32,
+    /// Every lookup answered with this HTTP status (500 or 503) during the episode.
+    pub outage: Option<Episode<u16>>,
+    /// Every lookup answered `PCD_PAY_RST=error` with this code during the episode.
+    pub storm: Option<Episode<String>>,
+    /// Every lookup answered 429 with this `Retry-After` (seconds) during the episode.
+    pub throttle: Option<Episode<u64>>,
+    /// Every lookup answered with this code, whatever the token (e.g. `SPAY0001`).
+    pub always_code: Option<String>,
+}
+
+/// A service-wide fault: from the lookup numbered `after + 1` on, for `secs` (forever when
+/// `None`), every lookup gets `what`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Episode<T> {
+    pub what: T,
+    pub after: u64,
+    pub secs: Option<Duration>,
+}
+
+impl<T> Episode<T> {
+    pub fn forever(what: T, after: u64) -> Self {
+        Self {
+            what,
+            after,
+            secs: None,
+        }
+    }
+
+    pub fn lasting(what: T, after: u64, secs: Duration) -> Self {
+        Self {
+            what,
+            after,
+            secs: Some(secs),
+        }
+    }
+
+    /// Whether lookup number `n` (1-based) arriving at `now` falls in the episode, which
+    /// starts when lookup `after + 1` arrives (`started` remembers when).
+    pub(crate) fn covers(&self, n: u64, now: Instant, started: &Mutex<Option<Instant>>) -> bool {
+        if n <= self.after {
+            return false;
+        }
+        let start = *lock(started).get_or_insert(now);
+        self.secs
+            .is_none_or(|secs| now.saturating_duration_since(start) < secs)
+    }
 }
 
 impl Default for Faults {
@@ -48,6 +97,10 @@ impl Default for Faults {
             rate_limit: None,
             retry_after: Duration::from_secs(1),
             fail_first: 0,
+            outage: None,
+            storm: None,
+            throttle: None,
+            always_code: None,
         }
     }
 }
@@ -82,7 +135,24 @@ impl Faults {
         if self.rate_limit == Some(0) {
             return Err(SimError::BadRateLimit);
         }
+        if let Some(outage) = &self.outage
+            && !(500..=599).contains(&outage.what)
+        {
+            return Err(SimError::BadOutageStatus(outage.what));
+        }
         Ok(())
+    }
+
+    /// Only the random and per-key faults: the episodes and `always_code` cleared (what a
+    /// test calls "the simulator recovers").
+    pub fn recovered(&self) -> Self {
+        Self {
+            outage: None,
+            storm: None,
+            throttle: None,
+            always_code: None,
+            ..self.clone()
+        }
     }
 
     /// The `Retry-After` header value: whole seconds, rounded up, at least 1.
@@ -357,6 +427,44 @@ mod tests {
         assert!(ff.should_fail(2));
         assert!(!ff.should_fail(2));
         assert!(!FailFirst::new(0).should_fail(1));
+    }
+
+    #[test]
+    fn episodes_start_at_their_lookup_and_last_their_time() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let started = Mutex::new(None);
+        let e = Episode::lasting(503u16, 5, 10 * s);
+        assert!(!e.covers(5, t0, &started));
+        assert!(e.covers(6, t0 + s, &started));
+        assert!(e.covers(7, t0 + 10 * s, &started));
+        assert!(!e.covers(8, t0 + 11 * s, &started));
+        let forever = Episode::forever("SYS9999".to_owned(), 0);
+        let started = Mutex::new(None);
+        assert!(forever.covers(1, t0, &started));
+        assert!(forever.covers(2, t0 + 1000 * s, &started));
+        let bad = Faults {
+            outage: Some(Episode::forever(404, 0)),
+            ..Faults::none()
+        };
+        assert!(matches!(
+            bad.validate(),
+            Err(SimError::BadOutageStatus(404))
+        ));
+        let recovered = Faults {
+            storm: Some(forever),
+            always_code: Some("SPAY0001".into()),
+            fail_first: 1,
+            ..Faults::none()
+        }
+        .recovered();
+        assert_eq!(
+            recovered,
+            Faults {
+                fail_first: 1,
+                ..Faults::none()
+            }
+        );
     }
 
     #[test]

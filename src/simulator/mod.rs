@@ -4,7 +4,8 @@
 //! # Architecture
 //! - [`keys`]: what each billing key answers (derived from its hash, or from a key file).
 //! - [`faults`]: latency, rate limit, first failures per key and random faults.
-//! - `server`: the axum routes, the token book, counters and the request log.
+//! - `server`: the axum routes (`POST /_sim/recover` ends every fault episode), the token
+//!   book, counters and the request log.
 //! - [`standalone`]: the `simulate` subcommand's serve loop (stdout address, stderr stats).
 //!
 //! [`start`] binds a loopback address (port 0 for an ephemeral one) and serves in a spawned
@@ -24,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use faults::Faults;
+pub use faults::{Episode, Faults};
 pub use keys::{KeyBook, SimKey, SimKind, derive_key};
 pub use standalone::serve;
 
@@ -141,6 +142,8 @@ pub enum SimError {
     BadFraction { name: &'static str, value: f64 },
     #[error("rate limit must be at least 1 lookup per second")]
     BadRateLimit,
+    #[error("an outage answers a 5xx status (got {0})")]
+    BadOutageStatus(u16),
     #[error("return origin {origin:?} is not an http(s) origin: {reason}")]
     BadReturnOrigin { origin: String, reason: String },
     #[error("cannot open request log {path}: {source}")]
@@ -173,6 +176,18 @@ pub struct SimStats {
     pub dropped: u64,
     pub truncated: u64,
     pub garbage: u64,
+    /// Lookups answered by an outage episode (5xx).
+    #[serde(default)]
+    pub outage: u64,
+    /// Lookups answered by a storm episode's code.
+    #[serde(default)]
+    pub storm: u64,
+    /// Lookups answered 429 by a throttle episode.
+    #[serde(default)]
+    pub throttled: u64,
+    /// Lookups answered `always_code`.
+    #[serde(default)]
+    pub always_code: u64,
 }
 
 /// A running simulator. Dropping it stops the server too.
@@ -195,6 +210,16 @@ impl SimHandle {
 
     pub fn stats(&self) -> SimStats {
         self.shared.stats()
+    }
+
+    /// Replaces the faults in place (e.g. [`Faults::recovered`]: the outage is over).
+    pub fn set_faults(&self, faults: Faults) {
+        self.shared.set_faults(faults);
+    }
+
+    /// The faults in effect.
+    pub fn faults(&self) -> Faults {
+        self.shared.faults()
     }
 
     /// When each lookup request arrived (any outcome), measured from start; empty unless

@@ -56,6 +56,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route(AUTH_PATH, post(auth))
         .route(LOOKUP_PATH, post(lookup))
         .route("/_sim/stats", get(stats))
+        .route("/_sim/recover", post(recover))
         .with_state(shared)
 }
 
@@ -64,7 +65,10 @@ pub(crate) struct Shared {
     partners: Vec<(Partner, Option<Origin>)>,
     token_ttl: Duration,
     keys: KeyBook,
-    faults: Faults,
+    /// Replaceable while serving; `rate_limit` and `fail_first` are fixed at start.
+    faults: Mutex<Faults>,
+    /// When each fault episode began (reset when the faults are replaced).
+    episodes: EpisodeStarts,
     /// The origin auth answers point lookups at.
     pay_host: String,
     server_name: String,
@@ -116,7 +120,8 @@ impl Shared {
             dice: Dice::new(config.seed),
             window: RateWindow::new(config.faults.rate_limit),
             fail_first: FailFirst::new(config.faults.fail_first),
-            faults: config.faults,
+            faults: Mutex::new(config.faults),
+            episodes: EpisodeStarts::default(),
             pay_host,
             server_name,
             started: Instant::now(),
@@ -130,6 +135,64 @@ impl Shared {
 
     pub(crate) fn stats(&self) -> SimStats {
         self.counters.snapshot()
+    }
+
+    pub(crate) fn faults(&self) -> Faults {
+        lock(&self.faults).clone()
+    }
+
+    pub(crate) fn set_faults(&self, faults: Faults) {
+        *lock(&self.faults) = faults;
+        self.episodes.reset();
+    }
+
+    /// The answer of a fault episode (or `always_code`) covering lookup number `n`.
+    fn episode(
+        &self,
+        faults: &Faults,
+        n: u64,
+        now: Instant,
+        log: &mut LogLine,
+    ) -> Option<Response> {
+        let e = &self.episodes;
+        if let Some(t) = &faults.throttle
+            && t.covers(n, now, &e.throttle)
+        {
+            Counters::bump(&self.counters.throttled);
+            log.http_status = Some(429);
+            log.fault = "throttle";
+            return Some(too_many(&t.what.max(1).to_string()));
+        }
+        if let Some(o) = &faults.outage
+            && o.covers(n, now, &e.outage)
+        {
+            Counters::bump(&self.counters.outage);
+            log.http_status = Some(o.what);
+            log.fault = "outage";
+            let status = StatusCode::from_u16(o.what).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            return Some(php_response(
+                status,
+                INTERNAL_ERROR_PAGE.as_bytes().to_vec(),
+            ));
+        }
+        let (code, msg, fault) = if let Some(code) = &faults.always_code {
+            Counters::bump(&self.counters.always_code);
+            (code, "가맹점 인증에 실패했습니다.", "always_code")
+        } else if let Some(storm) = &faults.storm
+            && storm.covers(n, now, &e.storm)
+        {
+            Counters::bump(&self.counters.storm);
+            (&storm.what, "시스템 점검 중입니다", "storm")
+        } else {
+            return None;
+        };
+        log.fault = fault;
+        log.code = Some(code.clone());
+        let answer = Answer::error(code, msg, None);
+        Some(php_response(
+            StatusCode::OK,
+            json_bytes(&answer.body, false),
+        ))
     }
 
     pub(crate) fn lookup_times(&self) -> Vec<Duration> {
@@ -168,9 +231,10 @@ impl Shared {
         }
     }
 
-    /// Counts a lookup's arrival and holds the concurrency gauge until dropped.
-    fn enter_lookup(&self, arrival: Instant) -> InFlight<'_> {
-        Counters::bump(&self.counters.lookups);
+    /// Counts a lookup's arrival and holds the concurrency gauge until dropped; also says
+    /// which lookup (1-based) this is.
+    fn enter_lookup(&self, arrival: Instant) -> (InFlight<'_>, u64) {
+        let n = self.counters.lookups.fetch_add(1, Ordering::SeqCst) + 1;
         if let Some(times) = &self.lookup_times {
             lock(times).push(self.since_start(arrival));
         }
@@ -178,7 +242,7 @@ impl Shared {
         self.counters
             .peak_concurrent_lookups
             .fetch_max(now, Ordering::SeqCst);
-        InFlight(&self.in_flight)
+        (InFlight(&self.in_flight), n)
     }
 
     fn referer_matches(&self, headers: &HeaderMap, partner: &Partner) -> bool {
@@ -355,12 +419,13 @@ async fn lookup(
         });
         return (StatusCode::NOT_FOUND, "only ACT_=PUSERINFO is simulated\n").into_response();
     }
-    let _gauge = st.enter_lookup(arrival);
+    let (_gauge, n) = st.enter_lookup(arrival);
+    let faults = st.faults();
     let admitted = st.window.admit(arrival);
     let request = parse_body(&body);
     let payer_id = field(&request, "PCD_PAYER_ID");
     let key_hash = stable_hash(payer_id.as_bytes());
-    let delay = st.faults.latency + st.dice.jitter(st.faults.jitter);
+    let delay = faults.latency + st.dice.jitter(faults.jitter);
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
@@ -379,7 +444,10 @@ async fn lookup(
     };
 
     if !admitted {
-        let response = too_many_requests(&st, &mut log);
+        let response = too_many_requests(&faults, &st, &mut log);
+        return finish(log, response);
+    }
+    if let Some(response) = st.episode(&faults, n, arrival, &mut log) {
         return finish(log, response);
     }
     if st.fail_first.should_fail(key_hash) {
@@ -388,7 +456,7 @@ async fn lookup(
         log.fault = "fail_first";
         return finish(log, internal_error());
     }
-    let fault = st.dice.fault(&st.faults);
+    let fault = st.dice.fault(&faults);
     if let Some(response) = injected(&st, fault, &mut log) {
         return finish(log, response);
     }
@@ -405,17 +473,39 @@ async fn lookup(
 }
 
 /// The 429 answer of a lookup over the rate limit.
-fn too_many_requests(st: &Shared, log: &mut LogLine) -> Response {
+fn too_many_requests(faults: &Faults, st: &Shared, log: &mut LogLine) -> Response {
     Counters::bump(&st.counters.rate_limited);
     log.http_status = Some(429);
     log.fault = "429";
-    let retry_after = st.faults.retry_after_secs().to_string();
+    too_many(&faults.retry_after_secs().to_string())
+}
+
+/// `POST /_sim/recover`: every fault episode and `always_code` end.
+async fn recover(State(st): State<Arc<Shared>>) -> StatusCode {
+    st.set_faults(st.faults().recovered());
+    StatusCode::NO_CONTENT
+}
+
+/// When each kind of fault episode began.
+#[derive(Default)]
+struct EpisodeStarts {
+    outage: Mutex<Option<Instant>>,
+    storm: Mutex<Option<Instant>>,
+    throttle: Mutex<Option<Instant>>,
+}
+
+impl EpisodeStarts {
+    fn reset(&self) {
+        for started in [&self.outage, &self.storm, &self.throttle] {
+            *lock(started) = None;
+        }
+    }
+}
+
+fn too_many(retry_after: &str) -> Response {
     (
         StatusCode::TOO_MANY_REQUESTS,
-        [
-            (RETRY_AFTER, retry_after.as_str()),
-            (CONTENT_TYPE, PHP_CONTENT_TYPE),
-        ],
+        [(RETRY_AFTER, retry_after), (CONTENT_TYPE, PHP_CONTENT_TYPE)],
         TOO_MANY_PAGE,
     )
         .into_response()
@@ -565,6 +655,10 @@ struct Counters {
     dropped: AtomicU64,
     truncated: AtomicU64,
     garbage: AtomicU64,
+    outage: AtomicU64,
+    storm: AtomicU64,
+    throttled: AtomicU64,
+    always_code: AtomicU64,
 }
 
 impl Counters {
@@ -586,6 +680,10 @@ impl Counters {
             dropped: get(&self.dropped),
             truncated: get(&self.truncated),
             garbage: get(&self.garbage),
+            outage: get(&self.outage),
+            storm: get(&self.storm),
+            throttled: get(&self.throttled),
+            always_code: get(&self.always_code),
         }
     }
 }

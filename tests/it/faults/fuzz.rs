@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use payple_reconcile::domain::PayerId;
-use payple_reconcile::payple::classify::{CodeBook, Verdict, classify_lookup};
+use payple_reconcile::payple::classify::{CodeBook, CodeClass, Verdict, classify_lookup};
 use payple_reconcile::payple::wire::Fields;
 use payple_reconcile::source::Item;
 use payple_reconcile::source::csv_file::read_items;
@@ -68,10 +68,13 @@ fn check_verdict(fields: &Fields, verdict: &Verdict) -> Result<(), TestCaseError
             prop_assert_eq!(echoed.as_deref(), Some(ASKED));
             prop_assert!(details.pay_type.is_some());
         }
-        Verdict::Gone { code, .. } => prop_assert!(book.gone.contains(code), "{code}"),
-        Verdict::Reauth { code, .. } => prop_assert!(book.reauth.contains(code)),
-        Verdict::Config { code, .. } => prop_assert!(book.config.contains(code)),
-        Verdict::Transient { code, .. } => prop_assert!(book.transient.contains(code)),
+        Verdict::Gone { code, .. } => prop_assert!(book.is(code, CodeClass::Gone), "{code}"),
+        Verdict::Reauth { code, .. } => prop_assert!(book.is(code, CodeClass::Reauth)),
+        Verdict::Config { code, .. } => prop_assert!(book.is(code, CodeClass::Config)),
+        Verdict::Transient { code, .. } => prop_assert!(matches!(
+            book.class_of(code),
+            Some(CodeClass::Transient | CodeClass::Maintenance)
+        )),
         Verdict::Failed { .. } => {}
     }
     Ok(())

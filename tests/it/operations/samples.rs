@@ -39,7 +39,8 @@ fn int_at(v: &Value, pointer: &str) -> i64 {
         .unwrap_or_else(|| panic!("no integer at {pointer}"))
 }
 
-/// The rules of a podFailurePolicy: FailJob on exit code 3 and Ignore on DisruptionTarget.
+/// The rules of a podFailurePolicy: FailJob on exit code 3, never on 4 (Payple
+/// unavailable: resumable), and Ignore on DisruptionTarget.
 fn assert_pod_failure_policy(policy: &Value, container: &str) {
     let rules = policy["rules"].as_array().expect("podFailurePolicy.rules");
     let fails_on_3 = rules.iter().any(|r| {
@@ -53,11 +54,22 @@ fn assert_pod_failure_policy(policy: &Value, container: &str) {
                 .is_none_or(|c| c == container)
     });
     assert!(fails_on_3, "no FailJob rule on exit code 3: {policy}");
+    let fails_on_4 = rules.iter().any(|r| {
+        (r["action"] == "FailJob" || r["action"] == "FailIndex")
+            && r["onExitCodes"]["values"]
+                .as_array()
+                .is_some_and(|v| v.contains(&Value::from(4)))
+    });
+    assert!(
+        !fails_on_4,
+        "exit code 4 is resumable, not a failure: {policy}"
+    );
     let ignores_disruption = rules.iter().any(|r| {
         r["action"] == "Ignore"
-            && r["onPodConditions"]
-                .as_array()
-                .is_some_and(|c| c.iter().any(|c| c["type"] == "DisruptionTarget"))
+            && r["onPodConditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "DisruptionTarget" && c["status"] == "True")
+            })
     });
     assert!(
         ignores_disruption,

@@ -19,6 +19,7 @@ use payple_reconcile::domain::{
     KeyDetails, KeyStatus, LookupOutcome, PayType, PayerId, mask_payer_id,
 };
 use payple_reconcile::payple::classify::CodeBook;
+use payple_reconcile::payple::health::HealthConfig;
 use payple_reconcile::payple::{ClientConfig, PaypleClient, Rate};
 use payple_reconcile::simulator::{
     KeyBook, SimHandle, SimKey, SimKind, TEST_CST_ID, TEST_CUST_KEY, TEST_REFERER, derive_key,
@@ -47,6 +48,9 @@ fn config(sim: &SimHandle) -> ClientConfig {
         retry_cap: Duration::from_millis(100),
         rate: None,
         codes: CodeBook::default(),
+        // These tests are about one key's retries; the breaker has tests of its own
+        // (tests/it/outage.rs).
+        health: HealthConfig::without_breaker(),
     }
 }
 
