@@ -8,8 +8,9 @@
 //!   `app/report.rs`, …), and [`app::AppError`], the one place exit codes are decided.
 //! - [`domain`]: billing keys, statuses, outcomes, key details and the run summary, parsed
 //!   once at the boundary.
-//! - [`payple`]: the Payple client: partner auth, the shared token, lookups, retries; the
-//!   documented test partner.
+//! - [`payple`]: the Payple client: partner auth, the shared token, lookups, retries, the
+//!   code book and the run's health gate (circuit breaker, outage budget); the documented
+//!   test partner.
 //! - [`pipeline`]: the nightly batch: plan, stage, bounded lookups, single writer;
 //!   [`pipeline::end::conclude`] decides how a run ends.
 //! - [`report`]: finance CSV reports, run-to-run changes, summaries, metrics: pure
