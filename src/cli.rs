@@ -118,15 +118,17 @@ pub struct RunArgs {
     /// Read keys from a CSV file (header `payer_id`, optional `customer_ref`); `-` for stdin.
     #[arg(long, value_name = "PATH", conflicts_with_all = ["source_table", "source_query"])]
     pub csv: Option<PathBuf>,
-    /// Read keys from this table (the default source when no --csv or --source-query).
-    #[arg(long, value_name = "NAME", default_value = "billing_keys")]
-    pub source_table: String,
-    /// The key column of --source-table.
-    #[arg(long, value_name = "COL", default_value = "payer_id")]
-    pub id_column: String,
-    /// The customer reference column of --source-table; `none` for no such column.
-    #[arg(long, value_name = "COL", default_value = "customer_ref")]
-    pub ref_column: String,
+    /// Read keys from this table (the default source when no --csv or --source-query)
+    /// [default: billing_keys].
+    #[arg(long, value_name = "NAME")]
+    pub source_table: Option<String>,
+    /// The key column of --source-table [default: payer_id].
+    #[arg(long, value_name = "COL")]
+    pub id_column: Option<String>,
+    /// The customer reference column of --source-table; `none` for no such column
+    /// [default: customer_ref].
+    #[arg(long, value_name = "COL")]
+    pub ref_column: Option<String>,
     /// Read keys with this query: first column the key, second the customer reference.
     #[arg(long, value_name = "SQL", conflicts_with = "csv")]
     pub source_query: Option<String>,
@@ -151,6 +153,17 @@ pub struct RunArgs {
     /// Run again even though the run key already completed.
     #[arg(long, requires = "run_key")]
     pub rerun: bool,
+    /// Look up again the keys that failed in a completed run (RUN_ID, or `latest`: the
+    /// newest completed run), by default only those whose failure said nothing about the
+    /// key (transport errors, timeouts, HTTP 5xx and 429, broken replies, maintenance,
+    /// unknown codes). Their rows are updated in place and the run's counts recomputed. The
+    /// keys come from the run: no source flag.
+    #[arg(long, value_name = "RUN_ID", num_args = 0..=1, default_missing_value = "latest")]
+    pub recheck_failed: Option<String>,
+    /// With --recheck-failed, or a --run-key that already completed: re-check every
+    /// failed key, whatever the reason.
+    #[arg(long)]
+    pub all_failed: bool,
     /// Check configuration, source and credentials (one auth call), count keys, write
     /// nothing.
     #[arg(long)]

@@ -310,6 +310,14 @@ pub enum Resume {
     Run(i64),
 }
 
+/// Which completed run `--recheck-failed` re-checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecheckRun {
+    /// The newest completed run.
+    Latest,
+    Run(i64),
+}
+
 /// `run`, validated: the batch and the Payple client that serves it.
 #[derive(Debug, Clone)]
 pub struct RunSettings {
@@ -328,6 +336,10 @@ pub struct BatchSettings {
     pub resume: Resume,
     pub run_key: Option<String>,
     pub rerun: bool,
+    /// `--recheck-failed`: the run whose failed keys are looked up again.
+    pub recheck: Option<RecheckRun>,
+    /// `--all-failed`: a re-check takes every failed key, not only transient failures.
+    pub all_failed: bool,
     pub dry_run: bool,
     pub shutdown_grace: Duration,
     pub progress_interval: Duration,
@@ -366,9 +378,15 @@ fn source_spec(args: &RunArgs) -> Result<SourceSpec, ConfigError> {
             .map_err(|e| invalid(flag, e.to_string()))
     };
     Ok(SourceSpec::Table {
-        table: check("--source-table", &args.source_table)?,
-        id_column: check("--id-column", &args.id_column)?,
-        ref_column: match args.ref_column.as_str() {
+        table: check(
+            "--source-table",
+            args.source_table.as_deref().unwrap_or("billing_keys"),
+        )?,
+        id_column: check(
+            "--id-column",
+            args.id_column.as_deref().unwrap_or("payer_id"),
+        )?,
+        ref_column: match args.ref_column.as_deref().unwrap_or("customer_ref") {
             "none" | "" => None,
             other => Some(check("--ref-column", other)?),
         },
@@ -399,6 +417,7 @@ fn shard_of(args: &RunArgs, env: &dyn Env) -> Result<Shard, ConfigError> {
 /// Validates `run`'s batch flags (not the Payple ones). `env` supplies
 /// `JOB_COMPLETION_INDEX` for `--shards`.
 pub fn batch_settings(args: &RunArgs, env: &dyn Env) -> Result<BatchSettings, ConfigError> {
+    let recheck = recheck_settings(args)?;
     let source = source_spec(args)?;
     let concurrency = NonZeroUsize::new(args.concurrency)
         .filter(|n| n.get() <= 1024)
@@ -448,6 +467,8 @@ pub fn batch_settings(args: &RunArgs, env: &dyn Env) -> Result<BatchSettings, Co
         resume,
         run_key: args.run_key.clone(),
         rerun: args.rerun,
+        recheck,
+        all_failed: args.all_failed,
         dry_run: args.dry_run,
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
         progress_interval: Duration::from_secs(args.progress_interval.max(1)),
@@ -458,6 +479,53 @@ pub fn batch_settings(args: &RunArgs, env: &dyn Env) -> Result<BatchSettings, Co
         omit_pii: args.omit_pii,
         write_batch: args.write_batch,
     })
+}
+
+/// `--recheck-failed [RUN_ID|latest]` and `--all-failed`: the keys come from the run, so
+/// every flag naming a source, another run or a shard is refused. `--source-database-url`
+/// is not: it names no keys, and the Kubernetes samples set it for every pod
+/// (`SOURCE_DATABASE_URL`); a re-check never reads it.
+fn recheck_settings(args: &RunArgs) -> Result<Option<RecheckRun>, ConfigError> {
+    let Some(value) = args.recheck_failed.as_deref() else {
+        if args.all_failed && args.run_key.is_none() {
+            return Err(invalid(
+                "--all-failed",
+                "only with --recheck-failed, or a --run-key whose run completed",
+            ));
+        }
+        return Ok(None);
+    };
+    let which = match value.trim() {
+        "latest" => RecheckRun::Latest,
+        id => RecheckRun::Run(id.parse().map_err(|_| {
+            invalid(
+                "--recheck-failed",
+                format!("{id:?} is not a run id (or `latest`)"),
+            )
+        })?),
+    };
+    let given = [
+        ("--csv", args.csv.is_some()),
+        ("--source-table", args.source_table.is_some()),
+        ("--id-column", args.id_column.is_some()),
+        ("--ref-column", args.ref_column.is_some()),
+        ("--source-query", args.source_query.is_some()),
+        ("--resume", args.resume.is_some()),
+        ("--run-key (or PAYPLE_RUN_KEY)", args.run_key.is_some()),
+        ("--dry-run", args.dry_run),
+        ("--shard", args.shard.is_some()),
+        ("--shards", args.shards.is_some()),
+    ];
+    if let Some((flag, _)) = given.iter().find(|(_, set)| *set) {
+        return Err(invalid(
+            "--recheck-failed",
+            format!(
+                "{flag} cannot be given with it: the keys, their source and shard come from \
+                 the run being re-checked"
+            ),
+        ));
+    }
+    Ok(Some(which))
 }
 
 /// One validated configuration per subcommand: what [`from_cli`] turns the command line
@@ -711,6 +779,76 @@ mod tests {
         }
         let config = payple_config(&payple_args(&["--rate", "0"]), &env(CREDS)).unwrap();
         assert!(config.rate.is_none());
+    }
+
+    fn run_args(extra: &[&str]) -> RunArgs {
+        #[derive(Parser)]
+        struct T {
+            #[command(flatten)]
+            r: RunArgs,
+        }
+        let mut argv = vec!["t"];
+        argv.extend_from_slice(extra);
+        T::try_parse_from(argv).unwrap().r
+    }
+
+    fn run_with(extra: &[&str]) -> Result<BatchSettings, ConfigError> {
+        batch_settings(&run_args(extra), &env(&[]))
+    }
+
+    #[test]
+    fn recheck_flags() {
+        let s = run_with(&["--recheck-failed"]).unwrap();
+        assert_eq!(s.recheck, Some(RecheckRun::Latest));
+        assert!(!s.all_failed);
+        let s = run_with(&["--recheck-failed", "42", "--all-failed"]).unwrap();
+        assert_eq!(s.recheck, Some(RecheckRun::Run(42)));
+        assert!(s.all_failed);
+        assert_eq!(run_with(&[]).unwrap().recheck, None);
+        // A re-check reads no source: the database URL of one is harmless.
+        assert!(run_with(&["--recheck-failed", "--source-database-url", "sqlite://x"]).is_ok());
+        // --all-failed belongs to a re-check, or a run key whose run completed.
+        assert!(
+            run_with(&["--run-key", "k", "--all-failed"])
+                .unwrap()
+                .all_failed
+        );
+        let e = run_with(&["--all-failed"]).unwrap_err();
+        assert!(e.to_string().starts_with("--all-failed"), "{e}");
+        let e = run_with(&["--recheck-failed", "x"]).unwrap_err();
+        assert!(e.to_string().contains("not a run id"), "{e}");
+    }
+
+    #[test]
+    fn a_recheck_refuses_sources_runs_and_shards() {
+        for flags in [
+            &["--csv", "k.csv"][..],
+            &["--source-table", "billing_keys"],
+            &["--id-column", "payer_id"],
+            &["--ref-column", "none"],
+            &["--source-query", "SELECT 1"],
+            &["--resume"],
+            &["--run-key", "k"],
+            &["--dry-run"],
+            &["--shard", "0/2"],
+            &["--shards", "2"],
+        ] {
+            let mut argv = vec!["--recheck-failed"];
+            argv.extend_from_slice(flags);
+            let e = run_with(&argv).unwrap_err().to_string();
+            assert!(e.starts_with("--recheck-failed: "), "{flags:?}: {e}");
+            assert!(e.contains(flags[0]), "{flags:?}: {e}");
+        }
+        // The table source's defaults still apply without the flags.
+        let s = run_with(&[]).unwrap();
+        assert_eq!(
+            s.source,
+            SourceSpec::Table {
+                table: "billing_keys".into(),
+                id_column: "payer_id".into(),
+                ref_column: Some("customer_ref".into()),
+            }
+        );
     }
 
     #[test]

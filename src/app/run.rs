@@ -9,6 +9,7 @@ use crate::exit::ExitStatus;
 use crate::payple::PaypleClient;
 use crate::pipeline;
 use crate::report::export::{write_metrics, write_report};
+use crate::report::metrics;
 use crate::settings::{BatchSettings, RunSettings};
 use crate::shutdown::Shutdown;
 use crate::source::SourceSpec;
@@ -125,7 +126,17 @@ async fn after_run(batch: &BatchSettings, store: &Store, summary: &RunSummary) -
         }
     }
     if let Some(path) = &batch.metrics_file {
-        match write_metrics(path, summary) {
+        // The run's own end: an "already completed" answer is about an earlier night.
+        let ended = match store.run(summary.run_id).await {
+            Ok(run) => run
+                .and_then(|r| r.finished_at)
+                .and_then(|t| metrics::unix_seconds(&t)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the run's end time; using now");
+                None
+            }
+        };
+        match write_metrics(path, summary, ended) {
             Ok(()) => tracing::debug!(output = %path.display(), "metrics written"),
             Err(e) => failed.push(AppError::AfterRun(e)),
         }

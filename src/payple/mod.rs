@@ -232,6 +232,11 @@ impl PaypleClient {
         self.config.max_attempts
     }
 
+    /// The code book this client classifies answers with.
+    pub fn codes(&self) -> &CodeBook {
+        &self.config.codes
+    }
+
     /// Whether a `failed` outcome came from exhausted retries of a transient failure
     /// (worth another try later), not from a definite answer.
     pub fn failed_transiently(&self, outcome: &LookupOutcome) -> bool {

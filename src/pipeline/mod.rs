@@ -7,11 +7,14 @@
 //! result row yet (so a resumed run only checks what is missing), run [`check_one`] with at
 //! most `--concurrency` in flight, and send each row to [`crate::store::writer`]. On the
 //! first signal the key stream ends, in-flight lookups get `--shutdown-grace`, and the run
-//! is marked `interrupted`.
+//! is marked `interrupted`. A re-check (`--recheck-failed`, or a completed run key with
+//! transient failures) first makes the chosen failed keys pending again ([`recheck`]), then
+//! goes on like a resume.
 
 pub mod end;
 pub mod lease;
 pub mod progress;
+pub mod recheck;
 pub mod stage;
 
 use std::sync::Arc;
@@ -24,13 +27,16 @@ use tokio_util::sync::CancellationToken;
 pub use crate::domain::RunSummary;
 use crate::domain::{KeyStatus, LookupOutcome, PayerId};
 use crate::exit::ExitStatus;
+use crate::payple::classify::CodeBook;
 use crate::payple::{PaypleClient, PaypleError};
 use crate::settings::{BatchSettings, ConfigError, Resume, Shard};
 use crate::shutdown::Shutdown;
 use crate::source::{SourceError, SourceSpec};
 use crate::store::retrying;
 use crate::store::writer::{self, WriterConfig, WriterError, WriterStats};
-use crate::store::{CheckRow, NewRun, RunRecord, RunState, StagedKey, Store, StoreError, now_text};
+use crate::store::{
+    CheckRow, FailedSelection, NewRun, RunRecord, RunState, StagedKey, Store, StoreError, now_text,
+};
 use end::{Outcome, Tally, conclude, summary_of};
 use progress::Progress;
 
@@ -52,6 +58,8 @@ pub enum RunError {
     Writer(#[from] WriterError),
     #[error("run {0} does not exist")]
     NoSuchRun(i64),
+    #[error("--recheck-failed: {0}")]
+    NotRecheckable(String),
     #[error("interrupted before the key list was complete")]
     Interrupted,
 }
@@ -60,7 +68,7 @@ impl RunError {
     /// The exit code this error ends the process with.
     pub fn exit_status(&self) -> ExitStatus {
         match self {
-            Self::Config(_) | Self::NoSuchRun(_) => ExitStatus::Config,
+            Self::Config(_) | Self::NoSuchRun(_) | Self::NotRecheckable(_) => ExitStatus::Config,
             Self::Source(e) if e.is_bad_input() => ExitStatus::Config,
             Self::Store(StoreError::LeaseHeld { .. }) => ExitStatus::Config,
             Self::Payple(e) if e.is_configuration() => ExitStatus::Config,
@@ -93,14 +101,32 @@ pub struct DryRun {
 enum Plan {
     New,
     Continue(RunRecord),
-    Done(RunRecord),
+    /// A completed run whose selected failed keys are looked up again.
+    Recheck(RunRecord, FailedSelection),
+    /// Nothing to do: the note says why.
+    Done(RunRecord, String),
 }
 
-async fn plan(store: &Store, settings: &BatchSettings) -> Result<Plan, RunError> {
+/// An existing run this process continues, and the failed keys it first makes pending
+/// again (a re-check).
+struct Target {
+    run: RunRecord,
+    recheck: Option<FailedSelection>,
+}
+
+async fn plan(store: &Store, settings: &BatchSettings, book: &CodeBook) -> Result<Plan, RunError> {
+    let scope = if settings.all_failed {
+        recheck::Scope::AllFailed
+    } else {
+        recheck::Scope::Transient
+    };
+    if let Some(which) = settings.recheck {
+        return recheck::plan(store, which, scope, book).await;
+    }
     match &settings.resume {
         Resume::Run(id) => match store.run(*id).await? {
             None => Err(RunError::NoSuchRun(*id)),
-            Some(run) if run.state == RunState::Completed => Ok(Plan::Done(run)),
+            Some(run) if run.state == RunState::Completed => Ok(already_completed(run)),
             Some(run) => Ok(Plan::Continue(run)),
         },
         Resume::Latest => match store.latest_unfinished_run().await? {
@@ -120,11 +146,27 @@ async fn plan(store: &Store, settings: &BatchSettings) -> Result<Plan, RunError>
                     store.retire_run_key(run.id).await?;
                     Ok(Plan::New)
                 }
-                Some(run) if run.state == RunState::Completed => Ok(Plan::Done(run)),
+                // Keys that failed for reasons a new lookup may change are re-checked.
+                Some(run) if run.state == RunState::Completed => {
+                    match recheck::selection(store, &run, scope, book).await? {
+                        Some(selection) => Ok(Plan::Recheck(run, selection)),
+                        None => Ok(already_completed(run)),
+                    }
+                }
                 Some(run) => Ok(Plan::Continue(run)),
             }
         }
     }
+}
+
+/// The answer for a completed run with nothing left to do.
+fn already_completed(run: RunRecord) -> Plan {
+    let note = format!(
+        "run {} (run key {:?}) already completed; use --rerun to run it again",
+        run.id,
+        run.run_key.as_deref().unwrap_or_default()
+    );
+    Plan::Done(run, note)
 }
 
 /// The options that shape a run's results, stored with it.
@@ -172,9 +214,13 @@ pub async fn run(
         shutdown,
         started: Instant::now(),
     };
-    let existing = match plan(store, settings).await {
-        Ok(Plan::Done(run)) => return ctx.already_done(&run),
-        Ok(Plan::Continue(run)) => Some(run),
+    let existing = match plan(store, settings, ctx.client.codes()).await {
+        Ok(Plan::Done(run, note)) => return ctx.already_done(&run, note),
+        Ok(Plan::Continue(run)) => Some(Target { run, recheck: None }),
+        Ok(Plan::Recheck(run, selection)) => Some(Target {
+            run,
+            recheck: Some(selection),
+        }),
         Ok(Plan::New) => None,
         Err(e) => return ctx.failed(e),
     };
@@ -182,7 +228,7 @@ pub async fn run(
         name: lease_name(settings.shard),
         holder: lease::holder_name(),
     };
-    let resumed = existing.as_ref().map(|r| r.id);
+    let resumed = existing.as_ref().map(|t| t.run.id);
     if let Err(e) = lease::take(store, &lease.name, &lease.holder, resumed, shutdown).await {
         return ctx.failed(e);
     }
@@ -241,13 +287,8 @@ impl RunContext<'_> {
         RunEnd::new(outcome, exit, None)
     }
 
-    /// The run key's run already completed: nothing to do.
-    fn already_done(&self, run: &RunRecord) -> RunEnd {
-        let note = format!(
-            "run {} (run key {:?}) already completed; use --rerun to run it again",
-            run.id,
-            run.run_key.as_deref().unwrap_or_default()
-        );
+    /// The run already completed and there is nothing to re-check: nothing to do.
+    fn already_done(&self, run: &RunRecord, note: String) -> RunEnd {
         tracing::info!("{note}");
         let elapsed = self.started.elapsed();
         let mut summary = summary_of(run, 0, elapsed, 0, 0, ExitStatus::Success);
@@ -259,14 +300,14 @@ impl RunContext<'_> {
     async fn leased(
         &self,
         source_db: Option<sqlx::AnyPool>,
-        existing: Option<RunRecord>,
+        existing: Option<Target>,
         lease: &HeldLease,
     ) -> RunEnd {
         // Credentials first: a bad configuration stops here with no run row and no lookup.
         if let Err(e) = self.client.authenticate().await {
             return self.failed(e.into());
         }
-        let (run_id, spec) = match self.open_run(existing, lease).await {
+        let (run_id, spec, note) = match self.open_run(existing, lease).await {
             Ok(opened) => opened,
             Err(e) => return self.failed(e),
         };
@@ -277,23 +318,35 @@ impl RunContext<'_> {
         ));
         let driven = self.drive(source_db, run_id, &spec).await;
         heartbeat.abort();
-        self.finish(run_id, driven).await
+        let mut end = self.finish(run_id, driven).await;
+        if let Some(summary) = &mut end.summary {
+            summary.note = note;
+        }
+        end
     }
 
-    /// Continues `existing` or creates (or joins) the run, and ties the lease to it.
+    /// Continues `existing` (a re-check: its chosen failed keys made pending again first)
+    /// or creates (or joins) the run, and ties the lease to it. The note says what a
+    /// re-check reopened.
     async fn open_run(
         &self,
-        existing: Option<RunRecord>,
+        existing: Option<Target>,
         lease: &HeldLease,
-    ) -> Result<(i64, SourceSpec), RunError> {
+    ) -> Result<(i64, SourceSpec, Option<String>), RunError> {
+        let mut note = None;
         let (run_id, spec) = match existing {
-            Some(run) => self.reopen(run).await?,
+            Some(Target { run, recheck }) => {
+                if let Some(selection) = recheck {
+                    note = recheck::reopen(self.store, run.id, &selection).await?;
+                }
+                self.reopen(run).await?
+            }
             None => self.create().await?,
         };
         self.store
             .set_lease_run(&lease.name, &lease.holder, run_id)
             .await?;
-        Ok((run_id, spec))
+        Ok((run_id, spec, note))
     }
 
     /// An unfinished run, with the source it was started with.
@@ -535,7 +588,12 @@ impl RunContext<'_> {
         };
         let concurrency = settings.concurrency.get();
         let keys = pending_keys(store.clone(), run_id, settings.shard.index)
-            .map(|key| key.map(|k| (k, 0)))
+            .map(|key| {
+                key.map(|k| {
+                    let before = k.prior_attempts;
+                    (k, before)
+                })
+            })
             .take_until(halted(shutdown, client));
         let drain = async {
             // With --max-attempts 1 nothing is retried, not even at the end.

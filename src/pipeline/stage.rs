@@ -67,6 +67,7 @@ pub async fn stage(
                     seq: *seq,
                     payer_id: id.expose().to_owned(),
                     customer_ref: customer_ref.clone(),
+                    prior_attempts: 0,
                 }),
                 Item::Key { .. } => {}
                 // Rejected rows have no key to hash: the first shard records them.

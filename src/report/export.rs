@@ -67,9 +67,14 @@ pub async fn export_run<W: Write>(
     Ok(rows)
 }
 
-/// Writes the metrics file for `summary` atomically, keeping the previous last-success time when this
-/// run did not succeed.
-pub fn write_metrics(path: &Path, summary: &RunSummary) -> Result<(), ReportError> {
+/// Writes the metrics file for `summary` atomically, keeping the previous last-success time
+/// when this run did not succeed. `ended`: when the run ended (Unix seconds; an "already
+/// completed" answer is about a night that ended earlier), now if unknown.
+pub fn write_metrics(
+    path: &Path,
+    summary: &RunSummary,
+    ended: Option<f64>,
+) -> Result<(), ReportError> {
     let previous = match std::fs::read_to_string(path) {
         Ok(text) => Some(text),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -78,7 +83,7 @@ pub fn write_metrics(path: &Path, summary: &RunSummary) -> Result<(), ReportErro
             None
         }
     };
-    let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
-    let m = metrics::from_summary(summary, now, previous.as_deref());
+    let ended = ended.unwrap_or_else(|| chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+    let m = metrics::from_summary(summary, ended, previous.as_deref());
     write_atomic(path, metrics::render(&m).as_bytes())
 }

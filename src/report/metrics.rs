@@ -2,7 +2,8 @@
 //! duration, keys per status, auth calls, lookups, exit code, last success time.
 //!
 //! The file is a snapshot rewritten at the end of every run, so every metric is a gauge.
-//! The last success time survives failed runs: it is read back from the previous file.
+//! The last success time moves only for a run that completed with no failed key; otherwise
+//! it is read back from the previous file, so an alert on its age fires.
 
 use std::fmt::Write as _;
 
@@ -25,19 +26,23 @@ pub struct RunMetrics {
     pub last_success: Option<f64>,
 }
 
-/// Whether a run counts as a success for alerting: it completed, and every key resolved
-/// (exit 0) or only some keys failed (exit 2).
+/// Whether a run counts as a success for alerting: it completed and no key is `failed`
+/// (every key `active` or `gone`; `rejected` input rows, exit 2, are the source's problem
+/// and do not make the night a failure). A run with failed keys is not a success, however
+/// it ended, until a re-check repairs it.
 pub fn succeeded(summary: &RunSummary) -> bool {
-    summary.state == "completed" && matches!(summary.exit_code, 0 | 2)
+    summary.state == "completed" && summary.failed == 0 && matches!(summary.exit_code, 0 | 2)
 }
 
-/// The metrics of a finished run. `now` is the Unix time the run ended; `previous` the
-/// text of the metrics file it replaces, if any.
-pub fn from_summary(summary: &RunSummary, now: f64, previous: Option<&str>) -> RunMetrics {
+/// The metrics of a finished run. `ended` is the Unix time the run ended (for an answer
+/// about a run that completed earlier, that run's end); `previous` the text of the metrics
+/// file it replaces, if any. The last success time never moves back.
+pub fn from_summary(summary: &RunSummary, ended: f64, previous: Option<&str>) -> RunMetrics {
+    let before = previous.and_then(previous_last_success);
     let last_success = if succeeded(summary) {
-        Some(now)
+        Some(before.map_or(ended, |b| b.max(ended)))
     } else {
-        previous.and_then(previous_last_success)
+        before
     };
     RunMetrics {
         duration_secs: summary.duration_secs,
@@ -52,6 +57,13 @@ pub fn from_summary(summary: &RunSummary, now: f64, previous: Option<&str>) -> R
         exit_code: summary.exit_code,
         last_success,
     }
+}
+
+/// A stored time (UTC RFC 3339 text) as Unix seconds; `None` if unreadable.
+pub fn unix_seconds(stored: &str) -> Option<f64> {
+    chrono::DateTime::parse_from_rfc3339(stored)
+        .ok()
+        .map(|t| t.timestamp_millis() as f64 / 1000.0)
 }
 
 /// The last success time recorded in an earlier metrics file (`None` if absent, zero or
@@ -120,7 +132,7 @@ pub fn render(m: &RunMetrics) -> String {
     metric(
         &mut out,
         LAST_SUCCESS,
-        "Unix time the last successful run (completed, exit 0 or 2) ended; 0 if none yet.",
+        "Unix time the last successful run (completed, no failed keys) ended; 0 if none yet.",
         &[("", m.last_success.unwrap_or(0.0).to_string())],
     );
     out
@@ -138,8 +150,8 @@ mod tests {
             keys: Some(10),
             duplicates: 0,
             active: 7,
-            gone: 1,
-            failed: 1,
+            gone: 2,
+            failed: 0,
             rejected: 1,
             checked_now: 9,
             duration_secs: 12.5,
@@ -209,6 +221,58 @@ mod tests {
         let never = from_summary(&summary("interrupted", 143), 1.0, None);
         assert_eq!(never.last_success, None);
         assert!(render(&never).contains(&format!("\n{LAST_SUCCESS} 0\n")));
+    }
+
+    #[test]
+    fn a_run_with_failed_keys_is_not_a_success() {
+        let earlier = render(&from_summary(
+            &summary("completed", 0),
+            1_700_000_000.0,
+            None,
+        ));
+        let failing = RunSummary {
+            gone: 1,
+            failed: 1,
+            ..summary("completed", 2)
+        };
+        assert!(!succeeded(&failing));
+        let m = from_summary(&failing, 1_800_000_000.0, Some(&earlier));
+        assert_eq!(m.last_success, Some(1_700_000_000.0));
+        assert_eq!(
+            from_summary(&failing, 1_800_000_000.0, None).last_success,
+            None
+        );
+        // "Already completed" answers carry the run's own exit code 0: the failed keys
+        // still decide.
+        let answered = RunSummary {
+            failed: 3,
+            ..summary("completed", 0)
+        };
+        assert!(!succeeded(&answered));
+        // Rejected input rows alone (exit 2) do not make the night a failure.
+        assert!(succeeded(&summary("completed", 2)));
+    }
+
+    #[test]
+    fn the_last_success_time_never_moves_back() {
+        let later = render(&from_summary(
+            &summary("completed", 0),
+            1_800_000_000.0,
+            None,
+        ));
+        let m = from_summary(&summary("completed", 0), 1_700_000_000.0, Some(&later));
+        assert_eq!(m.last_success, Some(1_800_000_000.0));
+        let m = from_summary(&summary("completed", 0), 1_900_000_000.0, Some(&later));
+        assert_eq!(m.last_success, Some(1_900_000_000.0));
+    }
+
+    #[test]
+    fn stored_times_as_unix_seconds() {
+        assert_eq!(
+            unix_seconds("2026-11-28T00:00:01.500Z"),
+            Some(1_795_824_001.5)
+        );
+        assert_eq!(unix_seconds("yesterday"), None);
     }
 
     #[test]

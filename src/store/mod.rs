@@ -9,13 +9,17 @@
 //!
 //! This file holds the types, the connection and the shared helpers; the queries live by
 //! subject in `runs` (runs, shards, staging), `checks` (result rows), `leases`, `reports`
-//! (what the finance reports read) and `writer` (the single batching writer).
+//! (what the finance reports read), `recheck` (failed keys made pending again) and `writer`
+//! (the single batching writer).
 
 mod checks;
 mod leases;
+mod recheck;
 pub mod reports;
 mod runs;
 pub mod writer;
+
+pub use recheck::{FailedCode, FailedSelection};
 
 use std::time::Duration;
 
@@ -241,6 +245,10 @@ pub struct StagedKey {
     pub seq: i64,
     pub payer_id: String,
     pub customer_ref: Option<String>,
+    /// Lookups already spent on the key in this run before its result row was removed for
+    /// a re-check (0 otherwise); its next row's attempts add to them. Not written by
+    /// staging.
+    pub prior_attempts: u32,
 }
 
 /// One result row to write.

@@ -371,7 +371,7 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<StagedKey>, StoreError> {
         let rows = sqlx::query(self.sql(
-            "SELECT k.seq, k.payer_id, k.customer_ref FROM run_keys k \
+            "SELECT k.seq, k.payer_id, k.customer_ref, k.prior_attempts FROM run_keys k \
              WHERE k.run_id = ? AND k.shard_index = ? AND k.seq > ? \
              AND NOT EXISTS (SELECT 1 FROM billing_key_checks c \
                              WHERE c.run_id = k.run_id AND c.payer_id = k.payer_id) \
@@ -390,6 +390,7 @@ impl Store {
                     seq: r.try_get(0)?,
                     payer_id: r.try_get(1)?,
                     customer_ref: r.try_get(2)?,
+                    prior_attempts: u32::try_from(r.try_get::<i64, _>(3)?).unwrap_or(0),
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
