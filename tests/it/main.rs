@@ -8,6 +8,7 @@ mod helpers;
 mod operations;
 mod outage;
 mod payple;
+mod recheck;
 mod reports;
 mod sandbox;
 mod signals;

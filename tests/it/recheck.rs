@@ -1,0 +1,372 @@
+//! Re-checking failed keys: `run --recheck-failed`, a completed `--run-key` run again, and
+//! `--all-failed`, against the real binary, the simulator and a real database. A night
+//! with faults is repaired in the same run: rows in place, attempts added, counts, report
+//! and metrics updated.
+
+use std::collections::BTreeMap;
+use std::process::Output;
+
+use payple_reconcile::domain::KeyStatus;
+use payple_reconcile::simulator::{Faults, KeyBook, SimHandle};
+use payple_reconcile::store::{CheckRecord, Store};
+use serde_json::{Value, json};
+
+use crate::helpers::{
+    self, TestDb, all_checks, assert_exit, assert_ground_truth, command, csv_run, keys_csv,
+    output_of, run_cmd, sim_with, stderr_of, summary_of,
+};
+
+/// 30% of lookups answered HTTP 500.
+async fn faulty_sim() -> SimHandle {
+    let faults = Faults {
+        error_rate: 0.3,
+        ..Faults::none()
+    };
+    sim_with(KeyBook::derived(), faults, None).await
+}
+
+async fn healthy_sim() -> SimHandle {
+    sim_with(KeyBook::derived(), Faults::none(), None).await
+}
+
+/// Runs `cmd`, asserts its exit code, returns its summary.
+async fn run_to_end(cmd: std::process::Command, code: i32) -> (Output, Value) {
+    let out = output_of(cmd).await;
+    assert_exit(&out, code);
+    let summary = summary_of(&out);
+    (out, summary)
+}
+
+/// The failed rows of a night with faults, each with one attempt.
+fn failed_once(checks: &BTreeMap<String, CheckRecord>) -> BTreeMap<String, CheckRecord> {
+    let failed: BTreeMap<_, _> = checks
+        .iter()
+        .filter(|(_, r)| r.status == KeyStatus::Failed)
+        .map(|(k, r)| (k.clone(), r.clone()))
+        .collect();
+    assert!(!failed.is_empty(), "30% faults failed no key");
+    for row in failed.values() {
+        assert_eq!(row.result_code.as_deref(), Some("HTTP_500"), "{row:?}");
+        assert_eq!(row.attempts, 1, "{row:?}");
+    }
+    failed
+}
+
+/// After a repair: every key its true status (one row each), the failed keys looked up
+/// once more (attempts 1 + 1, a later `checked_at`), the others untouched.
+async fn assert_repaired(
+    store: &Store,
+    run_id: i64,
+    ids: &[String],
+    before: &BTreeMap<String, CheckRecord>,
+    failed: &BTreeMap<String, CheckRecord>,
+) {
+    let after = assert_ground_truth(store, run_id, ids).await;
+    for (id, row) in &after {
+        match failed.get(id) {
+            Some(old) => {
+                assert_eq!(row.attempts, 2, "attempts add up: {row:?}");
+                assert!(row.checked_at > old.checked_at, "{old:?} -> {row:?}");
+                assert_ne!(row.result_code.as_deref(), Some("HTTP_500"), "{row:?}");
+            }
+            None => assert_eq!(row, &before[id], "a key that did not fail is unchanged"),
+        }
+    }
+}
+
+/// `report --run ID --output -`: the finance CSV's status column per masked key.
+async fn report_statuses(db_url: &str, run_id: i64) -> Vec<String> {
+    let mut cmd = command("http://127.0.0.1:9");
+    cmd.args(["report", "--database-url", db_url, "--output", "-"])
+        .args(["--run", &run_id.to_string()]);
+    let out = output_of(cmd).await;
+    assert_exit(&out, 0);
+    let text = String::from_utf8(out.stdout).expect("UTF-8 report");
+    text.lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(2).unwrap_or_default().to_owned())
+        .collect()
+}
+
+async fn recheck_repairs_the_same_run(db: TestDb) {
+    let (_dir, ids, csv) = keys_csv(60, "recheck");
+    let faulty = faulty_sim().await;
+    let mut first = csv_run(&faulty, &db.url, &csv, "0", "8");
+    first.args(["--max-attempts", "1"]);
+    let (_, night) = run_to_end(first, 2).await;
+    let run_id = night["run_id"].as_i64().expect("run id");
+    let store = db.store().await;
+    let before = all_checks(&store, run_id).await;
+    let failed = failed_once(&before);
+    assert_eq!(night["failed"], json!(failed.len()));
+    assert_eq!(
+        report_statuses(&db.url, run_id)
+            .await
+            .iter()
+            .filter(|s| *s == "failed")
+            .count(),
+        failed.len()
+    );
+
+    let healthy = healthy_sim().await;
+    let (_, repaired) = run_to_end(run_cmd(&healthy, &db.url, &["--recheck-failed"]), 0).await;
+    assert_eq!(repaired["run_id"], json!(run_id), "{repaired}");
+    assert_eq!(repaired["state"], "completed");
+    assert_eq!(repaired["failed"], 0);
+    assert_eq!(repaired["checked_now"], json!(failed.len()));
+    assert_eq!(
+        healthy.stats().lookups,
+        failed.len() as u64,
+        "only failed keys"
+    );
+    let note = repaired["note"].as_str().unwrap_or_default();
+    assert!(
+        note.contains(&format!("{} failed keys", failed.len())),
+        "{note}"
+    );
+
+    assert_repaired(&store, run_id, &ids, &before, &failed).await;
+    let run = store.run(run_id).await.unwrap().expect("the run");
+    assert_eq!(run.counts.failed, 0);
+    assert_eq!(run.counts.active + run.counts.gone, 60);
+    assert_eq!(run.exit_code, Some(0));
+    assert_eq!(run.keys_total, Some(60));
+    let night_lookups = night["lookups"].as_i64().unwrap();
+    assert_eq!(run.lookups, night_lookups + failed.len() as i64);
+    assert_eq!(
+        helpers::scalar_i64(&store, "SELECT COUNT(*) FROM reconcile_runs").await,
+        1,
+        "no new run"
+    );
+    let statuses = report_statuses(&db.url, run_id).await;
+    assert_eq!(statuses.len(), 60);
+    assert!(
+        statuses.iter().all(|s| s == "active" || s == "gone"),
+        "{statuses:?}"
+    );
+
+    // Nothing left to re-check: a note, exit 0, no lookup.
+    let (_, again) = run_to_end(run_cmd(&healthy, &db.url, &["--recheck-failed"]), 0).await;
+    assert!(
+        again["note"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("nothing to re-check"),
+        "{again}"
+    );
+    assert_eq!(healthy.stats().lookups, failed.len() as u64);
+    store.close().await;
+}
+
+helpers::per_database!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    recheck_repairs_the_same_run:
+        Sqlite => recheck_failed_on_sqlite,
+        Postgres => recheck_failed_on_postgres,
+        MySql => recheck_failed_on_mysql,
+);
+
+async fn run_key_again_rechecks(db: TestDb) {
+    let (_dir, ids, csv) = keys_csv(40, "run-key-recheck");
+    let faulty = faulty_sim().await;
+    let mut first = csv_run(&faulty, &db.url, &csv, "0", "8");
+    first.args(["--max-attempts", "1", "--run-key", "2026-11-28"]);
+    let (_, night) = run_to_end(first, 2).await;
+    let run_id = night["run_id"].as_i64().expect("run id");
+    let store = db.store().await;
+    let before = all_checks(&store, run_id).await;
+    let failed = failed_once(&before);
+
+    // The cron line, run again the same day: the failed keys are looked up again.
+    let healthy = healthy_sim().await;
+    let mut again = csv_run(&healthy, &db.url, &csv, "0", "8");
+    again.args(["--run-key", "2026-11-28"]);
+    let (_, repaired) = run_to_end(again, 0).await;
+    assert_eq!(repaired["run_id"], json!(run_id), "{repaired}");
+    assert_eq!(repaired["failed"], 0);
+    assert_eq!(healthy.stats().lookups, failed.len() as u64);
+    assert_repaired(&store, run_id, &ids, &before, &failed).await;
+
+    // Nothing transient left: "already completed", exit 0, nothing sent.
+    let mut third = csv_run(&healthy, &db.url, &csv, "0", "8");
+    third.args(["--run-key", "2026-11-28"]);
+    let (_, done) = run_to_end(third, 0).await;
+    assert!(
+        done["note"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("already completed"),
+        "{done}"
+    );
+    assert_eq!(healthy.stats().lookups, failed.len() as u64);
+    store.close().await;
+}
+
+helpers::per_database!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    run_key_again_rechecks:
+        Sqlite => run_key_again_rechecks_on_sqlite,
+        Postgres => run_key_again_rechecks_on_postgres,
+);
+
+async fn all_failed_takes_definite_failures(db: TestDb) {
+    let (dir, ids, csv) = keys_csv(20, "all-failed");
+    let (mismatch, unknown) = (&ids[3], &ids[7]);
+    let book = helpers::key_file(
+        dir.path(),
+        "keys.jsonl",
+        &[
+            json!({"payer_id": mismatch, "kind": "mismatch"}),
+            json!({"payer_id": unknown, "kind": "error", "code": "XPAY0042", "msg": "new"}),
+        ],
+    );
+    let odd = sim_with(book, Faults::none(), None).await;
+    let (_, night) = run_to_end(csv_run(&odd, &db.url, &csv, "0", "4"), 2).await;
+    let run_id = night["run_id"].as_i64().expect("run id");
+    assert_eq!(night["failed"], 2, "{night}");
+    let store = db.store().await;
+    let code_of = async |id: &str| {
+        let row = store.check(run_id, id).await.unwrap().expect("row");
+        (row.status, row.result_code.unwrap_or_default())
+    };
+    assert_eq!(code_of(mismatch).await.1, "PAYER_ID_MISMATCH");
+
+    // By default only the unknown code is looked up again; the mismatch stays.
+    let healthy = healthy_sim().await;
+    let (_, first) = run_to_end(run_cmd(&healthy, &db.url, &["--recheck-failed"]), 2).await;
+    assert_eq!(first["failed"], 1, "{first}");
+    assert_eq!(healthy.stats().lookups, 1);
+    assert_eq!(
+        code_of(unknown).await.0.as_str(),
+        helpers::derived_status(unknown)
+    );
+    assert_eq!(code_of(mismatch).await.1, "PAYER_ID_MISMATCH");
+
+    // Nothing transient is left: a note, exit 0, no lookup.
+    let (_, none) = run_to_end(run_cmd(&healthy, &db.url, &["--recheck-failed"]), 0).await;
+    assert!(
+        none["note"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("--all-failed"),
+        "{none}"
+    );
+    assert_eq!(healthy.stats().lookups, 1);
+
+    let id = run_id.to_string();
+    let args = ["--recheck-failed", id.as_str(), "--all-failed"];
+    let (_, all) = run_to_end(run_cmd(&healthy, &db.url, &args), 0).await;
+    assert_eq!(all["failed"], 0, "{all}");
+    assert_eq!(healthy.stats().lookups, 2);
+    assert_ground_truth(&store, run_id, &ids).await;
+    assert_eq!(
+        store
+            .check(run_id, mismatch)
+            .await
+            .unwrap()
+            .unwrap()
+            .attempts,
+        2
+    );
+    store.close().await;
+}
+
+helpers::per_database!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    all_failed_takes_definite_failures:
+        Sqlite => all_failed_on_sqlite,
+        Postgres => all_failed_on_postgres,
+);
+
+/// `payple_reconcile_last_success_timestamp_seconds` in a metrics file.
+fn last_success(path: &std::path::Path) -> f64 {
+    let text = std::fs::read_to_string(path).expect("metrics file");
+    payple_reconcile::report::metrics::previous_last_success(&text).unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_night_with_failed_keys_is_not_a_success() {
+    let db = TestDb::sqlite();
+    let (dir, _ids, csv) = keys_csv(30, "metrics-recheck");
+    let metrics = dir.path().join("payple.prom");
+    let metrics_arg = metrics.to_str().unwrap();
+    let healthy = healthy_sim().await;
+    let mut clean = csv_run(&healthy, &db.url, &csv, "0", "8");
+    clean.args(["--metrics-file", metrics_arg]);
+    run_to_end(clean, 0).await;
+    let first = last_success(&metrics);
+    assert!(first > 0.0);
+
+    let faulty = faulty_sim().await;
+    let mut night = csv_run(&faulty, &db.url, &csv, "0", "8");
+    night.args(["--max-attempts", "1", "--metrics-file", metrics_arg]);
+    night.args(["--run-key", "night-2"]);
+    let (_, summary) = run_to_end(night, 2).await;
+    assert!(summary["failed"].as_i64().unwrap() > 0);
+    assert_eq!(last_success(&metrics), first, "a night with failed keys");
+
+    // The repair (the run key again) completes the night with no failed key: now it is.
+    let mut again = csv_run(&healthy, &db.url, &csv, "0", "8");
+    again.args(["--run-key", "night-2", "--metrics-file", metrics_arg]);
+    let (_, repaired) = run_to_end(again, 0).await;
+    assert_eq!(repaired["failed"], 0);
+    let repaired_at = last_success(&metrics);
+    let store = db.store().await;
+    let run = store
+        .run(repaired["run_id"].as_i64().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let finished = payple_reconcile::report::metrics::unix_seconds(&run.finished_at.unwrap());
+    assert_eq!(Some(repaired_at), finished, "the repaired night's end");
+    assert!(repaired_at > first);
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_exit_3_with_nothing_sent() {
+    let db = TestDb::sqlite();
+    let (dir, _ids, csv) = keys_csv(5, "recheck-refusals");
+    let sim = healthy_sim().await;
+    let refused = async |args: &[&str], says: &str| {
+        let out = output_of(run_cmd(&sim, &db.url, args)).await;
+        assert_exit(&out, 3);
+        let err = stderr_of(&out);
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    };
+    refused(&["--recheck-failed"], "no run has completed yet").await;
+    refused(&["--recheck-failed", "7"], "run 7 does not exist").await;
+    refused(&["--recheck-failed", "x"], "not a run id").await;
+    let csv_arg = csv.to_str().unwrap();
+    refused(&["--recheck-failed", "--csv", csv_arg], "--csv").await;
+    refused(
+        &["--recheck-failed", "--source-table", "t"],
+        "--source-table",
+    )
+    .await;
+    refused(
+        &["--recheck-failed", "--source-query", "SELECT 1"],
+        "--source-query",
+    )
+    .await;
+    refused(&["--recheck-failed", "--run-key", "k"], "--run-key").await;
+    refused(&["--recheck-failed", "--resume"], "--resume").await;
+    refused(&["--all-failed", "--csv", csv_arg], "--all-failed").await;
+    assert_eq!(sim.stats().lookups + sim.stats().auth_calls, 0);
+
+    run_to_end(csv_run(&sim, &db.url, &csv, "0", "2"), 0).await;
+    let store = db.store().await;
+    for (state, says) in [("running", "still running"), ("interrupted", "--resume 1")] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE reconcile_runs SET state = '{state}'"
+        )))
+        .execute(store.pool())
+        .await
+        .unwrap();
+        refused(&["--recheck-failed", "1"], says).await;
+    }
+    assert_eq!(sim.stats().lookups, 5);
+    drop(dir);
+    store.close().await;
+}
