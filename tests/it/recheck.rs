@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::process::Output;
+use std::time::Duration;
 
 use payple_reconcile::domain::KeyStatus;
 use payple_reconcile::simulator::{Faults, KeyBook, SimHandle};
@@ -368,5 +369,58 @@ async fn refusals_exit_3_with_nothing_sent() {
     }
     assert_eq!(sim.stats().lookups, 5);
     drop(dir);
+    store.close().await;
+}
+
+/// A re-check killed mid-way (SIGKILL: no cleanup) leaves a run `--resume` finishes: the
+/// keys it had not rewritten are still pending, and every re-checked key ends with its
+/// attempts added up, whichever process looked it up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recheck_killed_mid_way_is_finished_by_resume() {
+    let db = TestDb::sqlite();
+    let (_dir, ids, csv) = keys_csv(80, "recheck-kill");
+    let faulty = faulty_sim().await;
+    let mut first = csv_run(&faulty, &db.url, &csv, "0", "8");
+    first.args(["--max-attempts", "1"]);
+    let (_, night) = run_to_end(first, 2).await;
+    let run_id = night["run_id"].as_i64().expect("run id");
+    let store = db.store().await;
+    let before = all_checks(&store, run_id).await;
+    let failed = failed_once(&before);
+    assert!(failed.len() >= 8, "{} failed", failed.len());
+
+    let slow = helpers::slow_sim(Duration::from_millis(150), None).await;
+    let cmd = run_cmd(&slow, &db.url, &["--recheck-failed", "--concurrency", "1"]);
+    let mut child = helpers::spawn(cmd);
+    let rechecked =
+        format!("SELECT COUNT(*) FROM billing_key_checks WHERE run_id = {run_id} AND attempts = 2");
+    let (limit, poll) = (Duration::from_secs(30), Duration::from_millis(20));
+    helpers::wait_for_count(&store, &rechecked, 3, limit, poll, &mut child).await;
+    let pid = child.id().expect("child pid");
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    let out = helpers::finish(child).await;
+    assert!(out.stdout.is_empty(), "a killed re-check printed a summary");
+    let run = store.run(run_id).await.unwrap().expect("run");
+    assert_eq!(
+        run.state.as_str(),
+        "running",
+        "a killed re-check stays running"
+    );
+    let rows = helpers::scalar_i64(&store, &helpers::count_rows_sql(run_id)).await;
+    assert!(
+        rows < 80,
+        "{rows} rows: some re-checked keys are still pending"
+    );
+
+    let healthy = healthy_sim().await;
+    let (_, resumed) = run_to_end(run_cmd(&healthy, &db.url, &["--resume"]), 0).await;
+    assert_eq!(resumed["run_id"], json!(run_id), "{resumed}");
+    assert_eq!(resumed["failed"], 0);
+    assert_eq!(resumed["checked_now"], json!(80 - rows));
+    assert_repaired(&store, run_id, &ids, &before, &failed).await;
     store.close().await;
 }
