@@ -424,3 +424,37 @@ async fn a_recheck_killed_mid_way_is_finished_by_resume() {
     assert_repaired(&store, run_id, &ids, &before, &failed).await;
     store.close().await;
 }
+
+/// Shards of one run key, one after the other: the first shard started again reopens the
+/// failed keys of both; each re-checks its own, and the run completes with the last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharded_run_key_rechecks_every_shard() {
+    let db = TestDb::sqlite();
+    let (_dir, ids, csv) = keys_csv(60, "recheck-shards");
+    let faulty = faulty_sim().await;
+    let healthy = healthy_sim().await;
+    let shard_run = |sim: &SimHandle, shard: &str, extra: &[&str]| {
+        let mut cmd = csv_run(sim, &db.url, &csv, "0", "4");
+        cmd.args(["--shard", shard, "--run-key", "sharded-night"])
+            .args(extra);
+        cmd
+    };
+    let once = ["--max-attempts", "1"];
+    run_to_end(shard_run(&faulty, "0/2", &once), 2).await;
+    let (_, night) = run_to_end(shard_run(&faulty, "1/2", &once), 2).await;
+    let run_id = night["run_id"].as_i64().expect("run id");
+    assert_eq!(night["state"], "completed");
+    let store = db.store().await;
+    let before = all_checks(&store, run_id).await;
+    let failed = failed_once(&before);
+
+    let (_, first) = run_to_end(shard_run(&healthy, "0/2", &[]), 0).await;
+    assert_eq!(first["run_id"], json!(run_id));
+    assert_eq!(first["state"], "running", "shard 1 still has keys: {first}");
+    let (_, last) = run_to_end(shard_run(&healthy, "1/2", &[]), 0).await;
+    assert_eq!(last["state"], "completed", "{last}");
+    assert_eq!(last["failed"], 0);
+    assert_eq!(healthy.stats().lookups, failed.len() as u64);
+    assert_repaired(&store, run_id, &ids, &before, &failed).await;
+    store.close().await;
+}
