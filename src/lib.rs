@@ -12,7 +12,8 @@
 //!   code book and the run's health gate (circuit breaker, outage budget); the documented
 //!   test partner.
 //! - [`pipeline`]: the nightly batch: plan, stage, bounded lookups, single writer;
-//!   [`pipeline::end::conclude`] decides how a run ends.
+//!   [`pipeline::end::conclude`] decides how a run ends; [`pipeline::recheck`] chooses the
+//!   failed keys a re-check looks up again.
 //! - [`report`]: finance CSV reports, run-to-run changes, summaries, metrics: pure
 //!   formatting, plus streaming a run from the store into the writers.
 //! - [`simulator`]: a loopback Payple for tests, demos and benchmarks.
