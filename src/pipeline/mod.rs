@@ -319,8 +319,12 @@ impl RunContext<'_> {
         let driven = self.drive(source_db, run_id, &spec).await;
         heartbeat.abort();
         let mut end = self.finish(run_id, driven).await;
+        // What a re-check reopened comes first; a note of how the run ended stays.
         if let Some(summary) = &mut end.summary {
-            summary.note = note;
+            summary.note = match (note, summary.note.take()) {
+                (Some(reopened), Some(ended)) => Some(format!("{reopened}; {ended}")),
+                (reopened, ended) => reopened.or(ended),
+            };
         }
         end
     }
