@@ -13,3 +13,4 @@ mod reports;
 mod sandbox;
 mod signals;
 mod simulator;
+mod upgrade;
