@@ -8,13 +8,14 @@
 //!   `app/report.rs`, …), and [`app::AppError`], the one place exit codes are decided.
 //! - [`domain`]: billing keys, statuses, outcomes, key details and the run summary, parsed
 //!   once at the boundary.
+//! - [`notify`]: run notifications to webhooks (Slack-compatible or JSON); a leaf.
 //! - [`payple`]: the Payple client: partner auth, the shared token, lookups, retries, the
 //!   code book and the run's health gate (circuit breaker, outage budget); the documented
 //!   test partner.
 //! - [`pipeline`]: the nightly batch: plan, stage, bounded lookups, single writer;
 //!   [`pipeline::end::conclude`] decides how a run ends; [`pipeline::recheck`] chooses the
 //!   failed keys a re-check looks up again.
-//! - [`report`]: finance CSV reports, run-to-run changes, summaries, metrics: pure
+//! - [`report`]: finance CSV reports and the workbook, run-to-run changes, summaries, metrics: pure
 //!   formatting, plus streaming a run from the store into the writers.
 //! - [`simulator`]: a loopback Payple for tests, demos and benchmarks.
 //! - [`source`]: where the keys come from: CSV (or stdin), a table, or a query.
@@ -31,6 +32,7 @@ pub mod cli;
 pub mod domain;
 pub mod exit;
 pub mod http;
+pub mod notify;
 pub mod payple;
 pub mod pipeline;
 pub mod report;

@@ -24,6 +24,8 @@ pub struct RunMetrics {
     pub exit_code: u8,
     /// Unix time of the last successful run; `None` if there never was one.
     pub last_success: Option<f64>,
+    /// Notifications that could not be delivered; `None` when none are configured.
+    pub notify_failures: Option<u64>,
 }
 
 /// Whether a run counts as a success for alerting: it completed and no key is `failed`
@@ -56,6 +58,7 @@ pub fn from_summary(summary: &RunSummary, ended: f64, previous: Option<&str>) ->
         lookups: summary.lookups,
         exit_code: summary.exit_code,
         last_success,
+        notify_failures: None,
     }
 }
 
@@ -135,6 +138,14 @@ pub fn render(m: &RunMetrics) -> String {
         "Unix time the last successful run (completed, no failed keys) ended; 0 if none yet.",
         &[("", m.last_success.unwrap_or(0.0).to_string())],
     );
+    if let Some(failures) = m.notify_failures {
+        metric(
+            &mut out,
+            "payple_reconcile_notify_failures",
+            "Run notifications of the last run that could not be delivered (after retries).",
+            &[("", failures.to_string())],
+        );
+    }
     out
 }
 
@@ -205,6 +216,16 @@ mod tests {
         assert_eq!(value("payple_reconcile_run_exit_code"), 2.0);
         assert_eq!(value(LAST_SUCCESS), 1_764_208_800.5);
         assert_eq!(got.len(), 9);
+    }
+
+    #[test]
+    fn notification_failures_are_counted_when_configured() {
+        let mut m = from_summary(&summary("completed", 0), 1.0, None);
+        assert!(!render(&m).contains("notify"));
+        m.notify_failures = Some(2);
+        let text = render(&m);
+        let got = samples(&text);
+        assert!(got.contains(&("payple_reconcile_notify_failures".to_owned(), 2.0)));
     }
 
     #[test]

@@ -11,15 +11,23 @@
 //! - [`metrics`]: Prometheus text format, written atomically.
 //! - [`table`]: plain-text tables that line up Korean text on a terminal.
 //! - [`output`]: `-` for stdout or a file that appears only once complete.
+//! - [`xlsx`]: the finance workbook (Summary, Action, Keys, Changes sheets, charts).
+//! - [`deliver`]: the report in the format asked for, and the run notification.
+//! - [`notice`]: what a run notification says, read from the store.
+//! - [`neutral`]: cell text made harmless for spreadsheets (controls, bidi, formulas).
 
 pub mod changes;
 pub mod csv;
 pub mod export;
+pub mod deliver;
 pub mod metrics;
+pub mod neutral;
+pub mod notice;
 pub mod output;
 pub mod select;
 pub mod summary;
 pub mod table;
+pub mod xlsx;
 
 use std::path::PathBuf;
 
@@ -52,6 +60,19 @@ pub enum ReportError {
     },
     #[error("cannot list runs: {0}")]
     Runs(#[source] StoreError),
+    #[error("{0}")]
+    Unsupported(&'static str),
+    #[error("the notification reached {sent} of {total} webhooks")]
+    NotDelivered { sent: u32, total: u32 },
+    #[error("cannot build the workbook: {source}")]
+    Xlsx {
+        #[source]
+        source: rust_xlsxwriter::XlsxError,
+    },
+    #[error(
+        "an xlsx workbook is binary: not written to a terminal (give --output FILE, or redirect stdout)"
+    )]
+    BinaryToTerminal,
     #[error("cannot write {path}: {source}")]
     Write {
         path: PathBuf,
@@ -71,8 +92,14 @@ impl ReportError {
             | Self::NoRuns
             | Self::NotEnoughRuns(_)
             | Self::NoDatabase { .. }
-            | Self::Connect(_) => ExitStatus::Config,
-            Self::Store { .. } | Self::Runs(_) | Self::Write { .. } => ExitStatus::Internal,
+            | Self::Connect(_)
+            | Self::BinaryToTerminal
+            | Self::Unsupported(_) => ExitStatus::Config,
+            Self::Store { .. }
+            | Self::Runs(_)
+            | Self::Write { .. }
+            | Self::Xlsx { .. }
+            | Self::NotDelivered { .. } => ExitStatus::Internal,
         }
     }
 

@@ -2,10 +2,28 @@
 //! to a temporary file in the same folder, synced, then renamed over the target).
 
 use std::fs::File;
-use std::io::{self, BufWriter, StdoutLock, Write};
+use std::io::{self, BufWriter, Stdout, Write};
 use std::path::{Path, PathBuf};
 
 use super::ReportError;
+
+/// The file format of a report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportFormat {
+    Csv,
+    Xlsx,
+}
+
+impl ReportFormat {
+    /// The format a path's extension names: `.xlsx` (any case) is a workbook, anything
+    /// else (stdout included) CSV.
+    pub fn from_path(path: &Path) -> Self {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some(ext) if ext.eq_ignore_ascii_case("xlsx") => Self::Xlsx,
+            _ => Self::Csv,
+        }
+    }
+}
 
 /// Buffer size of report output.
 const BUFFER: usize = 256 * 1024;
@@ -21,7 +39,8 @@ pub struct Output {
 }
 
 enum Sink {
-    Stdout(BufWriter<StdoutLock<'static>>),
+    /// Not locked, so that an `Output` can be sent to the thread that writes a workbook.
+    Stdout(BufWriter<Stdout>),
     File(BufWriter<File>),
 }
 
@@ -54,7 +73,7 @@ impl Output {
     pub fn stdout() -> Self {
         Self {
             path: PathBuf::from("-"),
-            sink: Sink::Stdout(BufWriter::with_capacity(BUFFER, io::stdout().lock())),
+            sink: Sink::Stdout(BufWriter::with_capacity(BUFFER, io::stdout())),
             temp: None,
         }
     }
@@ -173,6 +192,27 @@ mod tests {
         let err = Output::open(&path).err().unwrap();
         assert!(err.to_string().contains("no/such/report.csv"), "{err}");
         assert_eq!(err.exit_status(), crate::exit::ExitStatus::Internal);
+    }
+
+    #[test]
+    fn formats_from_extensions() {
+        assert_eq!(
+            ReportFormat::from_path(Path::new("/r/night.xlsx")),
+            ReportFormat::Xlsx
+        );
+        assert_eq!(
+            ReportFormat::from_path(Path::new("NIGHT.XLSX")),
+            ReportFormat::Xlsx
+        );
+        assert_eq!(
+            ReportFormat::from_path(Path::new("night.csv")),
+            ReportFormat::Csv
+        );
+        assert_eq!(ReportFormat::from_path(Path::new("-")), ReportFormat::Csv);
+        assert_eq!(
+            ReportFormat::from_path(Path::new("xlsx")),
+            ReportFormat::Csv
+        );
     }
 
     #[test]

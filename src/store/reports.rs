@@ -1,5 +1,6 @@
 //! Read-only queries behind the finance reports: key ranges of a run for the run-to-run
-//! merge, the completed run before another, and active keys grouped by card or bank.
+//! merge, the completed run before another, active keys grouped by card or bank, the
+//! keys finance must act on (gone, failed) by customer reference, and the run trend.
 
 use sqlx::Row;
 
@@ -14,6 +15,23 @@ pub enum Grouping {
     CardName,
     /// Transfer keys per bank (`bank_name`).
     BankName,
+}
+
+/// Which keys of the Action list a query reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActionGroup {
+    /// Gone now, and not gone in the previous completed run (or there is none).
+    NewlyGone,
+    /// Failed now, or gone now and already gone in the previous completed run.
+    Rest,
+}
+
+/// Where a page of the Action list starts: after this (customer reference, payer id), in
+/// the database's order. The start is `("", "")`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ActionCursor {
+    pub customer_ref: String,
+    pub payer_id: String,
 }
 
 /// Active keys sharing one card company or bank (`None`: the name was not reported).
@@ -67,6 +85,75 @@ impl Store {
             .map(check_record)
             .collect::<Result<_, _>>()
             .map_err(ctx("reading results"))
+    }
+
+    /// A page of the keys finance must act on in `run_id`: one [`ActionGroup`] (compared
+    /// with `previous`, the previous completed run, if any), ordered by customer reference
+    /// (absent: empty) then payer id in the database's own collation, after `cursor`.
+    pub async fn action_page(
+        &self,
+        run_id: i64,
+        previous: Option<i64>,
+        group: ActionGroup,
+        cursor: &ActionCursor,
+        limit: i64,
+    ) -> Result<Vec<CheckRecord>, StoreError> {
+        let was_gone = "EXISTS (SELECT 1 FROM billing_key_checks p \
+             WHERE p.run_id = ? AND p.payer_id = c.payer_id AND p.status = 'gone')";
+        let which = match group {
+            ActionGroup::NewlyGone => format!("c.status = 'gone' AND NOT {was_gone}"),
+            ActionGroup::Rest => {
+                format!("(c.status = 'failed' OR (c.status = 'gone' AND {was_gone}))")
+            }
+        };
+        let columns: Vec<String> = CHECK_COLUMNS
+            .split(',')
+            .map(|c| format!("c.{}", c.trim()))
+            .collect();
+        let sql = format!(
+            "SELECT {} FROM billing_key_checks c WHERE c.run_id = ? AND {which} \
+             AND (COALESCE(c.customer_ref, '') > ? \
+                  OR (COALESCE(c.customer_ref, '') = ? AND c.payer_id > ?)) \
+             ORDER BY COALESCE(c.customer_ref, ''), c.payer_id LIMIT ?",
+            columns.join(", ")
+        );
+        // No previous run: compare with a run id that cannot exist.
+        let previous = previous.unwrap_or(-1);
+        let rows = sqlx::query(self.sql(&sql))
+            .bind(run_id)
+            .bind(previous)
+            .bind(cursor.customer_ref.clone())
+            .bind(cursor.customer_ref.clone())
+            .bind(cursor.payer_id.clone())
+            .bind(limit)
+            .fetch_all(self.pool())
+            .await
+            .map_err(ctx("reading the keys to act on"))?;
+        rows.iter()
+            .map(check_record)
+            .collect::<Result<_, _>>()
+            .map_err(ctx("reading the keys to act on"))
+    }
+
+    /// The newest `limit` completed runs up to and including `run_id`, oldest first.
+    pub async fn completed_runs_up_to(
+        &self,
+        run_id: i64,
+        limit: i64,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM reconcile_runs WHERE state = 'completed' AND id <= ? \
+             ORDER BY id DESC LIMIT ?"
+        );
+        let rows = sqlx::query(self.sql(&sql))
+            .bind(run_id)
+            .bind(limit)
+            .fetch_all(self.pool())
+            .await
+            .map_err(ctx("listing completed runs"))?;
+        let mut runs = rows.iter().map(run_record).collect::<Result<Vec<_>, _>>()?;
+        runs.reverse();
+        Ok(runs)
     }
 
     /// The newest completed run older than `run_id`.

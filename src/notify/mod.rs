@@ -1,0 +1,351 @@
+//! Notifications after a run: one message per run to each configured webhook, as
+//! Slack-compatible incoming-webhook JSON or as a documented JSON document.
+//!
+//! # Architecture
+//! A leaf: [`Notice`] is plain data about a run (the caller fills it from the store);
+//! [`should_send`], [`slack_body`] and [`json_body`] are pure; [`post`] sends the body with
+//! the process's one HTTP client builder, a bounded timeout and a few retries. Webhook
+//! URLs are secrets ([`WebhookUrl`]): only their host is ever shown.
+
+mod post;
+
+use std::fmt;
+use std::net::IpAddr;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+pub use post::{Delivery, Notifier, NotifierConfig, retryable_status};
+
+/// How many newly gone customers a message lists.
+pub const NEWLY_GONE_SHOWN: usize = 10;
+
+/// What can be wrong with the notification configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    #[error("a notification URL is not a URL ({reason})")]
+    BadUrl { reason: String },
+    #[error("notification URL for {host}: {reason}")]
+    Refused { host: String, reason: &'static str },
+    #[error("cannot build the HTTP client for notifications: {0}")]
+    Client(#[source] reqwest::Error),
+}
+
+/// A webhook URL: a secret (it carries the token that lets anyone post). `Debug` and
+/// [`WebhookUrl::host`] show the host only.
+#[derive(Clone)]
+pub struct WebhookUrl {
+    url: SecretString,
+    host: String,
+}
+
+impl WebhookUrl {
+    /// Parses one URL: https, or plain http to a loopback address only (a webhook URL
+    /// sent in clear text is a leaked secret); no user or password in it.
+    pub fn parse(value: &str) -> Result<Self, NotifyError> {
+        let url = url::Url::parse(value.trim()).map_err(|e| NotifyError::BadUrl {
+            reason: e.to_string(),
+        })?;
+        let host = url.host_str().unwrap_or_default().to_owned();
+        let refused = |reason| NotifyError::Refused {
+            host: host.clone(),
+            reason,
+        };
+        if host.is_empty() {
+            return Err(NotifyError::BadUrl {
+                reason: "no host".to_owned(),
+            });
+        }
+        match url.scheme() {
+            "https" => {}
+            "http" if is_loopback(&url) => {}
+            "http" => return Err(refused("plain http only to a loopback address; use https")),
+            _ => return Err(refused("the scheme must be https")),
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(refused("no user or password in the URL"));
+        }
+        Ok(Self {
+            url: SecretString::from(url.to_string()),
+            host,
+        })
+    }
+
+    /// Splits `PAYPLE_NOTIFY_URL`-style text (one URL, or several separated by commas).
+    pub fn parse_list(value: &str) -> Result<Vec<Self>, NotifyError> {
+        value
+            .split(',')
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(Self::parse)
+            .collect()
+    }
+
+    /// The host, which is what logs show.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub(crate) fn expose(&self) -> &str {
+        self.url.expose_secret()
+    }
+}
+
+impl fmt::Debug for WebhookUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "WebhookUrl({} …)", self.host)
+    }
+}
+
+fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        None => false,
+    }
+}
+
+/// The message format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NotifyFormat {
+    /// Slack incoming-webhook JSON (`text` and `blocks`); also read by Mattermost and others.
+    #[default]
+    Slack,
+    /// This job's own JSON document (see README).
+    Json,
+}
+
+/// When a run is worth a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NotifyOn {
+    /// After every run.
+    Always,
+    /// When something changed against the previous completed run, or the run did not
+    /// complete cleanly.
+    #[default]
+    Changes,
+    /// When the run did not complete cleanly, or keys newly went or newly fail.
+    Problems,
+}
+
+/// Keys per status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct KeyCounts {
+    pub active: i64,
+    pub gone: i64,
+    pub failed: i64,
+    pub rejected: i64,
+}
+
+/// The changes against the previous completed run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ChangeCounts {
+    /// The run compared with.
+    pub since_run: i64,
+    pub newly_gone: u64,
+    pub newly_failing: u64,
+    pub recovered: u64,
+    pub card_changed: u64,
+    pub account_changed: u64,
+    pub new_keys: u64,
+    pub missing_keys: u64,
+}
+
+impl ChangeCounts {
+    pub fn total(&self) -> u64 {
+        self.newly_gone
+            + self.newly_failing
+            + self.recovered
+            + self.card_changed
+            + self.account_changed
+            + self.new_keys
+            + self.missing_keys
+    }
+}
+
+/// A newly gone key as a message shows it: the customer reference and the masked key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GoneKey {
+    pub customer_ref: Option<String>,
+    pub payer_id_masked: String,
+}
+
+/// What a message says about one run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Notice {
+    /// `None` when the run could not start (no run was recorded).
+    pub run_id: Option<i64>,
+    pub run_key: Option<String>,
+    pub state: String,
+    pub exit_code: Option<i64>,
+    pub keys: KeyCounts,
+    pub duration_secs: Option<f64>,
+    /// `None` when there is no previous completed run to compare with.
+    pub changes: Option<ChangeCounts>,
+    /// The first [`NEWLY_GONE_SHOWN`] newly gone keys.
+    pub newly_gone: Vec<GoneKey>,
+    /// Where the report was written, if one was.
+    pub report: Option<String>,
+    /// Why the run could not start or end, if it could not.
+    pub error: Option<String>,
+}
+
+impl Notice {
+    /// A run that could not start (or whose end could not be recorded): no counts.
+    pub fn failed(run_id: Option<i64>, exit_code: i64, error: String) -> Self {
+        Self {
+            run_id,
+            run_key: None,
+            state: "failed".to_owned(),
+            exit_code: Some(exit_code),
+            keys: KeyCounts::default(),
+            duration_secs: None,
+            changes: None,
+            newly_gone: Vec::new(),
+            report: None,
+            error: Some(error),
+        }
+    }
+
+    /// Completed with every key resolved (exit 0).
+    pub fn clean(&self) -> bool {
+        self.state == "completed" && self.exit_code == Some(0)
+    }
+}
+
+/// Whether `notice` is worth a message under `on`.
+pub fn should_send(on: NotifyOn, notice: &Notice) -> bool {
+    let changes = notice.changes.unwrap_or_default();
+    match on {
+        NotifyOn::Always => true,
+        NotifyOn::Changes => !notice.clean() || changes.total() > 0,
+        NotifyOn::Problems => {
+            !notice.clean() || changes.newly_gone > 0 || changes.newly_failing > 0
+        }
+    }
+}
+
+/// The body to post in `format`.
+pub fn body(format: NotifyFormat, notice: &Notice) -> Value {
+    match format {
+        NotifyFormat::Slack => slack_body(notice),
+        NotifyFormat::Json => json_body(notice),
+    }
+}
+
+/// The json format: a versioned document (fields documented in README).
+pub fn json_body(notice: &Notice) -> Value {
+    json!({
+        "type": "payple_reconcile.run",
+        "version": 1,
+        "run_id": notice.run_id,
+        "run_key": notice.run_key,
+        "state": notice.state,
+        "exit_code": notice.exit_code,
+        "clean": notice.clean(),
+        "keys": notice.keys,
+        "duration_secs": notice.duration_secs,
+        "changes": notice.changes,
+        "newly_gone": notice.newly_gone,
+        "report": notice.report,
+        "error": notice.error,
+    })
+}
+
+/// Slack's mrkdwn needs `&`, `<` and `>` escaped; control characters become spaces.
+fn mrkdwn(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect::<String>()
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// The first line: `Payple reconcile run 42 completed (exit 0): 12 newly gone`.
+pub fn headline(notice: &Notice) -> String {
+    let exit = notice
+        .exit_code
+        .map(|c| format!(" (exit {c})"))
+        .unwrap_or_default();
+    let changes = match &notice.changes {
+        Some(c) if c.total() > 0 => format!(
+            ": {} newly gone, {} newly failing, {} recovered",
+            c.newly_gone, c.newly_failing, c.recovered
+        ),
+        Some(_) => ": no changes".to_owned(),
+        None => String::new(),
+    };
+    match notice.run_id {
+        Some(id) => format!("Payple reconcile run {id} {}{exit}{changes}", notice.state),
+        None => format!("Payple reconcile: the run could not start{exit}"),
+    }
+}
+
+/// The lines of the message body (Slack mrkdwn).
+fn detail_lines(notice: &Notice) -> Vec<String> {
+    if let Some(error) = &notice.error {
+        return vec![format!("*Error:* {}", mrkdwn(error))];
+    }
+    let k = &notice.keys;
+    let mut lines = vec![format!(
+        "*Keys:* {} active, {} gone, {} failed, {} rejected",
+        k.active, k.gone, k.failed, k.rejected
+    )];
+    if let Some(secs) = notice.duration_secs {
+        lines.push(format!("*Duration:* {secs:.0} s"));
+    }
+    match &notice.changes {
+        Some(c) => lines.push(format!(
+            "*Changes since run {}:* {} newly gone, {} newly failing, {} recovered, \
+             {} card changed, {} account changed, {} new, {} missing",
+            c.since_run,
+            c.newly_gone,
+            c.newly_failing,
+            c.recovered,
+            c.card_changed,
+            c.account_changed,
+            c.new_keys,
+            c.missing_keys
+        )),
+        None => lines.push("*Changes:* no previous completed run to compare with".to_owned()),
+    }
+    if let Some(report) = &notice.report {
+        lines.push(format!("*Report:* {}", mrkdwn(report)));
+    }
+    lines
+}
+
+/// The slack format: `text` (the fallback notifications show) and `blocks`.
+pub fn slack_body(notice: &Notice) -> Value {
+    let title = headline(notice);
+    let mut blocks = vec![
+        json!({"type": "header", "text": {"type": "plain_text", "text": title}}),
+        json!({"type": "section", "text": {"type": "mrkdwn", "text": detail_lines(notice).join("\n")}}),
+    ];
+    if !notice.newly_gone.is_empty() {
+        let total = notice.changes.map_or(0, |c| c.newly_gone);
+        let mut text = format!(
+            "*Newly gone* (first {} of {total}):",
+            notice.newly_gone.len()
+        );
+        for key in &notice.newly_gone {
+            let customer = key
+                .customer_ref
+                .as_deref()
+                .unwrap_or("(no customer reference)");
+            text.push_str(&format!(
+                "\n• {} `{}`",
+                mrkdwn(customer),
+                key.payer_id_masked
+            ));
+        }
+        blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": text}}));
+    }
+    json!({"text": title, "blocks": blocks})
+}
+
+#[cfg(test)]
+mod tests;

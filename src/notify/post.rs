@@ -1,0 +1,142 @@
+//! Posting a message to the webhooks: a bounded timeout per attempt, a few attempts with
+//! doubling pauses for answers that may pass (5xx, 429, 408, timeouts, refused
+//! connections), no redirects. Failures are logged with the host only and counted.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use super::{NotifyError, WebhookUrl};
+
+/// How to send.
+#[derive(Debug, Clone)]
+pub struct NotifierConfig {
+    pub urls: Vec<WebhookUrl>,
+    /// Per attempt, connection included.
+    pub timeout: Duration,
+    /// Attempts per URL (at least 1).
+    pub attempts: u32,
+    /// The first pause between attempts (doubling).
+    pub backoff: Duration,
+}
+
+/// What happened to one message.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Delivery {
+    pub sent: u32,
+    pub failed: u32,
+}
+
+/// Whether an HTTP answer may pass if asked again.
+pub fn retryable_status(status: StatusCode) -> bool {
+    status.is_server_error()
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || status == StatusCode::REQUEST_TIMEOUT
+}
+
+/// Posts messages to the configured webhooks.
+#[derive(Debug)]
+pub struct Notifier {
+    client: reqwest::Client,
+    config: NotifierConfig,
+}
+
+/// One failed attempt, without the URL.
+enum Failure {
+    /// Worth another attempt.
+    Transient(String),
+    /// Not worth one (a 4xx answer).
+    Final(String),
+}
+
+impl Notifier {
+    pub fn new(config: NotifierConfig) -> Result<Self, NotifyError> {
+        let client = crate::http::client_builder()
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("payple-reconcile/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(NotifyError::Client)?;
+        Ok(Self { client, config })
+    }
+
+    /// Whether any webhook is configured.
+    pub fn is_empty(&self) -> bool {
+        self.config.urls.is_empty()
+    }
+
+    /// Posts `body` to every webhook; failures are logged (host only) and counted.
+    pub async fn send(&self, body: &Value) -> Delivery {
+        let mut delivery = Delivery::default();
+        for url in &self.config.urls {
+            if self.send_one(url, body).await {
+                delivery.sent += 1;
+            } else {
+                delivery.failed += 1;
+            }
+        }
+        delivery
+    }
+
+    async fn send_one(&self, url: &WebhookUrl, body: &Value) -> bool {
+        let attempts = self.config.attempts.max(1);
+        let mut pause = self.config.backoff;
+        for attempt in 1..=attempts {
+            match self.attempt(url, body).await {
+                Ok(()) => {
+                    tracing::info!(host = url.host(), attempt, "notification sent");
+                    return true;
+                }
+                Err(Failure::Transient(why)) if attempt < attempts => {
+                    tracing::warn!(host = url.host(), attempt, error = %why, ?pause, "notification failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = pause.saturating_mul(2);
+                }
+                Err(Failure::Transient(why) | Failure::Final(why)) => {
+                    tracing::error!(host = url.host(), attempt, error = %why, "notification not delivered");
+                    return false;
+                }
+            }
+        }
+        false
+    }
+
+    async fn attempt(&self, url: &WebhookUrl, body: &Value) -> Result<(), Failure> {
+        let answer = self
+            .client
+            .post(url.expose())
+            .json(body)
+            .send()
+            .await
+            // reqwest's errors name the URL: strip it, the URL is a secret.
+            .map_err(|e| Failure::Transient(describe(&e.without_url())))?;
+        let status = answer.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let why = format!("HTTP {status}");
+        if retryable_status(status) {
+            Err(Failure::Transient(why))
+        } else {
+            Err(Failure::Final(why))
+        }
+    }
+}
+
+/// An error and its causes on one line (without the URL).
+fn describe(e: &reqwest::Error) -> String {
+    let mut text = if e.is_timeout() {
+        "timed out".to_owned()
+    } else {
+        e.to_string()
+    };
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,85 @@
+//! Delivering a run's results to finance: the report in the format asked for (CSV or the
+//! workbook), and the notification to the webhooks. The commands (`report`, `run`,
+//! `notify`) call these; nothing here reads a flag.
+
+use std::path::Path;
+
+use super::ReportError;
+use super::changes::PAGE_ROWS;
+use super::export::write_report;
+use super::notice;
+use super::output::ReportFormat;
+use super::xlsx::{XlsxOptions, write_workbook_file};
+use crate::domain::KeyStatus;
+use crate::notify::{self, Delivery, Notifier, NotifyFormat, NotifyOn};
+use crate::store::{RunRecord, Store};
+
+/// What a report looks like.
+#[derive(Debug, Clone, Copy)]
+pub struct ReportShape {
+    pub format: ReportFormat,
+    /// CSV: a UTF-8 BOM first.
+    pub excel: bool,
+    /// xlsx: rows per worksheet, header included.
+    pub sheet_rows: u32,
+}
+
+/// Writes run `run_id`'s report to `path` (`statuses` filter the CSV only; the workbook
+/// always holds the whole run); returns the key rows written.
+pub async fn write_run_report(
+    store: &Store,
+    run_id: i64,
+    statuses: &[KeyStatus],
+    path: &Path,
+    shape: ReportShape,
+) -> Result<u64, ReportError> {
+    match shape.format {
+        ReportFormat::Csv => write_report(store, run_id, statuses, path, shape.excel).await,
+        ReportFormat::Xlsx => {
+            let run = store
+                .run(run_id)
+                .await
+                .map_err(ReportError::store(run_id))?
+                .ok_or(ReportError::NoSuchRun(run_id))?;
+            let options = XlsxOptions {
+                sheet_rows: shape.sheet_rows,
+                page: PAGE_ROWS,
+            };
+            let stats = write_workbook_file(store, &run, path, options).await?;
+            Ok(stats.keys)
+        }
+    }
+}
+
+/// What the process knows better than the run record when a run has just ended.
+#[derive(Debug, Clone, Default)]
+pub struct RunEnding {
+    pub exit_code: Option<i64>,
+    pub duration_secs: Option<f64>,
+    /// Where the report was written.
+    pub report: Option<String>,
+}
+
+/// Builds run `run`'s notice and, if `on` says it is worth it, posts it. `None` when
+/// nothing was sent because nothing was worth it.
+pub async fn notify_run(
+    store: &Store,
+    notifier: &Notifier,
+    format: NotifyFormat,
+    on: NotifyOn,
+    run: &RunRecord,
+    ending: RunEnding,
+) -> Result<Option<Delivery>, ReportError> {
+    let mut notice = notice::load(store, run, ending.report).await?;
+    if let Some(code) = ending.exit_code {
+        notice.exit_code = Some(code);
+    }
+    if let Some(secs) = ending.duration_secs {
+        notice.duration_secs = Some(secs);
+    }
+    if !notify::should_send(on, &notice) {
+        tracing::info!(run_id = run.id, "nothing worth a notification");
+        return Ok(None);
+    }
+    Ok(Some(notifier.send(&notify::body(format, &notice)).await))
+}
