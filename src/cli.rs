@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::exit::EXIT_CODES_HELP;
 use crate::telemetry::LogFormat;
@@ -47,6 +47,60 @@ pub enum Command {
     Changes(ChangesArgs),
     /// Counts per status, card company and bank for a run.
     Summary(SummaryArgs),
+    /// Send a run's notification again (e.g. to try a webhook).
+    Notify(NotifyCmdArgs),
+}
+
+/// The notification message format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NotifyFormatArg {
+    /// Slack-compatible incoming-webhook JSON (`text` and `blocks`).
+    Slack,
+    /// A documented JSON document (see README).
+    Json,
+}
+
+/// When `run` sends its notification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NotifyOnArg {
+    /// After every run.
+    Always,
+    /// When something changed against the previous completed run, or the run did not
+    /// complete cleanly.
+    Changes,
+    /// When the run did not complete cleanly, or keys newly went or newly fail.
+    Problems,
+}
+
+/// Where and how notifications go (`run`, `notify`).
+#[derive(Debug, Clone, Args)]
+pub struct NotifyArgs {
+    /// Post a message about the run to this webhook URL (repeatable; also
+    /// PAYPLE_NOTIFY_URL, comma-separated). Only the host is ever logged.
+    #[arg(
+        long = "notify",
+        value_name = "URL",
+        env = "PAYPLE_NOTIFY_URL",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    pub notify: Vec<String>,
+    /// Message format.
+    #[arg(long, value_enum, default_value_t = NotifyFormatArg::Slack)]
+    pub notify_format: NotifyFormatArg,
+    /// Seconds one notification attempt may take.
+    #[arg(long, default_value_t = 10.0, value_name = "SECS", hide = true)]
+    pub notify_timeout: f64,
+    /// First pause between notification attempts, in milliseconds (doubles).
+    #[arg(long, default_value_t = 1000, hide = true)]
+    pub notify_backoff_ms: u64,
+}
+
+/// The report file format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormatArg {
+    Csv,
+    Xlsx,
 }
 
 /// How to reach Payple, shared by `run` and `lookup`.
@@ -174,9 +228,15 @@ pub struct RunArgs {
     /// Seconds between progress log lines when stderr is not a terminal.
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     pub progress_interval: u64,
-    /// Write the finance CSV report here at the end of the run.
+    /// Write the finance report here at the end of the run: a workbook if the name ends
+    /// in .xlsx, CSV otherwise.
     #[arg(long, value_name = "PATH")]
     pub report: Option<PathBuf>,
+    #[command(flatten)]
+    pub notify: NotifyArgs,
+    /// When to send the notification.
+    #[arg(long, value_enum, default_value_t = NotifyOnArg::Changes)]
+    pub notify_on: NotifyOnArg,
     /// With --report: start the file with a UTF-8 BOM so Excel reads Korean text.
     #[arg(long)]
     pub excel: bool,
@@ -219,12 +279,30 @@ pub struct ReportArgs {
     /// Only these statuses (comma-separated: active,gone,failed,rejected).
     #[arg(long, value_delimiter = ',')]
     pub status: Option<Vec<String>>,
-    /// Where to write the CSV; `-` for stdout.
+    /// Where to write the report; `-` for stdout.
     #[arg(long, short)]
     pub output: PathBuf,
-    /// Start with a UTF-8 BOM so Excel reads Korean text.
+    /// csv or xlsx (default: xlsx when --output ends in .xlsx, csv otherwise). An xlsx
+    /// workbook is never written to a terminal.
+    #[arg(long, value_enum)]
+    pub format: Option<ReportFormatArg>,
+    /// CSV: start with a UTF-8 BOM so Excel reads Korean text.
     #[arg(long)]
     pub excel: bool,
+    /// xlsx: rows per worksheet, header included, before a table continues on the next.
+    #[arg(long, default_value_t = 1_048_576, hide = true)]
+    pub sheet_rows: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct NotifyCmdArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// The run: an id, or `latest` (the newest completed run).
+    #[arg(long, default_value = "latest")]
+    pub run: String,
+    #[command(flatten)]
+    pub notify: NotifyArgs,
 }
 
 #[derive(Debug, Args)]

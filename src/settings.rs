@@ -11,15 +11,17 @@ use secrecy::SecretString;
 use url::Url;
 
 use crate::cli::{
-    ChangesArgs, Cli, Command, DatabaseArgs, LookupArgs, PaypleArgs, ReportArgs, RunArgs,
-    SimulateArgs,
+    ChangesArgs, Cli, Command, DatabaseArgs, LookupArgs, NotifyArgs, NotifyCmdArgs,
+    NotifyFormatArg, NotifyOnArg, PaypleArgs, ReportArgs, ReportFormatArg, RunArgs, SimulateArgs,
 };
 use crate::domain::KeyStatus;
+use crate::notify::{NotifierConfig, NotifyFormat, NotifyOn, WebhookUrl};
 use crate::payple::classify::CodeBook;
 use crate::payple::health::HealthConfig;
 use crate::payple::{
     ClientConfig, LIVE_ORIGIN, Rate, TEST_CST_ID, TEST_CUST_KEY, TEST_ORIGIN, TEST_REFERER,
 };
+use crate::report::output::ReportFormat;
 use crate::report::{ReportError, RunSelector, parse_statuses};
 use crate::simulator::Episode;
 use crate::source::{SourceSpec, validate_identifier};
@@ -256,6 +258,52 @@ fn code_book(args: &PaypleArgs) -> Result<CodeBook, ConfigError> {
     Ok(codes)
 }
 
+/// Where and how run notifications go.
+#[derive(Debug, Clone)]
+pub struct NotifySettings {
+    pub notifier: NotifierConfig,
+    pub format: NotifyFormat,
+    pub on: NotifyOn,
+}
+
+/// Validates the notification flags: `None` when no URL is given. A bad URL is a
+/// configuration error naming its host only (the URL is a secret).
+pub fn notify_settings(
+    args: &NotifyArgs,
+    on: NotifyOnArg,
+) -> Result<Option<NotifySettings>, ConfigError> {
+    let mut urls = Vec::new();
+    for value in &args.notify {
+        urls.extend(WebhookUrl::parse_list(value).map_err(|e| invalid("--notify", e.to_string()))?);
+    }
+    if urls.is_empty() {
+        return Ok(None);
+    }
+    if !(args.notify_timeout > 0.0 && args.notify_timeout <= 120.0) {
+        return Err(invalid(
+            "--notify-timeout",
+            "must be within (0, 120] seconds",
+        ));
+    }
+    Ok(Some(NotifySettings {
+        notifier: NotifierConfig {
+            urls,
+            timeout: Duration::from_secs_f64(args.notify_timeout),
+            attempts: 3,
+            backoff: Duration::from_millis(args.notify_backoff_ms),
+        },
+        format: match args.notify_format {
+            NotifyFormatArg::Slack => NotifyFormat::Slack,
+            NotifyFormatArg::Json => NotifyFormat::Json,
+        },
+        on: match on {
+            NotifyOnArg::Always => NotifyOn::Always,
+            NotifyOnArg::Changes => NotifyOn::Changes,
+            NotifyOnArg::Problems => NotifyOn::Problems,
+        },
+    }))
+}
+
 /// Which part of the keys this process checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shard {
@@ -345,6 +393,7 @@ pub struct BatchSettings {
     pub progress_interval: Duration,
     pub report: Option<PathBuf>,
     pub excel: bool,
+    pub notify: Option<NotifySettings>,
     pub shard: Shard,
     pub metrics_file: Option<PathBuf>,
     pub omit_pii: bool,
@@ -474,6 +523,7 @@ pub fn batch_settings(args: &RunArgs, env: &dyn Env) -> Result<BatchSettings, Co
         progress_interval: Duration::from_secs(args.progress_interval.max(1)),
         report: args.report.clone(),
         excel: args.excel,
+        notify: notify_settings(&args.notify, args.notify_on)?,
         shard,
         metrics_file: args.metrics_file.clone(),
         omit_pii: args.omit_pii,
@@ -539,6 +589,7 @@ pub enum Settings {
     Report(ReportSettings),
     Changes(ChangesSettings),
     Summary(SummarySettings),
+    Notify(NotifyCmdSettings),
 }
 
 /// Validates the command line (and the environment `env` stands for) into [`Settings`].
@@ -554,6 +605,7 @@ pub fn from_cli(cli: Cli, env: &dyn Env) -> Result<Settings, ConfigError> {
             database: database_settings(args.database),
             run: args.run.map_or(RunSelector::Latest, RunSelector::Id),
         }),
+        Command::Notify(args) => Settings::Notify(notify_cmd_settings(args)?),
     })
 }
 
@@ -596,15 +648,54 @@ pub struct ReportSettings {
     /// `-` for stdout.
     pub output: PathBuf,
     pub excel: bool,
+    /// `--format`, or the one `--output`'s extension names.
+    pub format: ReportFormat,
+    /// xlsx: rows per worksheet, header included.
+    pub sheet_rows: u32,
 }
 
 fn report_settings(args: ReportArgs) -> Result<ReportSettings, ConfigError> {
+    let format = match args.format {
+        Some(ReportFormatArg::Csv) => ReportFormat::Csv,
+        Some(ReportFormatArg::Xlsx) => ReportFormat::Xlsx,
+        None => ReportFormat::from_path(&args.output),
+    };
+    let statuses = parse_statuses(args.status.as_deref().unwrap_or_default())?;
+    if format == ReportFormat::Xlsx && !statuses.is_empty() {
+        return Err(invalid(
+            "--status",
+            "filters CSV reports only; the workbook's Action sheet lists the gone and failed keys",
+        ));
+    }
+    if args.sheet_rows < 2 {
+        return Err(invalid("--sheet-rows", "must be at least 2"));
+    }
     Ok(ReportSettings {
-        statuses: parse_statuses(args.status.as_deref().unwrap_or_default())?,
+        statuses,
         run: RunSelector::parse(&args.run)?,
         database: database_settings(args.database),
         output: args.output,
         excel: args.excel,
+        format,
+        sheet_rows: args.sheet_rows,
+    })
+}
+
+/// `notify`, validated: a webhook is required.
+#[derive(Debug, Clone)]
+pub struct NotifyCmdSettings {
+    pub database: DatabaseSettings,
+    pub run: RunSelector,
+    pub notify: NotifySettings,
+}
+
+fn notify_cmd_settings(args: NotifyCmdArgs) -> Result<NotifyCmdSettings, ConfigError> {
+    let notify = notify_settings(&args.notify, NotifyOnArg::Always)?
+        .ok_or_else(|| invalid("--notify", "give a webhook URL (or set PAYPLE_NOTIFY_URL)"))?;
+    Ok(NotifyCmdSettings {
+        database: database_settings(args.database),
+        run: RunSelector::parse(&args.run)?,
+        notify,
     })
 }
 
@@ -876,6 +967,42 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("0000"), "{err}");
+    }
+
+    #[test]
+    fn notification_urls_are_validated_without_showing_them() {
+        #[derive(Parser)]
+        struct T {
+            #[command(flatten)]
+            n: NotifyArgs,
+        }
+        let parse = |argv: &[&str]| T::try_parse_from(argv).unwrap().n;
+        let none = parse(&["t"]);
+        assert!(
+            notify_settings(&none, NotifyOnArg::Changes)
+                .unwrap()
+                .is_none()
+        );
+        let two = parse(&[
+            "t",
+            "--notify",
+            "https://hooks.slack.com/services/T/B/SECRET1",
+            "--notify",
+            "https://a.example/x,https://b.example/y",
+            "--notify-format",
+            "json",
+        ]);
+        let s = notify_settings(&two, NotifyOnArg::Problems)
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.notifier.urls.len(), 3);
+        assert_eq!(s.format, NotifyFormat::Json);
+        assert_eq!(s.on, NotifyOn::Problems);
+        assert!(!format!("{s:?}").contains("SECRET1"));
+        let bad = parse(&["t", "--notify", "http://hooks.example/T/SECRET2"]);
+        let err = notify_settings(&bad, NotifyOnArg::Changes).unwrap_err();
+        assert!(err.to_string().contains("hooks.example"), "{err}");
+        assert!(!err.to_string().contains("SECRET2"), "{err}");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 mod changes;
 mod lookup;
 mod migrate;
+mod notify;
 mod report;
 mod run;
 mod simulate;
@@ -69,6 +70,9 @@ pub enum AppError {
     },
     #[error("cannot listen for signals: {0}")]
     Signals(#[source] std::io::Error),
+    /// The HTTP client for notifications could not be built.
+    #[error(transparent)]
+    Notify(crate::notify::NotifyError),
 }
 
 impl AppError {
@@ -86,7 +90,8 @@ impl AppError {
             | Self::AfterRun(_)
             | Self::StartSimulator(_)
             | Self::SimulatorUrl { .. }
-            | Self::Signals(_) => ExitStatus::Internal,
+            | Self::Signals(_)
+            | Self::Notify(_) => ExitStatus::Internal,
         }
     }
 }
@@ -113,6 +118,7 @@ async fn dispatch(settings: Settings) -> Result<ExitStatus, AppError> {
         Settings::Report(s) => report::report(s).await,
         Settings::Changes(s) => changes::changes(s).await,
         Settings::Summary(s) => summary::summary(s).await,
+        Settings::Notify(s) => notify::notify(s).await,
     }
 }
 

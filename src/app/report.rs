@@ -1,8 +1,8 @@
-//! `report`: a run's rows as the finance CSV.
+//! `report`: a run's rows as the finance CSV, or the run as the finance workbook.
 
 use super::{AppError, with_store};
 use crate::exit::ExitStatus;
-use crate::report::export::write_report;
+use crate::report::deliver::{ReportShape, write_run_report};
 use crate::report::select::resolve_run;
 use crate::settings::ReportSettings;
 
@@ -13,10 +13,17 @@ pub(super) async fn report(settings: ReportSettings) -> Result<ExitStatus, AppEr
         statuses,
         output,
         excel,
+        format,
+        sheet_rows,
     } = settings;
+    let shape = ReportShape {
+        format,
+        excel,
+        sheet_rows,
+    };
     with_store(&database.database_url, async |store| {
         let run = resolve_run(store, run).await?;
-        let rows = write_report(store, run.id, &statuses, &output, excel).await?;
+        let rows = write_run_report(store, run.id, &statuses, &output, shape).await?;
         tracing::info!(run_id = run.id, rows, output = %output.display(), "report written");
         Ok(())
     })

@@ -1,16 +1,20 @@
-//! `run`: the nightly batch, its `--dry-run`, and what it writes at its end (`--report`,
-//! `--metrics-file`).
+//! `run`: the nightly batch, its `--dry-run`, and what it does at its end (`--report`,
+//! `--notify`, `--metrics-file`).
 
 use std::sync::Arc;
 
 use super::{AppError, payple_client, print_json};
 use crate::domain::RunSummary;
 use crate::exit::ExitStatus;
+use crate::notify::{Notice, Notifier};
 use crate::payple::PaypleClient;
 use crate::pipeline;
-use crate::report::export::{write_metrics, write_report};
+use crate::report::deliver::{ReportShape, RunEnding, notify_run, write_run_report};
+use crate::report::export::write_metrics;
 use crate::report::metrics;
-use crate::settings::{BatchSettings, RunSettings};
+use crate::report::output::ReportFormat;
+use crate::report::xlsx::EXCEL_MAX_ROWS;
+use crate::settings::{BatchSettings, NotifySettings, RunSettings};
 use crate::shutdown::Shutdown;
 use crate::source::SourceSpec;
 use crate::store::{RunState, Store};
@@ -75,6 +79,12 @@ async fn batch_run(
         tracing::error!("{error}");
     }
     let mut exit = end.exit;
+    if end.summary.is_none()
+        && let Some(n) = &batch.notify
+    {
+        let error = end.error.as_ref().map(ToString::to_string);
+        notify_failed(n, exit, error).await;
+    }
     if let Some(summary) = &end.summary {
         log_summary(summary);
         print_json(summary);
@@ -106,10 +116,13 @@ fn log_summary(summary: &RunSummary) {
     );
 }
 
-/// What `run` writes when it ends: the report (`--report`) and the metrics file
-/// (`--metrics-file`). Returns what failed.
+/// What `run` does when it ends: the report (`--report`, CSV or a workbook by its
+/// extension), the notification (`--notify`), then the metrics file (`--metrics-file`,
+/// counting undelivered notifications). Returns what failed; an undelivered
+/// notification is logged and counted, never returned.
 async fn after_run(batch: &BatchSettings, store: &Store, summary: &RunSummary) -> Vec<AppError> {
     let mut failed = Vec::new();
+    let mut written = None;
     if let Some(path) = &batch.report {
         if summary.state != RunState::Completed.as_str() {
             tracing::warn!(
@@ -118,13 +131,26 @@ async fn after_run(batch: &BatchSettings, store: &Store, summary: &RunSummary) -
                 "the run did not complete: the report holds only the keys checked so far"
             );
         }
-        match write_report(store, summary.run_id, &[], path, batch.excel).await {
+        let shape = ReportShape {
+            format: ReportFormat::from_path(path),
+            excel: batch.excel,
+            sheet_rows: EXCEL_MAX_ROWS,
+        };
+        match write_run_report(store, summary.run_id, &[], path, shape).await {
             Ok(rows) => {
                 tracing::info!(run_id = summary.run_id, rows, output = %path.display(), "report written");
+                written = Some(path.display().to_string());
             }
             Err(e) => failed.push(AppError::AfterRun(e)),
         }
     }
+    let notify_failures = match &batch.notify {
+        // A run key that had already completed, with nothing to re-check: nothing ran
+        // (not even the partner auth every real run starts with), nothing to tell.
+        Some(_) if summary.auth_calls == 0 && summary.checked_now == 0 => Some(0),
+        Some(n) => Some(notify_after(n, store, summary, written).await),
+        None => None,
+    };
     if let Some(path) = &batch.metrics_file {
         // The run's own end: an "already completed" answer is about an earlier night.
         let ended = match store.run(summary.run_id).await {
@@ -136,10 +162,60 @@ async fn after_run(batch: &BatchSettings, store: &Store, summary: &RunSummary) -
                 None
             }
         };
-        match write_metrics(path, summary, ended) {
+        match write_metrics(path, summary, ended, notify_failures) {
             Ok(()) => tracing::debug!(output = %path.display(), "metrics written"),
             Err(e) => failed.push(AppError::AfterRun(e)),
         }
     }
     failed
+}
+
+/// Sends the notification about a run that ended; returns the webhooks it did not reach
+/// (all of them when the message could not be built).
+async fn notify_after(
+    n: &NotifySettings,
+    store: &Store,
+    summary: &RunSummary,
+    report: Option<String>,
+) -> u64 {
+    let urls = n.notifier.urls.len() as u64;
+    let notifier = match Notifier::new(n.notifier.clone()) {
+        Ok(notifier) => notifier,
+        Err(e) => {
+            tracing::error!("{e}");
+            return urls;
+        }
+    };
+    let ending = RunEnding {
+        exit_code: Some(i64::from(summary.exit_code)),
+        duration_secs: Some(summary.duration_secs),
+        report,
+    };
+    let run = match store.run(summary.run_id).await {
+        Ok(Some(run)) => run,
+        Ok(None) => return urls,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the run for its notification");
+            return urls;
+        }
+    };
+    match notify_run(store, &notifier, n.format, n.on, &run, ending).await {
+        Ok(Some(delivery)) => u64::from(delivery.failed),
+        Ok(None) => 0,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the notification");
+            urls
+        }
+    }
+}
+
+/// Tells the webhooks about a run that could not start or end (no summary).
+async fn notify_failed(n: &NotifySettings, exit: ExitStatus, error: Option<String>) {
+    let notifier = match Notifier::new(n.notifier.clone()) {
+        Ok(notifier) => notifier,
+        Err(e) => return tracing::error!("{e}"),
+    };
+    let error = error.unwrap_or_else(|| "the run ended without a summary".to_owned());
+    let notice = Notice::failed(None, i64::from(exit.code()), error);
+    notifier.send(&crate::notify::body(n.format, &notice)).await;
 }

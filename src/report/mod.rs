@@ -18,8 +18,8 @@
 
 pub mod changes;
 pub mod csv;
-pub mod export;
 pub mod deliver;
+pub mod export;
 pub mod metrics;
 pub mod neutral;
 pub mod notice;
