@@ -284,6 +284,17 @@ pub fn headline(notice: &Notice) -> String {
     }
 }
 
+/// `0.4 s`, `42 s`, `14 min 5 s`, `2 h 3 min`.
+pub fn human_duration(secs: f64) -> String {
+    let whole = secs.max(0.0).round() as u64;
+    match whole {
+        _ if secs < 10.0 => format!("{:.1} s", secs.max(0.0)),
+        0..60 => format!("{whole} s"),
+        60..3600 => format!("{} min {} s", whole / 60, whole % 60),
+        _ => format!("{} h {} min", whole / 3600, whole % 3600 / 60),
+    }
+}
+
 /// The lines of the message body (Slack mrkdwn).
 fn detail_lines(notice: &Notice) -> Vec<String> {
     if let Some(error) = &notice.error {
@@ -295,7 +306,7 @@ fn detail_lines(notice: &Notice) -> Vec<String> {
         k.active, k.gone, k.failed, k.rejected
     )];
     if let Some(secs) = notice.duration_secs {
-        lines.push(format!("*Duration:* {secs:.0} s"));
+        lines.push(format!("*Duration:* {}", human_duration(secs)));
     }
     match &notice.changes {
         Some(c) => lines.push(format!(

@@ -179,3 +179,12 @@ fn a_run_that_could_not_start_says_why() {
     assert!(body.to_string().contains("another run holds the lease"));
     assert!(json_body(&n)["run_id"].is_null());
 }
+
+#[test]
+fn durations_read_like_a_person_would_say_them() {
+    assert_eq!(human_duration(0.04), "0.0 s");
+    assert_eq!(human_duration(9.96), "10.0 s");
+    assert_eq!(human_duration(42.4), "42 s");
+    assert_eq!(human_duration(845.0), "14 min 5 s");
+    assert_eq!(human_duration(7380.0), "2 h 3 min");
+}

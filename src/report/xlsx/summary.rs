@@ -88,6 +88,8 @@ impl Cursor<'_> {
 pub fn write(workbook: &mut Workbook, facts: &Facts, formats: &Formats) -> Result<(), XlsxError> {
     let sheet = workbook.add_worksheet();
     sheet.set_name(NAME)?;
+    // Printed (or exported to PDF), the tables and both charts fit one landscape page.
+    sheet.set_landscape().set_print_fit_to_pages(1, 1);
     let mut c = Cursor {
         sheet,
         row: 0,
