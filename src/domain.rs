@@ -273,6 +273,127 @@ pub struct RunSummary {
     pub note: Option<String>,
 }
 
+/// The marker left at the end of a value that was cut to its field's bound.
+pub const CUT_MARKER: &str = "…[cut]";
+
+/// Every free-text field this job stores, with the one bound it has (in characters). The
+/// results tables' columns are sized from this table (see the migrations); a value longer
+/// than its bound is cut, never refused, so one odd reply can never fail a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldBound {
+    CustomerRef,
+    CardCode,
+    CardName,
+    CardMask,
+    BankCode,
+    BankName,
+    BankMask,
+    BankAccountType,
+    PayerName,
+    PayerPhoneMask,
+    IsTax,
+    ResultCode,
+    ResultMsg,
+}
+
+impl FieldBound {
+    /// The longest value stored, in characters.
+    pub const fn max_chars(self) -> usize {
+        match self {
+            Self::CustomerRef => 255,
+            Self::CardCode | Self::BankCode | Self::BankAccountType | Self::PayerPhoneMask => 32,
+            Self::CardName | Self::BankName | Self::PayerName => 100,
+            Self::CardMask | Self::BankMask | Self::ResultCode => 64,
+            Self::IsTax => 8,
+            Self::ResultMsg => 500,
+        }
+    }
+
+    /// The column the field is stored in.
+    pub const fn column(self) -> &'static str {
+        match self {
+            Self::CustomerRef => "customer_ref",
+            Self::CardCode => "card_code",
+            Self::CardName => "card_name",
+            Self::CardMask => "card_mask",
+            Self::BankCode => "bank_code",
+            Self::BankName => "bank_name",
+            Self::BankMask => "bank_mask",
+            Self::BankAccountType => "bank_account_type",
+            Self::PayerName => "payer_name",
+            Self::PayerPhoneMask => "payer_phone_mask",
+            Self::IsTax => "is_tax",
+            Self::ResultCode => "result_code",
+            Self::ResultMsg => "result_msg",
+        }
+    }
+
+    /// The value within the bound: as it is, or cut at a character boundary with
+    /// [`CUT_MARKER`] at the end (the whole result is at most the bound).
+    pub fn cut(self, value: &str) -> std::borrow::Cow<'_, str> {
+        cut_chars(value, self.max_chars())
+    }
+
+    /// Cuts `value` in place; whether it was cut.
+    pub fn apply(self, value: &mut Option<String>) -> bool {
+        let Some(v) = value else { return false };
+        match self.cut(v) {
+            std::borrow::Cow::Borrowed(_) => false,
+            std::borrow::Cow::Owned(cut) => {
+                *v = cut;
+                true
+            }
+        }
+    }
+}
+
+/// `value` cut to at most `max` characters, marker included (`max` is at least the
+/// marker's 6); never splits a character.
+pub fn cut_chars(value: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if value.chars().nth(max).is_none() {
+        return std::borrow::Cow::Borrowed(value);
+    }
+    let keep = max.saturating_sub(CUT_MARKER.chars().count());
+    let cut_at = value
+        .char_indices()
+        .nth(keep)
+        .map_or(value.len(), |(i, _)| i);
+    let mut out = String::with_capacity(cut_at + CUT_MARKER.len());
+    out.push_str(&value[..cut_at]);
+    out.push_str(CUT_MARKER);
+    std::borrow::Cow::Owned(out)
+}
+
+impl KeyDetails {
+    /// Cuts every field to its bound; how many were cut.
+    pub fn bound(&mut self) -> usize {
+        [
+            FieldBound::CardCode.apply(&mut self.card_code),
+            FieldBound::CardName.apply(&mut self.card_name),
+            FieldBound::CardMask.apply(&mut self.card_mask),
+            FieldBound::BankCode.apply(&mut self.bank_code),
+            FieldBound::BankName.apply(&mut self.bank_name),
+            FieldBound::BankMask.apply(&mut self.bank_mask),
+            FieldBound::BankAccountType.apply(&mut self.bank_account_type),
+            FieldBound::PayerName.apply(&mut self.payer_name),
+            FieldBound::PayerPhoneMask.apply(&mut self.payer_phone_mask),
+            FieldBound::IsTax.apply(&mut self.is_tax),
+        ]
+        .into_iter()
+        .filter(|cut| *cut)
+        .count()
+    }
+}
+
+impl LookupOutcome {
+    /// Cuts every text field to its bound; how many were cut.
+    pub fn bound(&mut self) -> usize {
+        self.details.bound()
+            + usize::from(FieldBound::ResultCode.apply(&mut self.result_code))
+            + usize::from(FieldBound::ResultMsg.apply(&mut self.result_msg))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -322,5 +443,37 @@ mod tests {
         for s in KeyStatus::ALL {
             assert_eq!(KeyStatus::parse(s.as_str()), Some(s));
         }
+    }
+
+    #[test]
+    fn long_values_are_cut_at_a_character_with_a_marker() {
+        let bound = FieldBound::PayerName;
+        assert_eq!(bound.cut("홍길동"), "홍길동");
+        let exact = "가".repeat(100);
+        assert_eq!(bound.cut(&exact), exact.as_str());
+        let long = "가".repeat(300);
+        let cut = bound.cut(&long);
+        assert_eq!(cut.chars().count(), 100);
+        assert!(cut.ends_with(CUT_MARKER), "{cut}");
+        assert!(cut.starts_with(&"가".repeat(94)));
+        assert_eq!(cut_chars("abcdefghijk", 8), format!("ab{CUT_MARKER}"));
+    }
+
+    #[test]
+    fn an_outcome_is_bounded_field_by_field() {
+        let mut o = LookupOutcome::failed("X".repeat(70), "m".repeat(5_000_000), 1);
+        o.details.payer_name = Some("n".repeat(101));
+        o.details.card_name = Some("BC카드".to_owned());
+        assert_eq!(o.bound(), 3);
+        assert_eq!(
+            o.result_msg.as_deref().map(|m| m.chars().count()),
+            Some(500)
+        );
+        assert_eq!(
+            o.result_code.as_deref().map(|m| m.chars().count()),
+            Some(64)
+        );
+        assert_eq!(o.details.card_name.as_deref(), Some("BC카드"));
+        assert_eq!(o.bound(), 0, "a bounded outcome is left alone");
     }
 }

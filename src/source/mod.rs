@@ -2,6 +2,7 @@
 //! table, or a query), read as a stream of valid keys and rejected rows in input order.
 
 pub mod csv_file;
+pub mod readonly;
 pub mod table;
 
 use std::path::PathBuf;
@@ -77,13 +78,14 @@ pub enum Item {
 }
 
 impl Item {
-    /// Validates a raw id read at `seq`.
+    /// Validates a raw id read at `seq`; a reference longer than its column is cut.
     pub fn from_raw(
         seq: i64,
         raw: &str,
-        customer_ref: Option<String>,
+        mut customer_ref: Option<String>,
         location: impl FnOnce() -> String,
     ) -> Self {
+        crate::domain::FieldBound::CustomerRef.apply(&mut customer_ref);
         match PayerId::parse(raw) {
             Ok(id) => Self::Key {
                 seq,
@@ -135,6 +137,10 @@ pub enum SourceError {
     },
     #[error("source {what}: row {row}: the key column is neither text nor an integer")]
     BadValue { what: String, row: i64 },
+    #[error("the source query is refused: {0}")]
+    NotReadOnly(String),
+    #[error("source {what}: the database refused a write: the key source is read-only ({reason})")]
+    WriteRefused { what: String, reason: String },
     #[error(
         "run {0} read its keys from stdin and stopped before reading them all; stdin cannot be \
          read again: start a new run"
@@ -143,9 +149,21 @@ pub enum SourceError {
 }
 
 impl SourceError {
-    /// Whether the input itself is malformed (exit code 3) rather than unreachable.
+    /// Whether the input or its configuration is wrong (exit code 3: a malformed file, a
+    /// query that would write, a missing table or column) rather than the database being
+    /// unreachable.
     pub fn is_bad_input(&self) -> bool {
-        !matches!(self, Self::Database { .. })
+        match self {
+            Self::Database { source, .. } => !matches!(
+                source,
+                sqlx::Error::Io(_)
+                    | sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::WorkerCrashed
+                    | sqlx::Error::Protocol(_)
+            ),
+            _ => true,
+        }
     }
 }
 

@@ -1,6 +1,12 @@
 //! The one writer: result rows arrive on a bounded channel and are written in batched
 //! transactions, with retries, so the database is never the bottleneck and never loses a
 //! row silently.
+//!
+//! # Poison rows
+//! Every text field is cut to its bound ([`FieldBound`]) before it is written. A batch the
+//! database still refuses for a reason that is not transient is split in halves, down to
+//! single rows: every other row is written, and a row refused on its own is stored as
+//! `failed` with the database's reason, so one key can never fail a run night after night.
 
 use std::time::Duration;
 
@@ -8,6 +14,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::{CheckRow, Store, StoreError};
+use crate::domain::{FieldBound, LookupOutcome};
+
+/// The result code of a row the database refused on its own.
+pub const STORE_REJECTED: &str = "STORE_REJECTED";
 
 /// How the writer batches and retries.
 #[derive(Debug, Clone, Copy)]
@@ -36,6 +46,10 @@ pub struct WriterStats {
     pub rows: u64,
     pub batches: u64,
     pub retries: u64,
+    /// Text fields cut to their bound before writing.
+    pub cut_fields: u64,
+    /// Rows the database refused on their own, stored as `failed` instead.
+    pub isolated: u64,
 }
 
 /// Why the writer stopped early; the rows of the failed batch have no row in the table
@@ -44,7 +58,7 @@ pub struct WriterStats {
 #[error("results could not be written ({lost} rows of the last batch unsaved): {source}")]
 pub struct WriterError {
     pub lost: usize,
-    pub stats: WriterStats,
+    pub stats: Box<WriterStats>,
     #[source]
     pub source: StoreError,
 }
@@ -75,7 +89,10 @@ async fn write_loop(
         if !batch.is_empty() {
             // In key order, the batch touches the primary-key index page by page.
             batch.sort_unstable_by(|a, b| a.payer_id.cmp(&b.payer_id));
-            write_batch(&store, run_id, &batch, &config, &mut stats).await?;
+            for row in &mut batch {
+                stats.cut_fields += bound_row(row) as u64;
+            }
+            write_isolating(&store, run_id, &batch, &config, &mut stats).await?;
             batch.clear();
         }
         if !open {
@@ -106,6 +123,71 @@ async fn fill(
     true
 }
 
+/// Cuts a row's text fields to their bounds; how many were cut.
+pub fn bound_row(row: &mut CheckRow) -> usize {
+    let cut =
+        row.outcome.bound() + usize::from(FieldBound::CustomerRef.apply(&mut row.customer_ref));
+    if cut > 0 {
+        tracing::warn!(
+            key = %crate::domain::mask_payer_id(&row.payer_id),
+            fields = cut,
+            "over-long values cut to their column's bound"
+        );
+    }
+    cut
+}
+
+/// The row stored instead of one the database refused: `failed`, with the reason.
+pub fn refused_row(row: &CheckRow, reason: &StoreError) -> CheckRow {
+    let mut outcome = LookupOutcome::failed(
+        STORE_REJECTED,
+        format!("the results database refused this row: {reason}"),
+        row.outcome.attempts,
+    );
+    outcome.bound();
+    CheckRow {
+        payer_id: row.payer_id.clone(),
+        customer_ref: None,
+        outcome,
+        checked_at: row.checked_at.clone(),
+    }
+}
+
+/// Writes `batch`; a part refused for a non-transient reason is halved until the refused
+/// rows stand alone, and each of those is stored as a `failed` row instead.
+async fn write_isolating(
+    store: &Store,
+    run_id: i64,
+    batch: &[CheckRow],
+    config: &WriterConfig,
+    stats: &mut WriterStats,
+) -> Result<(), WriterError> {
+    let mut pending: Vec<&[CheckRow]> = vec![batch];
+    while let Some(part) = pending.pop() {
+        let error = match write_batch(store, run_id, part, config, stats).await {
+            Ok(()) => continue,
+            Err(e) if e.source.is_transient() => return Err(e),
+            Err(e) => e,
+        };
+        if part.len() > 1 {
+            tracing::warn!(rows = part.len(), error = %error.source, "a batch was refused; isolating the row at fault");
+            let (left, right) = part.split_at(part.len() / 2);
+            pending.push(right);
+            pending.push(left);
+            continue;
+        }
+        let refused = refused_row(&part[0], &error.source);
+        tracing::error!(
+            key = %crate::domain::mask_payer_id(&part[0].payer_id),
+            error = %error.source,
+            "the results database refused a row; it is stored as failed"
+        );
+        write_batch(store, run_id, std::slice::from_ref(&refused), config, stats).await?;
+        stats.isolated += 1;
+    }
+    Ok(())
+}
+
 async fn write_batch(
     store: &Store,
     run_id: i64,
@@ -123,10 +205,12 @@ async fn write_batch(
                 return Ok(());
             }
             Err(source) if attempt >= config.attempts || !source.is_transient() => {
-                tracing::error!(rows = batch.len(), error = %source, "giving up writing results");
+                if source.is_transient() {
+                    tracing::error!(rows = batch.len(), error = %source, "giving up writing results");
+                }
                 return Err(WriterError {
                     lost: batch.len(),
-                    stats: *stats,
+                    stats: Box::new(*stats),
                     source,
                 });
             }
