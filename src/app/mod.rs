@@ -30,6 +30,7 @@ use crate::report::ReportError;
 use crate::report::select::open_store;
 use crate::settings::{self, ConfigError, PaypleSettings, PaypleTarget, ProcessEnv, Settings};
 use crate::simulator::{self, Partner, SimConfig, SimError, SimHandle};
+use crate::source::SourceError;
 use crate::store::{Store, StoreError};
 
 pub use lookup::LookupLine;
@@ -53,9 +54,12 @@ pub enum AppError {
     /// What `run` writes at its end (`--report`, `--metrics-file`) failed.
     #[error(transparent)]
     AfterRun(ReportError),
-    /// The results (or source) database cannot be opened.
+    /// The results database cannot be opened.
     #[error(transparent)]
     Database(#[from] StoreError),
+    /// The source database cannot be opened (read-only).
+    #[error(transparent)]
+    Source(SourceError),
     /// `--simulator`: the built-in simulator did not start.
     #[error(transparent)]
     StartSimulator(SimError),
@@ -80,9 +84,11 @@ impl AppError {
     /// the user named wrongly, 1 for what failed underneath.
     pub fn exit_status(&self) -> ExitStatus {
         match self {
-            Self::Config(_) | Self::Client(_) | Self::Database(_) | Self::Simulate(_) => {
-                ExitStatus::Config
-            }
+            Self::Config(_)
+            | Self::Client(_)
+            | Self::Database(_)
+            | Self::Source(_)
+            | Self::Simulate(_) => ExitStatus::Config,
             Self::Payple(e) if e.is_configuration() => ExitStatus::Config,
             Self::Run(e) => e.exit_status(),
             Self::Report(e) => e.exit_status(),

@@ -39,14 +39,22 @@ fn reads_database(batch: &BatchSettings) -> bool {
     !matches!(batch.source, SourceSpec::Csv { .. })
 }
 
+/// A read-only connection to the database the keys are read from.
+async fn source_pool(batch: &BatchSettings) -> Result<sqlx::AnyPool, AppError> {
+    let url = batch
+        .source_database_url
+        .as_deref()
+        .unwrap_or(&batch.database_url);
+    crate::source::readonly::connect(url)
+        .await
+        .map_err(AppError::Source)
+}
+
 /// `--dry-run`: configuration, source and credentials checked; nothing written.
 async fn dry_run(batch: &BatchSettings, client: &PaypleClient) -> Result<ExitStatus, AppError> {
     let source_db = if reads_database(batch) {
-        let url = batch
-            .source_database_url
-            .as_deref()
-            .unwrap_or(&batch.database_url);
-        Some(Store::connect(url).await?.pool().clone())
+        // Read-only: a dry run opens nothing it could write to.
+        Some(source_pool(batch).await?)
     } else {
         None
     };
@@ -69,10 +77,11 @@ async fn batch_run(
     shutdown: &Shutdown,
 ) -> Result<ExitStatus, AppError> {
     let store = Store::open(&batch.database_url).await?;
-    let source_db = match (&batch.source_database_url, reads_database(batch)) {
-        (_, false) => None,
-        (None, true) => Some(store.pool().clone()),
-        (Some(url), true) => Some(Store::connect(url).await?.pool().clone()),
+    // The source has its own read-only connection, even when it is the results database.
+    let source_db = if reads_database(batch) {
+        Some(source_pool(batch).await?)
+    } else {
+        None
     };
     let end = pipeline::run(batch, &store, client, source_db, shutdown).await;
     if let Some(error) = &end.error {

@@ -2,9 +2,10 @@
 //! row from the source database.
 
 use futures::TryStreamExt;
-use sqlx::{AnyPool, AssertSqlSafe, Row};
+use sqlx::{AnyPool, AssertSqlSafe, Executor, Row};
 use tokio::sync::mpsc;
 
+use super::readonly::{check_query, is_write_refused};
 use super::{CHUNK, Item, ItemReceiver, SourceError, SourceSpec, validate_identifier};
 
 /// Streams the rows of `spec` from `pool` in a task.
@@ -40,11 +41,31 @@ pub fn select_sql(spec: &SourceSpec) -> Result<String, SourceError> {
                 None => format!("SELECT {id} FROM {table}"),
             })
         }
-        SourceSpec::Query { sql } => Ok(sql.clone()),
+        SourceSpec::Query { sql } => {
+            check_query(sql)?;
+            Ok(sql.clone())
+        }
         SourceSpec::Csv { .. } => Err(SourceError::BadIdentifier("csv".into())),
     }
 }
 
+/// Turns a database error into the source error it means.
+fn source_error(what: &str, source: sqlx::Error) -> SourceError {
+    if is_write_refused(&source) {
+        SourceError::WriteRefused {
+            what: what.to_owned(),
+            reason: source.to_string(),
+        }
+    } else {
+        SourceError::Database {
+            what: what.to_owned(),
+            source,
+        }
+    }
+}
+
+/// Reads the rows on one connection, inside a read-only transaction where the database
+/// has them (PostgreSQL, MySQL); the transaction is rolled back at the end.
 async fn read(
     spec: &SourceSpec,
     pool: &AnyPool,
@@ -52,11 +73,30 @@ async fn read(
 ) -> Result<(), SourceError> {
     let what = spec.describe();
     let sql = select_sql(spec)?;
-    let db_error = |source| SourceError::Database {
-        what: what.clone(),
-        source,
-    };
-    let mut rows = sqlx::query(AssertSqlSafe(sql)).fetch(pool);
+    let mut conn = pool.acquire().await.map_err(|e| source_error(&what, e))?;
+    let transaction = conn.backend_name() != "SQLite";
+    if transaction {
+        conn.execute("START TRANSACTION READ ONLY")
+            .await
+            .map_err(|e| source_error(&what, e))?;
+    }
+    let result = stream_rows(&what, &sql, &mut conn, tx).await;
+    if transaction {
+        // Nothing was written; the rollback only ends the transaction.
+        let _ = conn.execute("ROLLBACK").await;
+    }
+    result
+}
+
+async fn stream_rows(
+    what: &str,
+    sql: &str,
+    conn: &mut sqlx::AnyConnection,
+    tx: &mpsc::Sender<Result<Vec<Item>, SourceError>>,
+) -> Result<(), SourceError> {
+    let what = what.to_owned();
+    let db_error = |source| source_error(&what, source);
+    let mut rows = sqlx::query(AssertSqlSafe(sql.to_owned())).fetch(&mut *conn);
     let mut chunk = Vec::with_capacity(CHUNK);
     let mut seq = 0i64;
     while let Some(row) = rows.try_next().await.map_err(db_error)? {

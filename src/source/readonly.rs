@@ -1,0 +1,235 @@
+//! Read-only access to the merchant's database: the key source is read through its own
+//! connection that cannot write, whatever SQL `--source-query` holds.
+//!
+//! # Architecture
+//! Two layers. [`check_query`] is a pure look at the SQL: one statement, starting with
+//! `SELECT`, `WITH`, `VALUES` or `TABLE`, so the common mistakes get a clear refusal before
+//! anything is sent. The database enforces the rest: SQLite is opened read-only with
+//! `PRAGMA query_only = ON`; PostgreSQL and MySQL/MariaDB sessions are set read-only and
+//! every read runs inside `START TRANSACTION READ ONLY`, rolled back at the end. A write that
+//! slips past the first layer (e.g. a data-modifying `WITH`) is refused by the second.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::AnyPool;
+use sqlx::ConnectOptions;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+
+use super::SourceError;
+
+/// How long connecting to the source database may take before the run stops.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Statements a source query may start with.
+const READING: [&str; 4] = ["SELECT", "WITH", "VALUES", "TABLE"];
+
+/// Refuses SQL that is not one reading statement, naming why.
+pub fn check_query(sql: &str) -> Result<(), SourceError> {
+    let refuse = |reason: String| Err(SourceError::NotReadOnly(reason));
+    let statements = split_statements(sql);
+    match statements.as_slice() {
+        [] => refuse("the query is empty".to_owned()),
+        [one] => {
+            let first = first_word(one).to_ascii_uppercase();
+            if READING.contains(&first.as_str()) {
+                Ok(())
+            } else {
+                refuse(format!(
+                    "a source query must be one SELECT (or WITH … SELECT) statement; it \
+                     starts with {first:?}, which could change the database"
+                ))
+            }
+        }
+        many => refuse(format!(
+            "a source query must be one statement; found {} separated by ';'",
+            many.len()
+        )),
+    }
+}
+
+/// The statements of `sql` (text between `;` outside quotes and comments), empty ones
+/// dropped, comments removed.
+fn split_statements(sql: &str) -> Vec<String> {
+    let mut statements = Vec::new();
+    let mut current = String::new();
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' | '"' | '`' => {
+                current.push(c);
+                for q in chars.by_ref() {
+                    current.push(q);
+                    if q == c {
+                        break;
+                    }
+                }
+            }
+            '-' if chars.peek() == Some(&'-') => {
+                for n in chars.by_ref() {
+                    if n == '\n' {
+                        break;
+                    }
+                }
+                current.push(' ');
+            }
+            '/' if chars.peek() == Some(&'*') => {
+                chars.next();
+                let mut prev = ' ';
+                for n in chars.by_ref() {
+                    if prev == '*' && n == '/' {
+                        break;
+                    }
+                    prev = n;
+                }
+                current.push(' ');
+            }
+            ';' => statements.push(std::mem::take(&mut current)),
+            _ => current.push(c),
+        }
+    }
+    statements.push(current);
+    statements
+        .into_iter()
+        .filter(|s| !s.trim().is_empty())
+        .collect()
+}
+
+fn first_word(statement: &str) -> &str {
+    let s = statement.trim_start_matches(|c: char| c.is_whitespace() || c == '(');
+    let end = s
+        .find(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+        .unwrap_or(s.len());
+    &s[..end]
+}
+
+/// A SQLite URL opened read-only: `mode=ro` whatever mode the URL asked for.
+pub fn sqlite_read_only_url(url: &str) -> String {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut params: Vec<&str> = query
+        .split('&')
+        .filter(|p| !p.is_empty() && !p.starts_with("mode="))
+        .collect();
+    params.push("mode=ro");
+    format!("{base}?{}", params.join("&"))
+}
+
+/// Connects to the source database with one read-only session.
+pub async fn connect(url: &str) -> Result<AnyPool, SourceError> {
+    sqlx::any::install_default_drivers();
+    let what = "database".to_owned();
+    let db_error = |source| SourceError::Database {
+        what: what.clone(),
+        source,
+    };
+    let scheme = url.split(':').next().unwrap_or_default();
+    let sqlite = scheme == "sqlite";
+    let url = if sqlite {
+        sqlite_read_only_url(url)
+    } else {
+        url.to_owned()
+    };
+    let options = AnyConnectOptions::from_str(&url)
+        .map_err(db_error)?
+        .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1));
+    AnyPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(CONNECT_TIMEOUT)
+        .after_connect(move |conn, _meta| {
+            Box::pin(async move {
+                use sqlx::Executor;
+                match conn.backend_name() {
+                    "SQLite" => {
+                        conn.execute("PRAGMA query_only = ON").await?;
+                        conn.execute("PRAGMA busy_timeout = 30000").await?;
+                    }
+                    "PostgreSQL" => {
+                        conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+                            .await?;
+                    }
+                    _ => {
+                        conn.execute("SET SESSION TRANSACTION READ ONLY").await?;
+                    }
+                }
+                Ok(())
+            })
+        })
+        .connect_with(options)
+        .await
+        .map_err(|source| SourceError::Database {
+            what: "database (read-only connection)".to_owned(),
+            source,
+        })
+}
+
+/// Whether a database error says a write was refused by the read-only session.
+pub fn is_write_refused(error: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = error else {
+        return false;
+    };
+    let code = db.code().unwrap_or_default();
+    let msg = db.message().to_ascii_lowercase();
+    // PostgreSQL read_only_sql_transaction; MySQL/MariaDB "cannot execute statement in a
+    // READ ONLY transaction"; SQLite SQLITE_READONLY (8) and its extended codes.
+    code == "25006"
+        || code == "1792"
+        || code == "8"
+        || code.parse::<u32>().is_ok_and(|c| c & 0xff == 8)
+        || msg.contains("readonly database")
+        || msg.contains("read only transaction")
+        || msg.contains("read-only transaction")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_select_passes() {
+        for sql in [
+            "SELECT payer_id FROM billing_keys",
+            "  select a, b from t where c = 'x;y' ;  ",
+            "WITH k AS (SELECT 1) SELECT * FROM k",
+            "(SELECT 1)",
+            "-- keys\nSELECT 1 /* ; DROP TABLE x */",
+            "SELECT 'a -- not a comment; DROP' FROM t",
+        ] {
+            assert!(check_query(sql).is_ok(), "{sql}");
+        }
+    }
+
+    #[test]
+    fn writes_and_several_statements_are_refused() {
+        for sql in [
+            "DELETE FROM billing_keys RETURNING payer_id, customer_ref",
+            "UPDATE billing_keys SET payer_id = 'x' RETURNING payer_id",
+            "DROP TABLE billing_keys",
+            "SELECT 1; DROP TABLE billing_keys",
+            "SELECT 1;DROP TABLE billing_keys;",
+            "ATTACH DATABASE '/tmp/x.db' AS x",
+            "VACUUM INTO '/tmp/copy.db'",
+            "PRAGMA query_only = OFF",
+            "INSERT INTO t SELECT 1",
+            "/* hi */ delete from t",
+            "",
+            " ; ",
+        ] {
+            let e = check_query(sql).expect_err(sql);
+            assert!(matches!(e, SourceError::NotReadOnly(_)), "{sql}: {e}");
+        }
+        let e = check_query("SELECT 1; DROP TABLE x").unwrap_err();
+        assert!(e.to_string().contains("one statement"), "{e}");
+    }
+
+    #[test]
+    fn sqlite_urls_become_read_only() {
+        assert_eq!(
+            sqlite_read_only_url("sqlite://a.db"),
+            "sqlite://a.db?mode=ro"
+        );
+        assert_eq!(
+            sqlite_read_only_url("sqlite://a.db?mode=rwc&cache=shared"),
+            "sqlite://a.db?cache=shared&mode=ro"
+        );
+    }
+}
