@@ -213,7 +213,7 @@ fn credentials(
     };
     let cst_id = or_test("PAYPLE_CST_ID", TEST_CST_ID)?;
     let cust_key = match &args.cust_key_file {
-        Some(path) => std::fs::read_to_string(path)
+        Some(path) => read_small_file(path, MAX_CUST_KEY_FILE)
             .map(|s| s.trim().to_owned())
             .map_err(|source| ConfigError::CustKeyFile {
                 path: path.clone(),
@@ -302,6 +302,27 @@ pub fn notify_settings(
             NotifyOnArg::Problems => NotifyOn::Problems,
         },
     }))
+}
+
+/// The most `--cust-key-file` may hold: a partner key is a few dozen characters.
+pub const MAX_CUST_KEY_FILE: u64 = 4096;
+
+/// Reads a small text file, refusing one larger than `cap` bytes without reading further
+/// (`/dev/zero` fails at once).
+pub fn read_small_file(path: &std::path::Path, cap: u64) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(cap + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > cap {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {cap} bytes; not a key file"),
+        ));
+    }
+    String::from_utf8(bytes)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"))
 }
 
 /// Which part of the keys this process checks.
@@ -1013,5 +1034,19 @@ mod tests {
         assert!(Shard::parse("x").is_err());
         assert!(Shard::parse("0/0").is_err());
         assert!(Shard::WHOLE.owns(12345));
+    }
+
+    #[test]
+    fn a_key_file_is_read_with_a_small_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        std::fs::write(&path, " k3y\n").unwrap();
+        assert_eq!(read_small_file(&path, 16).unwrap(), " k3y\n");
+        std::fs::write(&path, "x".repeat(17)).unwrap();
+        assert!(read_small_file(&path, 16).is_err());
+        let started = std::time::Instant::now();
+        let e = read_small_file(std::path::Path::new("/dev/zero"), MAX_CUST_KEY_FILE).unwrap_err();
+        assert!(e.to_string().contains("larger than"), "{e}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
     }
 }

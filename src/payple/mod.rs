@@ -30,7 +30,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use crate::domain::{KeyStatus, LookupOutcome, PayerId, stable_hash};
+use crate::domain::{KeyStatus, LookupOutcome, PayerId, cut_chars, stable_hash};
 use classify::{AuthVerdict, Cause, CodeBook, Verdict, codes};
 use health::{Admit, Health, HealthConfig, Recorded, Transition};
 use token::{Lifetime, Token, TokenSlot};
@@ -52,6 +52,10 @@ const AUTH_PATH: &str = "/php/auth.php";
 const PAY_WORK: &str = "PUSERINFO";
 /// A retry delay never exceeds this.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(120);
+/// The largest auth or lookup reply read; Payple's are under 2 KiB.
+pub const MAX_REPLY_BYTES: usize = 64 * 1024;
+/// How much of a reason from Payple a log line or error carries.
+const MAX_LOGGED_REASON: usize = 500;
 
 /// Everything the client needs, validated by the settings layer.
 #[derive(Debug, Clone)]
@@ -395,13 +399,7 @@ impl PaypleClient {
 
     /// Capped exponential backoff with jitter; yields `max_attempts - 1` delays.
     fn backoff(&self) -> impl Iterator<Item = Duration> + use<> {
-        backon::ExponentialBuilder::default()
-            .with_min_delay(self.config.retry_base)
-            .with_max_delay(self.config.retry_cap)
-            .with_factor(2.0)
-            .with_jitter()
-            .with_max_times(self.config.max_attempts.saturating_sub(1) as usize)
-            .build()
+        backoff(&self.config)
     }
 
     /// After a 429, pauses every lookup for its `Retry-After`; `false` (and the run stops)
@@ -609,10 +607,20 @@ impl PaypleClient {
         if let Some(verdict) = classify::classify_status(response.status().as_u16(), retry_after) {
             return Ok(Reply::Status(verdict));
         }
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| transient(codes::BAD_BODY, describe(&e)))?;
+        let body = match read_capped(response, MAX_REPLY_BYTES).await {
+            Ok(body) => body,
+            Err(Capped::TooLarge) => {
+                // Not worth retrying: the same reply would come back, as large.
+                return Ok(Reply::Status(Verdict::Failed {
+                    code: codes::TOO_LARGE.to_owned(),
+                    msg: format!(
+                        "Payple's reply is larger than {} KiB; not read further",
+                        MAX_REPLY_BYTES / 1024
+                    ),
+                }));
+            }
+            Err(Capped::Broken(e)) => return Err(transient(codes::BAD_BODY, describe(&e))),
+        };
         Fields::parse(&body)
             .map(Reply::Body)
             .map_err(|e| transient(codes::BAD_BODY, e.0))
@@ -655,6 +663,7 @@ impl PaypleClient {
                             return Ok(token);
                         }
                         AuthVerdict::Config { code, msg } => {
+                            let msg = cut_chars(&msg, MAX_LOGGED_REASON).into_owned();
                             return Err(PaypleError::Config { code, msg });
                         }
                         AuthVerdict::Transient { code, msg } => format!("{code}: {msg}"),
@@ -668,6 +677,7 @@ impl PaypleClient {
                     other => format!("{other:?}"),
                 },
             };
+            let reason = cut_chars(&reason, MAX_LOGGED_REASON).into_owned();
             match delays.next() {
                 Some(delay) => {
                     tracing::warn!(attempt = attempts, %reason, ?delay, "partner auth failed; retrying");
@@ -727,6 +737,42 @@ fn log_transition(transition: &Transition, cause: &Cause) {
             "the probe was answered: lookups resume at the configured pace"
         ),
     }
+}
+
+/// Capped exponential backoff with jitter seeded from the operating system's randomness
+/// (backon without its `std` feature would seed every process alike, so shards and
+/// restarted jobs would retry in lockstep).
+fn backoff(config: &ClientConfig) -> impl Iterator<Item = Duration> + use<> {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(config.retry_base)
+        .with_max_delay(config.retry_cap)
+        .with_factor(2.0)
+        .with_jitter()
+        .with_jitter_seed(rand::random())
+        .with_max_times(config.max_attempts.saturating_sub(1) as usize)
+        .build()
+}
+
+/// Why a reply body was not read to its end.
+enum Capped {
+    TooLarge,
+    Broken(reqwest::Error),
+}
+
+/// Reads a body chunk by chunk, stopping as soon as it exceeds `cap` bytes (whatever
+/// `Content-Length` claimed): memory stays bounded however much the peer sends.
+async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<Vec<u8>, Capped> {
+    if response.content_length().is_some_and(|n| n > cap as u64) {
+        return Err(Capped::TooLarge);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(Capped::Broken)? {
+        if body.len() + chunk.len() > cap {
+            return Err(Capped::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// Where lookups go: `return_url`, else `PCD_PAY_HOST` + `PCD_PAY_URL`, else the older
@@ -827,5 +873,30 @@ mod tests {
         };
         assert_eq!(r.quota().replenish_interval(), Duration::from_millis(20));
         assert_eq!(r.quota().burst_size().get(), 1);
+    }
+
+    #[test]
+    fn backoff_jitter_differs_from_one_schedule_to_the_next() {
+        let config = ClientConfig {
+            origin: origin(),
+            cst_id: SecretString::from("c"),
+            cust_key: SecretString::from("k"),
+            referer: "https://shop.example".into(),
+            token_ttl: Duration::from_secs(1800),
+            refresh_margin: Duration::from_secs(300),
+            request_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            max_attempts: 4,
+            retry_base: Duration::from_millis(250),
+            retry_cap: Duration::from_secs(10),
+            rate: None,
+            codes: CodeBook::default(),
+            health: HealthConfig::default(),
+        };
+        let first: Vec<Duration> = backoff(&config).collect();
+        assert_eq!(first.len(), 3);
+        // With a fixed seed every schedule (and every process) is identical.
+        let differs = (0..5).any(|_| backoff(&config).collect::<Vec<_>>() != first);
+        assert!(differs, "the same jitter every time: {first:?}");
     }
 }

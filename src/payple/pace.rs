@@ -19,9 +19,15 @@ use tokio::sync::{Mutex, mpsc};
 const SPIN: Duration = Duration::from_micros(200);
 
 /// Hands out lookup permits at the quota's pace.
+///
+/// Each permit carries the moment its cell was taken. A permit nobody wanted for longer
+/// than one interval (the lookups were paused by a 429, or idle) is thrown away: otherwise
+/// the waiting permit, the one the thread holds and a fresh cell would leave together
+/// after the pause, a burst of three where the quota allows one.
 #[derive(Debug)]
 pub struct Pacer {
-    permits: Mutex<mpsc::Receiver<()>>,
+    permits: Mutex<mpsc::Receiver<Instant>>,
+    interval: Duration,
 }
 
 impl Pacer {
@@ -29,30 +35,36 @@ impl Pacer {
     pub fn start(quota: Quota) -> std::io::Result<Self> {
         // One permit may wait ready: a lookup arriving just after a cell uses it at once.
         let (tx, rx) = mpsc::channel(1);
+        let interval = quota.replenish_interval();
         let limiter = Arc::new(RateLimiter::direct(quota));
         std::thread::Builder::new()
             .name("payple-pacer".into())
             .spawn(move || pace(&limiter, &tx))?;
         Ok(Self {
             permits: Mutex::new(rx),
+            interval,
         })
     }
 
-    /// Waits for the next permit.
+    /// Waits for the next permit taken less than one interval ago.
     pub async fn ready(&self) {
         let mut permits = self.permits.lock().await;
         // `None` only if the thread died; then pacing is gone and lookups go on unpaced
         // rather than hanging.
-        let _ = permits.recv().await;
+        while let Some(taken) = permits.recv().await {
+            if taken.elapsed() <= self.interval {
+                return;
+            }
+        }
     }
 }
 
-fn pace(limiter: &DefaultDirectRateLimiter, tx: &mpsc::Sender<()>) {
+fn pace(limiter: &DefaultDirectRateLimiter, tx: &mpsc::Sender<Instant>) {
     let clock = DefaultClock::default();
     loop {
         match limiter.check() {
             Ok(()) => {
-                if tx.blocking_send(()).is_err() {
+                if tx.blocking_send(Instant::now()).is_err() {
                     return;
                 }
             }
@@ -86,5 +98,21 @@ mod tests {
         let elapsed = started.elapsed();
         // 100 intervals of 5 ms after the first permit (which is immediate).
         assert!(elapsed >= Duration::from_millis(495), "{elapsed:?}");
+    }
+
+    #[tokio::test]
+    async fn after_a_pause_the_burst_is_still_one() {
+        let quota = Quota::per_second(NonZeroU32::new(20).unwrap()).allow_burst(NonZeroU32::MIN);
+        let pacer = Pacer::start(quota).unwrap();
+        pacer.ready().await;
+        // A 429 pause: nobody asks for a permit for six intervals.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let started = Instant::now();
+        for _ in 0..3 {
+            pacer.ready().await;
+        }
+        let elapsed = started.elapsed();
+        // The first at once, then one interval (50 ms) before each of the next two.
+        assert!(elapsed >= Duration::from_millis(95), "{elapsed:?}");
     }
 }

@@ -48,10 +48,11 @@ impl Fields {
         if text.is_empty() {
             return Err(BadBody("empty reply".to_owned()));
         }
-        match serde_json::from_str::<Value>(text) {
-            Ok(Value::Object(map)) => Ok(Self(map)),
-            Ok(_) => Err(BadBody("reply is JSON but not an object".to_owned())),
+        match serde_json::from_str::<Top>(text) {
+            Ok(Top::Object(map)) => Ok(Self(map)),
+            Ok(Top::Other) => Err(BadBody("reply is JSON but not an object".to_owned())),
             Err(e) if e.is_eof() => Err(BadBody(format!("truncated JSON reply ({e})"))),
+            Err(e) if e.to_string().starts_with(CONFLICT) => Err(BadBody(e.to_string())),
             Err(e) => Err(BadBody(format!(
                 "reply is not JSON ({e}): {}",
                 preview(text)
@@ -69,6 +70,72 @@ impl Fields {
             Value::Null | Value::Array(_) | Value::Object(_) => return None,
         };
         (!text.is_empty()).then_some(text)
+    }
+}
+
+/// How the error about a field given twice with different values starts.
+const CONFLICT: &str = "reply gives two different values for";
+
+/// A reply's top level: an object whose fields each appear once (or repeat the same
+/// value), or anything else.
+enum Top {
+    Object(Map<String, Value>),
+    Other,
+}
+
+impl<'de> serde::Deserialize<'de> for Top {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(TopVisitor)
+    }
+}
+
+struct TopVisitor;
+
+impl<'de> serde::de::Visitor<'de> for TopVisitor {
+    type Value = Top;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut access: A) -> Result<Top, A::Error> {
+        let mut map = Map::new();
+        while let Some((name, value)) = access.next_entry::<String, Value>()? {
+            if map.get(&name).is_some_and(|old| *old != value) {
+                return Err(serde::de::Error::custom(format!("{CONFLICT} {name}")));
+            }
+            map.insert(name, value);
+        }
+        Ok(Top::Object(map))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Top, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(Top::Other)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Top, E> {
+        Ok(Top::Other)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Top, E> {
+        Ok(Top::Other)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Top, E> {
+        Ok(Top::Other)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Top, E> {
+        Ok(Top::Other)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Top, E> {
+        Ok(Top::Other)
+    }
+
+    fn visit_unit<E>(self) -> Result<Top, E> {
+        Ok(Top::Other)
     }
 }
 
@@ -150,5 +217,29 @@ mod tests {
         );
         assert_eq!(find_code("사용자 인증 완료!!"), None);
         assert_eq!(find_code("XAUTH00041"), None);
+    }
+
+    #[test]
+    fn a_field_given_twice_with_different_values_is_a_bad_reply() {
+        let e = Fields::parse(
+            br#"{"PCD_PAYER_ID":"aaa","PCD_PAY_RST":"success","PCD_PAYER_ID":"bbb"}"#,
+        )
+        .unwrap_err();
+        assert!(e.0.contains("two different values for PCD_PAYER_ID"), "{e}");
+        // The same value twice says nothing new.
+        let f = Fields::parse(br#"{"PCD_PAYER_ID":"aaa","PCD_PAYER_ID":"aaa"}"#).unwrap();
+        assert_eq!(f.get("PCD_PAYER_ID").as_deref(), Some("aaa"));
+        assert!(
+            Fields::parse(br#""text""#)
+                .unwrap_err()
+                .0
+                .contains("not an object")
+        );
+        assert!(
+            Fields::parse(b"null")
+                .unwrap_err()
+                .0
+                .contains("not an object")
+        );
     }
 }

@@ -826,6 +826,7 @@ mod tests {
             rows: 4,
             batches: 1,
             retries: 0,
+            ..WriterStats::default()
         }
     }
 
@@ -859,7 +860,7 @@ mod tests {
             looked(false, Some(RunError::NoSuchRun(3))),
             Ok(Err(WriterError {
                 lost: 2,
-                stats: stats(),
+                stats: Box::new(stats()),
                 source: store_error(),
             })),
         );
@@ -868,7 +869,7 @@ mod tests {
             looked(true, None),
             Ok(Err(WriterError {
                 lost: 2,
-                stats: stats(),
+                stats: Box::new(stats()),
                 source: store_error(),
             })),
         );
