@@ -21,7 +21,8 @@
 //! - [`source`]: where the keys come from: CSV (or stdin), a table, or a query.
 //! - [`store`]: the results database (SQLite, PostgreSQL, MySQL), its typed records and its
 //!   single writer.
-//! - [`exit`], [`http`], [`shutdown`], [`telemetry`]: exit codes, the HTTP client, signals, logs.
+//! - [`exit`], [`http`], [`shutdown`], [`telemetry`]: exit codes, the HTTP client, signals, logs;
+//!   [`private_file`]: files created 0600, exclusively, never through a symlink.
 //!
 //! Imports point down only: `app` → `pipeline` → `settings` → `cli`, and all of them →
 //! the leaves (`payple`, `source`, `store`, `report`, `simulator`, `domain`), which never
@@ -35,6 +36,7 @@ pub mod http;
 pub mod notify;
 pub mod payple;
 pub mod pipeline;
+pub mod private_file;
 pub mod report;
 pub mod settings;
 pub mod shutdown;

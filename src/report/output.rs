@@ -1,5 +1,9 @@
 //! Where a report goes: stdout (`-`), or a file that appears only once complete (written
 //! to a temporary file in the same folder, synced, then renamed over the target).
+//!
+//! The temporary file has a random name and is created exclusively (`O_EXCL`,
+//! `O_NOFOLLOW`), readable by the owner only (0600): a symlink planted in a shared folder
+//! is never followed, and billing data is never readable by others, whatever the umask.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Stdout, Write};
@@ -60,8 +64,7 @@ impl Output {
                 temp: None,
             });
         }
-        let temp = temp_path(path);
-        let file = File::create(&temp).map_err(ReportError::write(path))?;
+        let (temp, file) = create_temp(path).map_err(ReportError::write(path))?;
         Ok(Self {
             path: path.to_owned(),
             sink: Sink::File(BufWriter::with_capacity(BUFFER, file)),
@@ -138,14 +141,29 @@ impl Drop for Output {
     }
 }
 
-/// `dir/.name.tmp-PID` next to `path` (so the rename stays on one file system; the name
-/// does not end in `.prom`, so node_exporter ignores it).
-fn temp_path(path: &Path) -> PathBuf {
+/// Creates the temporary file for `path` under a fresh random name (a few tries, should a
+/// name be taken).
+fn create_temp(path: &Path) -> io::Result<(PathBuf, File)> {
+    let mut last = None;
+    for _ in 0..8 {
+        let temp = temp_path(path, rand::random());
+        match crate::private_file::create(&temp) {
+            Ok(file) => return Ok((temp, file)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::other("no free temporary name")))
+}
+
+/// `dir/.name.RANDOM.tmp` next to `path` (so the rename stays on one file system; the
+/// name does not end in `.prom`, so node_exporter ignores it).
+fn temp_path(path: &Path, random: u64) -> PathBuf {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "report".to_owned());
-    let temp = format!(".{name}.tmp-{}", std::process::id());
+    let temp = format!(".{name}.{random:016x}.tmp");
     match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.join(temp),
         _ => PathBuf::from(temp),
@@ -218,10 +236,46 @@ mod tests {
     #[test]
     fn temp_files_sit_next_to_the_target() {
         assert_eq!(
-            temp_path(Path::new("/var/lib/node/m.prom")).parent(),
+            temp_path(Path::new("/var/lib/node/m.prom"), 1).parent(),
             Some(Path::new("/var/lib/node"))
         );
-        let bare = temp_path(Path::new("r.csv"));
-        assert!(bare.to_string_lossy().starts_with(".r.csv.tmp-"));
+        let bare = temp_path(Path::new("r.csv"), 0xab);
+        assert_eq!(bare, Path::new(".r.csv.00000000000000ab.tmp"));
+    }
+
+    /// A symlink planted at the names a temporary file used to take (and at the target)
+    /// is never followed: the file it points at stays as it was, and the report is 0600.
+    #[test]
+    fn planted_symlinks_are_never_followed() {
+        use std::os::unix::fs::{PermissionsExt, symlink};
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let path = dir.path().join("night.csv");
+        let pid = std::process::id();
+        for name in [
+            format!(".night.csv.tmp-{pid}"),
+            format!(".night.csv.tmp-{}", pid + 1),
+            ".night.csv.tmp".to_owned(),
+            "night.csv.tmp".to_owned(),
+        ] {
+            symlink(&victim, dir.path().join(name)).unwrap();
+        }
+        write_atomic(&path, b"payer_id\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "payer_id\n");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{mode:o}");
+        // A symlink at the target itself is replaced, not written through.
+        let target = dir.path().join("m.prom");
+        symlink(&victim, &target).unwrap();
+        write_atomic(&target, b"x 1\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert!(
+            !std::fs::symlink_metadata(&target)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
     }
 }

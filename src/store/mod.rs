@@ -395,9 +395,14 @@ impl Store {
         let connect_options = AnyConnectOptions::from_str(&url)
             .map_err(connect_error)?
             .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1));
-        let pool = options
-            .connect_with(connect_options)
+        if dialect == Dialect::Sqlite {
+            create_private_sqlite_file(&url).map_err(connect_error)?;
+        }
+        // A server that refuses connections is reported within seconds: sqlx would keep
+        // trying for the whole acquire timeout.
+        let pool = tokio::time::timeout(CONNECT_TIMEOUT, options.connect_with(connect_options))
             .await
+            .map_err(|_| connect_error(sqlx::Error::PoolTimedOut))?
             .map_err(connect_error)?;
         Ok(Self { pool, dialect })
     }
@@ -432,6 +437,28 @@ impl Store {
 
     fn sql(&self, sql: &str) -> AssertSqlSafe<String> {
         AssertSqlSafe(self.dialect.rewrite(sql))
+    }
+}
+
+/// How long connecting to a database may take before the command gives up.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Creates a missing SQLite database file readable by its owner only (0600), before SQLite
+/// creates it with the umask's mode; SQLite gives its `-wal` and `-shm` files the mode of
+/// the database file. An existing file and a read-only URL are left alone.
+fn create_private_sqlite_file(url: &str) -> Result<(), sqlx::Error> {
+    if url.contains(":memory:") || url.contains("mode=ro") || url.contains("mode=memory") {
+        return Ok(());
+    }
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)?;
+    let path = options.get_filename();
+    if path.as_os_str().is_empty() || path.exists() {
+        return Ok(());
+    }
+    match crate::private_file::create(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(sqlx::Error::Io(e)),
     }
 }
 
