@@ -8,7 +8,10 @@ use payple_reconcile::{app, telemetry};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return app::usage_error(&e).into(),
+    };
     telemetry::init(cli.log_format, &cli.log_level);
     app::execute(cli).await.into()
 }

@@ -111,8 +111,41 @@ pub async fn execute(cli: Cli) -> ExitStatus {
     };
     result.unwrap_or_else(|error| {
         tracing::error!("{error}");
-        error.exit_status()
+        let status = error.exit_status();
+        print_json(&ErrorLine::new(status, &error));
+        status
     })
+}
+
+/// The line a command that ends without its own output prints on stdout.
+#[derive(Debug, Serialize)]
+pub struct ErrorLine {
+    pub error: String,
+    pub exit_code: u8,
+}
+
+impl ErrorLine {
+    pub fn new(status: ExitStatus, error: &dyn std::fmt::Display) -> Self {
+        Self {
+            error: error.to_string(),
+            exit_code: status.code(),
+        }
+    }
+}
+
+/// A command line clap refused: help and version print and exit 0; a usage error prints
+/// clap's message on stderr, the JSON error line on stdout, and exits 3 (a configuration
+/// error; 2 means "some keys failed").
+pub fn usage_error(e: &clap::Error) -> ExitStatus {
+    use clap::error::ErrorKind;
+    let _ = e.print();
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        return ExitStatus::Success;
+    }
+    let text = e.to_string();
+    let first = text.lines().next().unwrap_or("invalid command line");
+    print_json(&ErrorLine::new(ExitStatus::Config, &first));
+    ExitStatus::Config
 }
 
 async fn dispatch(settings: Settings) -> Result<ExitStatus, AppError> {

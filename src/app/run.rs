@@ -86,6 +86,9 @@ async fn batch_run(
     let end = pipeline::run(batch, &store, client, source_db, shutdown).await;
     if let Some(error) = &end.error {
         tracing::error!("{error}");
+        if end.summary.is_none() {
+            print_json(&super::ErrorLine::new(end.exit, error));
+        }
     }
     let mut exit = end.exit;
     if end.summary.is_none()

@@ -131,10 +131,14 @@ async fn plan(store: &Store, settings: &BatchSettings, book: &CodeBook) -> Resul
         },
         Resume::Latest => match store.latest_unfinished_run().await? {
             Some(run) => Ok(Plan::Continue(run)),
-            None => {
-                tracing::info!("nothing to resume: starting a new run");
-                Ok(Plan::New)
-            }
+            // Asked to continue, a job that silently starts a full new run instead would
+            // hide that the run it meant is gone.
+            None => Err(RunError::Config(ConfigError::Invalid {
+                flag: "--resume",
+                reason: "nothing to resume: no unfinished run in the results database \
+                         (run without --resume to start a new one)"
+                    .to_owned(),
+            })),
         },
         Resume::No => {
             let Some(key) = &settings.run_key else {
@@ -533,6 +537,13 @@ fn lookup_outcome(
                 retries = stats.retries,
                 "results written"
             );
+            if stats.cut_fields > 0 || stats.isolated > 0 {
+                tracing::warn!(
+                    cut_fields = stats.cut_fields,
+                    refused_rows = stats.isolated,
+                    "some values were cut to their column's bound, or rows stored as failed"
+                );
+            }
             if looked.stopped {
                 Outcome::Stopped
             } else if looked.unavailable {

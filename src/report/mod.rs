@@ -149,7 +149,7 @@ pub fn parse_statuses(values: &[String]) -> Result<Vec<KeyStatus>, ReportError> 
 /// Which run a command is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunSelector {
-    /// The newest completed run (the newest run at all, with a warning, if none completed).
+    /// The newest completed run (none completed: exit 3).
     Latest,
     Id(i64),
 }

@@ -47,19 +47,19 @@ pub async fn resolve_run(store: &Store, selector: RunSelector) -> Result<RunReco
             if let Some(run) = completed.into_iter().next() {
                 return Ok(run);
             }
-            let newest = store
+            let any = store
                 .latest_runs(None, 1)
                 .await
-                .map_err(ReportError::Runs)?
-                .into_iter()
-                .next()
-                .ok_or(ReportError::NoRuns)?;
-            tracing::warn!(
-                run_id = newest.id,
-                state = newest.state.as_str(),
-                "no run has completed yet; using the newest run"
-            );
-            Ok(newest)
+                .map_err(ReportError::Runs)?;
+            if any.is_empty() {
+                return Err(ReportError::NoRuns);
+            }
+            // A run still in progress (or one that failed) is never `latest`: its report
+            // would hold only the keys checked so far.
+            Err(ReportError::NotEnoughRuns(
+                "no run has completed yet, so there is no `latest` (name a run with --run ID)"
+                    .to_owned(),
+            ))
         }
     }
 }

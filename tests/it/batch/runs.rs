@@ -239,32 +239,38 @@ async fn stdout_is_exactly_one_json_summary_line() {
 
 // ---- resume with nothing to resume --------------------------------------------------------
 
-/// `run --resume` with no unfinished run says so and starts a new run from the source
-/// given; with the previous run completed it does the same.
+/// `--resume` with nothing to resume exits 3 saying so, and checks nothing; after a
+/// completed run too (issue 10: it used to start a new full run silently, and this test
+/// was `resume_with_nothing_to_resume_starts_a_new_run`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resume_with_nothing_to_resume_starts_a_new_run() {
+async fn resume_with_nothing_to_resume_exits_3() {
     let ran = Scenario::new()
         .keys(20, "nothing-to-resume")
         .args(&["--resume", "--rate", "0"])
         .env("RUST_LOG", "info")
         .run()
         .await;
-    let second = ran.output(&[]).await;
-    let mut first = None;
-    for (round, out) in [&ran.out, &second].into_iter().enumerate() {
-        assert_exit(out, 0);
+    // An empty database, then one whose only run completed: nothing to resume either time.
+    let completed = output_of(ran.bare_command(&["--csv", ran.csv_arg(), "--rate", "0"])).await;
+    assert_exit(&completed, 0);
+    let again = ran.output(&[]).await;
+    for (round, out) in [&ran.out, &again].into_iter().enumerate() {
+        assert_exit(out, 3);
         assert!(
             stderr_of(out).contains("nothing to resume"),
             "round {round}: {}",
             stderr_of(out)
         );
-        let summary = summary_of(out);
-        assert_eq!(summary["state"], "completed");
-        assert_eq!(summary["checked_now"], 20);
-        let id = summary["run_id"].as_i64().expect("run id");
-        assert_ne!(Some(id), first, "a completed run is not resumed");
-        first = Some(id);
+        let line = summary_of(out);
+        assert_eq!(line["exit_code"], 3, "{line}");
+        let error = line["error"].as_str().unwrap_or_default();
+        assert!(error.contains("nothing to resume"), "{line}");
     }
-    assert_eq!(ran.sim.stats().lookups, 40);
+    assert_eq!(ran.run_record().await.state, RunState::Completed);
+    assert_eq!(
+        ran.sim.stats().lookups,
+        20,
+        "a completed run is not resumed"
+    );
     ran.close().await;
 }
