@@ -29,6 +29,7 @@ fn sim_config(settings: &SimulateSettings) -> Result<SimConfig, SimError> {
         storm: settings.storm.clone(),
         throttle: settings.throttle.clone(),
         always_code: settings.always_code.clone(),
+        huge_reply: None,
     };
     faults.validate()?;
     let keys = match &settings.keys_file {

@@ -444,6 +444,7 @@ pub mod codes {
     pub const TRANSPORT: &str = "TRANSPORT_ERROR";
     pub const BAD_BODY: &str = "BAD_REPLY";
     pub const TOO_LARGE: &str = "TOO_LARGE";
+    pub const TLS_VERIFY: &str = "TLS_VERIFY_FAILED";
     pub const RATE_LIMITED: &str = "HTTP_429";
     pub const MISMATCH: &str = "PAYER_ID_MISMATCH";
     pub const NO_PAY_TYPE: &str = "UNKNOWN_PAY_TYPE";

@@ -592,13 +592,17 @@ impl PaypleClient {
         };
         let bytes = serde_json::to_vec(body)
             .map_err(|e| transient(codes::BAD_BODY, format!("cannot encode request: {e}")))?;
-        let response = self
-            .http
-            .post(url)
-            .body(bytes)
-            .send()
-            .await
-            .map_err(|e| transient(codes::TRANSPORT, describe(&e)))?;
+        let response = self.http.post(url).body(bytes).send().await.map_err(|e| {
+            if is_certificate_problem(&e) {
+                // Not transient: the same certificate comes back on every try.
+                Verdict::Failed {
+                    code: codes::TLS_VERIFY.to_owned(),
+                    msg: describe(&e),
+                }
+            } else {
+                transient(codes::TRANSPORT, describe(&e))
+            }
+        })?;
         let retry_after = response
             .headers()
             .get(RETRY_AFTER)
@@ -669,7 +673,10 @@ impl PaypleClient {
                         AuthVerdict::Transient { code, msg } => format!("{code}: {msg}"),
                     }
                 }
-                Ok(Reply::Status(Verdict::Failed { code, msg })) => {
+                // A status or reply too large to read, or a certificate that fails
+                // verification: the same answer would come back, so the run stops.
+                Ok(Reply::Status(Verdict::Failed { code, msg }))
+                | Err(Verdict::Failed { code, msg }) => {
                     return Err(PaypleError::Config { code, msg });
                 }
                 Ok(Reply::Status(v)) | Err(v) => match v {
@@ -801,6 +808,28 @@ pub fn lookup_url(fields: &Fields, origin: &Url) -> Result<Url, PaypleError> {
     Ok(url)
 }
 
+/// Whether a transport error is a TLS certificate that failed verification (anywhere in
+/// its chain of causes).
+fn is_certificate_problem(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(error) = next {
+        if let Some(rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented) =
+            error.downcast_ref::<rustls::Error>()
+        {
+            return true;
+        }
+        if let Some(io) = error.downcast_ref::<std::io::Error>()
+            && io
+                .get_ref()
+                .is_some_and(|inner| is_certificate_problem(inner))
+        {
+            return true;
+        }
+        next = error.source();
+    }
+    false
+}
+
 /// A transport error in one line, without the request URL's query.
 fn describe(e: &reqwest::Error) -> String {
     let kind = if e.is_timeout() {
@@ -898,5 +927,15 @@ mod tests {
         // With a fixed seed every schedule (and every process) is identical.
         let differs = (0..5).any(|_| backoff(&config).collect::<Vec<_>>() != first);
         assert!(differs, "the same jitter every time: {first:?}");
+    }
+
+    #[test]
+    fn certificate_failures_are_recognised_through_io_errors() {
+        let bad = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let io = std::io::Error::other(bad);
+        assert!(is_certificate_problem(&io));
+        assert!(!is_certificate_problem(&std::io::Error::other(
+            "connection reset"
+        )));
     }
 }

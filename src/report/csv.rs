@@ -9,6 +9,7 @@ use std::io::{self, Write};
 
 use chrono::{DateTime, FixedOffset, Utc};
 
+use super::neutral::neutralise;
 use crate::domain::{PayType, is_rejected_placeholder, mask_payer_id};
 use crate::store::CheckRecord;
 
@@ -145,7 +146,8 @@ pub fn escape_formula(cell: &str) -> Cow<'_, str> {
     }
 }
 
-/// A CSV writer for finance: optional BOM, a header, every cell formula-escaped,
+/// A CSV writer for finance: optional BOM, a header, every cell neutralised (no control
+/// or bidirectional characters) and formula-escaped,
 /// RFC 4180 quoting and CRLF line ends.
 pub struct CsvOut<W: Write> {
     inner: ::csv::Writer<W>,
@@ -168,7 +170,7 @@ impl<W: Write> CsvOut<W> {
     /// Writes one row, escaping each cell.
     pub fn write_cells<'a>(&mut self, cells: impl IntoIterator<Item = &'a str>) -> io::Result<()> {
         self.inner
-            .write_record(cells.into_iter().map(|c| escape_formula(c).into_owned()))?;
+            .write_record(cells.into_iter().map(|c| neutralise(c).into_owned()))?;
         self.rows += 1;
         Ok(())
     }
@@ -332,7 +334,8 @@ mod tests {
             text.contains("\"'=HYPERLINK(\"\"http://x\"\",\"\"a,b\"\")\""),
             "{text}"
         );
-        assert!(text.contains("\"line one\nline two\""), "{text}");
+        // Control characters (a newline too) never reach the file (issue 10).
+        assert!(text.contains(",line one line two,"), "{text}");
 
         let mut reader = ::csv::Reader::from_reader(text.as_bytes());
         let rows: Vec<::csv::StringRecord> = reader.records().map(Result::unwrap).collect();
@@ -344,5 +347,20 @@ mod tests {
             .finish()
             .unwrap();
         assert!(plain.starts_with(b"customer_ref,"));
+    }
+
+    #[test]
+    fn escape_sequences_and_bidi_overrides_never_reach_the_csv() {
+        let mut w = ReportWriter::new(Vec::new(), false).unwrap();
+        let mut row = CheckRecord {
+            result_msg: Some("ok\u{202E}fdp.exe".to_owned()),
+            ..record()
+        };
+        row.details.card_name = Some("BC\x1b]0;pwned\x07카드".to_owned());
+        w.write(&row).unwrap();
+        let text = String::from_utf8(w.finish().unwrap()).unwrap();
+        assert!(!text.contains('\x1b') && !text.contains('\x07'), "{text:?}");
+        assert!(!text.contains('\u{202E}'), "{text:?}");
+        assert!(text.contains("BC ]0;pwned 카드"), "{text:?}");
     }
 }

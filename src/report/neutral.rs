@@ -15,10 +15,10 @@ fn is_bidi_control(c: char) -> bool {
     )
 }
 
-/// `cell` as a spreadsheet may show it: control characters (newlines, tabs, escapes)
-/// replaced by a space, bidirectional controls removed, then formula-escaped.
-pub fn neutralise(cell: &str) -> Cow<'_, str> {
-    let clean = if cell.chars().any(|c| c.is_control() || is_bidi_control(c)) {
+/// `cell` with control characters (newlines, tabs, escapes) replaced by a space and
+/// bidirectional controls removed: what a terminal table shows.
+pub fn strip_controls(cell: &str) -> Cow<'_, str> {
+    if cell.chars().any(|c| c.is_control() || is_bidi_control(c)) {
         Cow::Owned(
             cell.chars()
                 .filter(|c| !is_bidi_control(*c))
@@ -27,8 +27,13 @@ pub fn neutralise(cell: &str) -> Cow<'_, str> {
         )
     } else {
         Cow::Borrowed(cell)
-    };
-    match clean {
+    }
+}
+
+/// `cell` as a spreadsheet (or the CSV) may show it: [`strip_controls`], then
+/// formula-escaped.
+pub fn neutralise(cell: &str) -> Cow<'_, str> {
+    match strip_controls(cell) {
         Cow::Borrowed(s) => escape_formula(s),
         Cow::Owned(s) => Cow::Owned(escape_formula(&s).into_owned()),
     }

@@ -33,11 +33,9 @@ fn char_width(c: char) -> usize {
 }
 
 /// A cell as a terminal may show it: control characters (newlines, escape sequences)
-/// become spaces.
+/// and bidirectional overrides become spaces.
 pub fn clean(cell: &str) -> String {
-    cell.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
+    super::neutral::strip_controls(cell).into_owned()
 }
 
 /// Column widths and alignment, fitted to a header and some rows; rows printed later

@@ -45,6 +45,9 @@ pub struct Faults {
     pub throttle: Option<Episode<u64>>,
     /// Every lookup answered with this code, whatever the token (e.g. `SPAY0001`).
     pub always_code: Option<String>,
+    /// When set, every lookup is answered 200 with a body this many bytes long, streamed
+    /// in chunks without a `Content-Length` (a reply that never fits in memory).
+    pub huge_reply: Option<u64>,
 }
 
 /// A service-wide fault: from the lookup numbered `after + 1` on, for `secs` (forever when
@@ -101,6 +104,7 @@ impl Default for Faults {
             storm: None,
             throttle: None,
             always_code: None,
+            huge_reply: None,
         }
     }
 }

@@ -456,6 +456,10 @@ async fn lookup(
         log.fault = "fail_first";
         return finish(log, internal_error());
     }
+    if let Some(size) = faults.huge_reply {
+        log.fault = "huge_reply";
+        return finish(log, huge_reply(size));
+    }
     let fault = st.dice.fault(&faults);
     if let Some(response) = injected(&st, fault, &mut log) {
         return finish(log, response);
@@ -797,6 +801,24 @@ fn json_bytes(value: &Value, bom: bool) -> Vec<u8> {
 
 fn php_response(status: StatusCode, body: Vec<u8>) -> Response {
     (status, [(CONTENT_TYPE, PHP_CONTENT_TYPE)], body).into_response()
+}
+
+/// A 200 reply `size` bytes long, made in 64 KiB chunks as the client reads them: a JSON
+/// object whose message never ends. No `Content-Length`: the client cannot know ahead.
+fn huge_reply(size: u64) -> Response {
+    const CHUNK: u64 = 64 * 1024;
+    let head = Bytes::from_static(b"{\"PCD_PAY_RST\":\"error\",\"PCD_PAY_MSG\":\"");
+    let chunks = (0..size.div_ceil(CHUNK)).map(move |i| {
+        let len = CHUNK.min(size - i * CHUNK) as usize;
+        Ok::<_, io::Error>(Bytes::from(vec![b'x'; len]))
+    });
+    let body = futures::stream::iter(std::iter::once(Ok(head)).chain(chunks));
+    (
+        StatusCode::OK,
+        [(CONTENT_TYPE, PHP_CONTENT_TYPE)],
+        Body::from_stream(body),
+    )
+        .into_response()
 }
 
 fn internal_error() -> Response {

@@ -111,6 +111,12 @@ pub enum StoreError {
         #[source]
         source: sqlx::migrate::MigrateError,
     },
+    #[error("the {dialect} results database does not take writes (read-only?): {source}")]
+    ReadOnly {
+        dialect: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
     #[error("database error while {doing}: {source}")]
     Query {
         doing: &'static str,
@@ -349,11 +355,43 @@ pub struct Store {
 }
 
 impl Store {
-    /// Connects (creating a SQLite file if missing) and applies the migrations.
+    /// Connects (creating a SQLite file if missing), applies the migrations, and checks
+    /// that the database takes writes: a read-only one is a configuration error found
+    /// before any lookup, not a failure at the first result.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
         let store = Self::connect(url).await?;
-        store.migrate().await?;
+        store.migrate_serialised().await?;
+        store.check_writable().await?;
         Ok(store)
+    }
+
+    /// Applies the migrations. Two processes starting on a new SQLite file at once race
+    /// (SQLite has no migration lock): each migration is one transaction, so the loser's
+    /// fails whole, and trying again finds it applied.
+    async fn migrate_serialised(&self) -> Result<(), StoreError> {
+        let mut attempt = 1;
+        loop {
+            match self.migrate().await {
+                Err(e) if self.dialect == Dialect::Sqlite && attempt < MIGRATE_ATTEMPTS => {
+                    tracing::debug!(attempt, error = %e, "migrations raced another process; again");
+                    tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// A write that changes nothing: refused by a read-only file, connection or server.
+    async fn check_writable(&self) -> Result<(), StoreError> {
+        sqlx::query("UPDATE run_leases SET name = name WHERE 1 = 0")
+            .execute(&self.pool)
+            .await
+            .map(drop)
+            .map_err(|source| StoreError::ReadOnly {
+                dialect: self.dialect.name(),
+                source,
+            })
     }
 
     /// Connects without migrating.
@@ -439,6 +477,9 @@ impl Store {
         AssertSqlSafe(self.dialect.rewrite(sql))
     }
 }
+
+/// Tries at applying migrations that raced another process.
+const MIGRATE_ATTEMPTS: u32 = 5;
 
 /// How long connecting to a database may take before the command gives up.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
