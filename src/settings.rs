@@ -440,6 +440,9 @@ fn source_spec(args: &RunArgs) -> Result<SourceSpec, ConfigError> {
         if sql.trim().is_empty() {
             return Err(invalid("--source-query", "empty query"));
         }
+        // Refused before a run is created or a database opened.
+        crate::source::readonly::check_query(sql)
+            .map_err(|e| invalid("--source-query", e.to_string()))?;
         return Ok(SourceSpec::Query { sql: sql.clone() });
     }
     let check = |flag: &'static str, v: &str| {

@@ -11,6 +11,7 @@ mod outage;
 mod payple;
 mod recheck;
 mod reports;
+mod safety;
 mod sandbox;
 mod signals;
 mod simulator;
