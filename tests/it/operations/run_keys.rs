@@ -184,7 +184,10 @@ async fn dry_run_checks_everything_and_writes_nothing() {
     cmd.env("PAYPLE_CUST_KEY", "not-the-partner-key");
     let out = output_of(cmd).await;
     assert_exit(&out, 3);
-    assert!(out.stdout.is_empty(), "a failed dry run printed a report");
+    // A failed dry run prints no report, only the JSON error line (issue 10).
+    let line = summary_of(&out);
+    assert_eq!(line["exit_code"], 3, "{line}");
+    assert!(line.get("keys").is_none(), "a failed dry run printed a report: {line}");
     assert_eq!(sim.stats().lookups, 0);
     assert!(!db_path.exists());
     sim.shutdown().await;

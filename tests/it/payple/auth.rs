@@ -100,7 +100,10 @@ async fn a_bad_referer_stops_with_exit_code_3_and_auth0004() {
     let output = run(cmd).await;
     assert_eq!(code(&output), Some(3), "stderr: {}", stderr(&output));
     assert!(stderr(&output).contains("AUTH0004"), "{}", stderr(&output));
-    assert!(output.stdout.is_empty(), "no key printed");
+    // No key printed: only the JSON error line (issue 10).
+    let lines = helpers::json_lines(&output);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["exit_code"], 3, "no key printed: {lines:?}");
     let stats = sim.stats();
     assert_eq!(stats.lookups, 0, "{stats:?}");
     assert_eq!(stats.auth_calls, 2, "one refused auth each, not retried");
@@ -148,7 +151,10 @@ async fn a_foreign_return_url_is_refused() {
         "{}",
         stderr(&output)
     );
-    assert!(output.stdout.is_empty());
+    // Only the JSON error line (issue 10).
+    let lines = helpers::json_lines(&output);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["exit_code"], 3, "{lines:?}");
     let stats = sim.stats();
     assert_eq!(stats.lookups, 0, "{stats:?}");
     assert_eq!(stats.auth_calls, 3, "one auth each, never retried");
