@@ -30,7 +30,8 @@ pub struct LookupLine {
 }
 
 impl LookupLine {
-    pub fn new(raw: &str, outcome: LookupOutcome) -> Self {
+    pub fn new(raw: &str, mut outcome: LookupOutcome) -> Self {
+        outcome.bound();
         let d = outcome.details;
         Self {
             payer_id: mask_payer_id(raw.trim()),

@@ -128,7 +128,7 @@ pub fn bound_row(row: &mut CheckRow) -> usize {
     let cut =
         row.outcome.bound() + usize::from(FieldBound::CustomerRef.apply(&mut row.customer_ref));
     if cut > 0 {
-        tracing::warn!(
+        tracing::debug!(
             key = %crate::domain::mask_payer_id(&row.payer_id),
             fields = cut,
             "over-long values cut to their column's bound"

@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng};
 
 use super::{POLL, seed};
 use crate::helpers::{
-    self, Scenario, Setup, assert_exit, assert_ground_truth, summary_of, wait_output,
+    self, Scenario, Setup, assert_exit, assert_ground_truth, stderr_of, summary_of, wait_output,
 };
 
 const CRASH_KEYS: usize = 600;
@@ -175,7 +175,16 @@ async fn a_kill_before_the_run_existed_blocks_nobody() {
     .await
     .expect("plant the lease");
 
+    // `--resume` finds nothing to resume (exit 3 since issue 10), and says that, not that
+    // a lease is held; a plain start is not blocked.
     let out = set.output(&["--resume", "--rate", "0"]).await;
+    assert_exit(&out, 3);
+    assert!(
+        stderr_of(&out).contains("nothing to resume"),
+        "{}",
+        stderr_of(&out)
+    );
+    let out = set.output(&["--rate", "0"]).await;
     assert_exit(&out, 0);
     let run = set.run_record().await;
     assert_eq!(run.state, RunState::Completed);

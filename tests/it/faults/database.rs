@@ -160,7 +160,10 @@ async fn postgres_gone_mid_run_stops_with_exit_1_and_resume_completes() {
     // An unrecorded end prints no summary, only the JSON error line (issue 10).
     let line = summary_of(&out);
     assert_eq!(line["exit_code"], 1, "{line}");
-    assert!(line.get("run_id").is_none(), "a summary for an unrecorded end: {line}");
+    assert!(
+        line.get("run_id").is_none(),
+        "a summary for an unrecorded end: {line}"
+    );
     let stderr = stderr_of(&out);
     assert!(stderr.contains("resumable"), "{stderr}");
 

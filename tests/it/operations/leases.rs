@@ -46,7 +46,10 @@ async fn second_run_refused_while_one_runs(set: &Setup) -> i64 {
     // A refused run prints no summary, only the JSON error line (issue 10).
     let line = summary_of(&second);
     assert_eq!(line["exit_code"], 3, "{line}");
-    assert!(line.get("run_id").is_none(), "a refused run printed a summary: {line}");
+    assert!(
+        line.get("run_id").is_none(),
+        "a refused run printed a summary: {line}"
+    );
     let stderr = stderr_of(&second);
     assert!(
         stderr.contains(&format!("run {} ", running.id)),

@@ -187,7 +187,10 @@ async fn dry_run_checks_everything_and_writes_nothing() {
     // A failed dry run prints no report, only the JSON error line (issue 10).
     let line = summary_of(&out);
     assert_eq!(line["exit_code"], 3, "{line}");
-    assert!(line.get("keys").is_none(), "a failed dry run printed a report: {line}");
+    assert!(
+        line.get("keys").is_none(),
+        "a failed dry run printed a report: {line}"
+    );
     assert_eq!(sim.stats().lookups, 0);
     assert!(!db_path.exists());
     sim.shutdown().await;
