@@ -438,11 +438,18 @@ impl Store {
         }
         // A server that refuses connections is reported within seconds: sqlx would keep
         // trying for the whole acquire timeout.
-        let pool = tokio::time::timeout(CONNECT_TIMEOUT, options.connect_with(connect_options))
-            .await
-            .map_err(|_| connect_error(sqlx::Error::PoolTimedOut))?
-            .map_err(connect_error)?;
-        Ok(Self { pool, dialect })
+        let pool = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            options.connect_with(connect_options.clone()),
+        )
+        .await;
+        match pool {
+            Ok(Ok(pool)) => Ok(Self { pool, dialect }),
+            Ok(Err(sqlx::Error::PoolTimedOut)) | Err(_) => {
+                Err(connect_error(why_no_connection(&connect_options).await))
+            }
+            Ok(Err(e)) => Err(connect_error(e)),
+        }
     }
 
     pub fn dialect(&self) -> Dialect {
@@ -483,6 +490,23 @@ const MIGRATE_ATTEMPTS: u32 = 5;
 
 /// How long connecting to a database may take before the command gives up.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why connecting timed out: one direct attempt, whose error names the cause (connection
+/// refused, unknown host, authentication) where the pool only says it timed out.
+async fn why_no_connection(options: &AnyConnectOptions) -> sqlx::Error {
+    use sqlx::Connection;
+    let attempt = sqlx::AnyConnection::connect_with(options);
+    match tokio::time::timeout(Duration::from_secs(2), attempt).await {
+        Ok(Err(e)) => e,
+        Ok(Ok(conn)) => {
+            let _ = conn.close().await;
+            sqlx::Error::PoolTimedOut
+        }
+        Err(_) => sqlx::Error::Configuration(
+            format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()).into(),
+        ),
+    }
+}
 
 /// Creates a missing SQLite database file readable by its owner only (0600), before SQLite
 /// creates it with the umask's mode; SQLite gives its `-wal` and `-shm` files the mode of

@@ -483,7 +483,8 @@ async fn configuration_problems_exit_3_before_any_lookup() {
     .await;
     let took = started.elapsed();
     assert_exit(&out, 3);
-    assert_error_line(&out, 3);
+    let error = assert_error_line(&out, 3);
+    assert!(error.contains("refused"), "the cause is named: {error}");
     assert!(took < Duration::from_secs(15), "took {took:?}");
     assert_eq!(sim.stats().lookups, 0);
     sim.shutdown().await;
