@@ -408,10 +408,12 @@ pub fn cause_of(verdict: &Verdict, book: &CodeBook) -> Cause {
 }
 
 /// Whether a key written `failed` with `code` deserves a second lookup at the end of the
-/// run: everything but a mismatched echo and codes configured as definite failures (an
-/// unknown code may be a storm's first victims).
+/// run: everything but a mismatched echo, a reply too large to read (it would be as large
+/// again), and codes configured as definite failures (an unknown code may be a storm's
+/// first victims).
 pub fn worth_second_look(code: &str, book: &CodeBook) -> bool {
-    code != codes::MISMATCH && !book.is(code, CodeClass::Failed)
+    !matches!(code, codes::MISMATCH | codes::TOO_LARGE | codes::TLS_VERIFY)
+        && !book.is(code, CodeClass::Failed)
 }
 
 /// What one lookup reply (or its absence) means.
@@ -949,5 +951,13 @@ mod tests {
         assert!(worth_second_look("SYS9999", &book));
         assert!(worth_second_look("HTTP_500", &book));
         assert!(!worth_second_look(codes::MISMATCH, &book));
+    }
+
+    #[test]
+    fn a_reply_too_large_to_read_gets_no_second_look() {
+        let book = CodeBook::default();
+        assert!(!worth_second_look(codes::TOO_LARGE, &book));
+        assert!(!worth_second_look(codes::TLS_VERIFY, &book));
+        assert!(worth_second_look(codes::BAD_BODY, &book));
     }
 }
