@@ -334,7 +334,10 @@ async fn refusals_exit_3_with_nothing_sent() {
         assert_exit(&out, 3);
         let err = stderr_of(&out);
         assert!(err.contains(says), "{args:?}: {err}");
-        assert!(out.stdout.is_empty(), "{args:?}");
+        // Nothing but the JSON error line (issue 10).
+        let line = summary_of(&out);
+        assert_eq!(line["exit_code"], 3, "{args:?}: {line}");
+        assert!(line.get("run_id").is_none(), "{args:?}: {line}");
     };
     refused(&["--recheck-failed"], "no run has completed yet").await;
     refused(&["--recheck-failed", "7"], "run 7 does not exist").await;
