@@ -21,7 +21,7 @@ pub mod reports;
 mod runs;
 pub mod writer;
 
-pub use coverage::Coverage;
+pub use coverage::{Coverage, LatestRecord};
 pub use recheck::{FailedCode, FailedSelection};
 
 use std::time::Duration;
