@@ -25,8 +25,8 @@ use futures::{Stream, StreamExt, stream};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-pub use crate::domain::RunSummary;
 use crate::budget::BudgetStop;
+pub use crate::domain::RunSummary;
 use crate::domain::{KeyStatus, LookupOutcome, PayerId};
 use crate::exit::ExitStatus;
 use crate::payple::classify::CodeBook;

@@ -136,7 +136,15 @@ async fn budget_follows_priority(db: TestDb) {
     let run_id = summary["run_id"].as_i64().expect("run id");
     let want_order = [6, 7, 8, 9, 3, 5, 1, 4];
     let order: Vec<String> = want_order.iter().map(|&i| key_hash(&ids[i])).collect();
-    assert_eq!(logged_lookups(&log), order, "lookups in priority order");
+    // The failing key is looked up once more at the end (an unknown code): first
+    // occurrences give the dispatch order.
+    let mut first = Vec::new();
+    for key in logged_lookups(&log) {
+        if !first.contains(&key) {
+            first.push(key);
+        }
+    }
+    assert_eq!(first, order, "lookups in priority order");
     let want: BTreeSet<String> = want_order.iter().map(|&i| ids[i].clone()).collect();
     assert_eq!(checked_in(&store, run_id).await, want);
     let recorded = scalar_i64(
@@ -208,7 +216,8 @@ async fn stop_at_a_minute_ahead_ends_the_run_normally() {
     let kst = chrono::FixedOffset::east_opt(9 * 3600).expect("offset");
     // The next minute boundary at least 5 s away.
     let now = Utc::now();
-    let mut stop = now + chrono::Duration::seconds(60 - now.timestamp().rem_euclid(60));
+    let minute = now.timestamp() - now.timestamp().rem_euclid(60);
+    let mut stop = DateTime::from_timestamp(minute + 60, 0).expect("a time");
     if stop - now < chrono::Duration::seconds(5) {
         stop += chrono::Duration::seconds(60);
     }
