@@ -860,22 +860,12 @@ mod tests {
     use super::*;
     use clap::Parser;
 
-    fn run_args(extra: &[&str]) -> Result<BatchSettings, ConfigError> {
-        let mut argv = vec!["payple-reconcile", "run"];
-        argv.extend_from_slice(extra);
-        let cli = crate::cli::Cli::try_parse_from(argv).unwrap();
-        let crate::cli::Command::Run(args) = cli.command else {
-            panic!("not run");
-        };
-        batch_settings(&args, &env(&[]))
-    }
-
     #[test]
     fn budgets() {
-        let plain = run_args(&[]).unwrap();
+        let plain = run_with(&[]).unwrap();
         assert_eq!(plain.budget, None);
         assert_eq!(plain.timezone.local_minus_utc(), budget::KST_SECONDS);
-        let s = run_args(&[
+        let s = run_with(&[
             "--max-lookups",
             "100",
             "--time-budget",
@@ -916,7 +906,7 @@ mod tests {
                 "--due-column",
             ),
         ] {
-            match run_args(flags) {
+            match run_with(flags) {
                 Err(ConfigError::Invalid { flag: f, .. }) => assert_eq!(f, flag, "{flags:?}"),
                 other => panic!("{flags:?}: {other:?}"),
             }
