@@ -255,6 +255,39 @@ pub struct RunArgs {
     /// Result rows per write transaction.
     #[arg(long, default_value_t = 500, hide = true)]
     pub write_batch: usize,
+    #[command(flatten)]
+    pub budget: BudgetArgs,
+}
+
+/// A budget makes a run check the most urgent keys first and end normally (`completed`)
+/// when it is spent: never checked, then failed, then due soon, then the oldest checks.
+#[derive(Debug, Args)]
+pub struct BudgetArgs {
+    /// Look up at most N keys in this run (per shard), most urgent first.
+    #[arg(long, value_name = "N")]
+    pub max_lookups: Option<u64>,
+    /// Stop dispatching lookups after this long (e.g. 3h, 90m, 45s).
+    #[arg(long, value_name = "DURATION")]
+    pub time_budget: Option<String>,
+    /// Stop dispatching lookups at the next HH:MM in --timezone.
+    #[arg(long, value_name = "HH:MM")]
+    pub stop_at: Option<String>,
+    /// The time zone of --stop-at and of due dates: KST, UTC, or an offset like +09:00.
+    #[arg(long, value_name = "ZONE", default_value = "KST")]
+    pub timezone: String,
+    /// With a budget: the column of --source-table or --source-query holding each key's
+    /// next charge date (YYYY-MM-DD); keys due within --due-within come right after failed
+    /// ones.
+    #[arg(long, value_name = "COL")]
+    pub due_column: Option<String>,
+    /// How soon a charge date counts as due (e.g. 3d, 36h).
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "3d",
+        requires = "due_column"
+    )]
+    pub due_within: String,
 }
 
 #[derive(Debug, Args)]

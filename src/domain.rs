@@ -269,6 +269,12 @@ pub struct RunSummary {
     pub auth_calls: u64,
     pub lookups: u64,
     pub exit_code: u8,
+    /// Keys of the source with a result in this run (all shards, resumes included).
+    pub keys_checked: i64,
+    /// The budget that ended the run before its last key (`max_lookups`, `time_budget`,
+    /// `stop_at`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget_stop: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
 }

@@ -6,6 +6,7 @@
 //!   once by [`settings::from_cli`] into one [`settings::Settings`] variant per subcommand.
 //! - [`app`]: the command layer, one file per subcommand (`app/run.rs`, `app/lookup.rs`,
 //!   `app/report.rs`, …), and [`app::AppError`], the one place exit codes are decided.
+//! - [`budget`]: run budgets (lookups, time, a stop time) and the due-date window.
 //! - [`domain`]: billing keys, statuses, outcomes, key details and the run summary, parsed
 //!   once at the boundary.
 //! - [`notify`]: run notifications to webhooks (Slack-compatible or JSON); a leaf.
@@ -29,6 +30,7 @@
 //! import `cli`, `settings`, `app` or `pipeline`.
 
 pub mod app;
+pub mod budget;
 pub mod cli;
 pub mod domain;
 pub mod exit;

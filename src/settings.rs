@@ -7,11 +7,13 @@ use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use chrono::FixedOffset;
 use secrecy::SecretString;
 use url::Url;
 
+use crate::budget::{self, Budget, DueSpec, StopAt};
 use crate::cli::{
-    ChangesArgs, Cli, Command, DatabaseArgs, LookupArgs, NotifyArgs, NotifyCmdArgs,
+    BudgetArgs, ChangesArgs, Cli, Command, DatabaseArgs, LookupArgs, NotifyArgs, NotifyCmdArgs,
     NotifyFormatArg, NotifyOnArg, PaypleArgs, ReportArgs, ReportFormatArg, RunArgs, SimulateArgs,
 };
 use crate::domain::KeyStatus;
@@ -419,6 +421,12 @@ pub struct BatchSettings {
     pub metrics_file: Option<PathBuf>,
     pub omit_pii: bool,
     pub write_batch: usize,
+    /// `None`: every key, in input order.
+    pub budget: Option<Budget>,
+    /// Only with a budget and a table or query source.
+    pub due: Option<DueSpec>,
+    /// The zone of `--stop-at` and of due dates.
+    pub timezone: FixedOffset,
 }
 
 /// Validates `run`'s flags and credentials; the lookup rate is divided among the shards.
@@ -532,6 +540,7 @@ pub fn batch_settings(args: &RunArgs, env: &dyn Env) -> Result<BatchSettings, Co
     if !(1..=100_000).contains(&args.write_batch) {
         return Err(invalid("--write-batch", "must be within 1..=100000"));
     }
+    let (budget, due, timezone) = budget_settings(&args.budget, &source)?;
     Ok(BatchSettings {
         source,
         source_database_url: args.source_database_url.clone(),
@@ -552,6 +561,9 @@ pub fn batch_settings(args: &RunArgs, env: &dyn Env) -> Result<BatchSettings, Co
         metrics_file: args.metrics_file.clone(),
         omit_pii: args.omit_pii,
         write_batch: args.write_batch,
+        budget,
+        due,
+        timezone,
     })
 }
 
@@ -600,6 +612,63 @@ fn recheck_settings(args: &RunArgs) -> Result<Option<RecheckRun>, ConfigError> {
         ));
     }
     Ok(Some(which))
+}
+
+/// Validates the budget flags: the budget (if any), the due-date column, the time zone.
+fn budget_settings(
+    args: &BudgetArgs,
+    source: &SourceSpec,
+) -> Result<(Option<Budget>, Option<DueSpec>, FixedOffset), ConfigError> {
+    let timezone = budget::parse_timezone(&args.timezone).map_err(|e| invalid("--timezone", e))?;
+    let max_lookups = match args.max_lookups {
+        Some(0) => return Err(invalid("--max-lookups", "must be at least 1")),
+        n => n,
+    };
+    let time = args
+        .time_budget
+        .as_deref()
+        .map(budget::parse_duration)
+        .transpose()
+        .map_err(|e| invalid("--time-budget", e))?;
+    let stop_at = args
+        .stop_at
+        .as_deref()
+        .map(budget::parse_time_of_day)
+        .transpose()
+        .map_err(|e| invalid("--stop-at", e))?
+        .map(|time| StopAt {
+            time,
+            offset: timezone,
+        });
+    let budget = Budget {
+        max_lookups,
+        time,
+        stop_at,
+    }
+    .if_any();
+    let due = match &args.due_column {
+        None => None,
+        Some(_) if budget.is_none() => {
+            return Err(invalid(
+                "--due-column",
+                "orders a budgeted run: give --max-lookups, --time-budget or --stop-at",
+            ));
+        }
+        Some(_) if matches!(source, SourceSpec::Csv { .. }) => {
+            return Err(invalid(
+                "--due-column",
+                "needs --source-table or --source-query",
+            ));
+        }
+        Some(column) => Some(DueSpec {
+            column: validate_identifier(column)
+                .map_err(|e| invalid("--due-column", e.to_string()))?
+                .to_owned(),
+            within: budget::parse_duration(&args.due_within)
+                .map_err(|e| invalid("--due-within", e))?,
+        }),
+    };
+    Ok((budget, due, timezone))
 }
 
 /// One validated configuration per subcommand: what [`from_cli`] turns the command line
@@ -814,6 +883,59 @@ fn simulate_settings(args: &SimulateArgs) -> SimulateSettings {
 mod tests {
     use super::*;
     use clap::Parser;
+
+    #[test]
+    fn budgets() {
+        let plain = run_with(&[]).unwrap();
+        assert_eq!(plain.budget, None);
+        assert_eq!(plain.timezone.local_minus_utc(), budget::KST_SECONDS);
+        let s = run_with(&[
+            "--max-lookups",
+            "100",
+            "--time-budget",
+            "90m",
+            "--stop-at",
+            "06:30",
+            "--timezone",
+            "UTC",
+            "--due-column",
+            "next_charge",
+            "--due-within",
+            "2d",
+        ])
+        .unwrap();
+        let b = s.budget.unwrap();
+        assert_eq!(b.max_lookups, Some(100));
+        assert_eq!(b.time, Some(Duration::from_secs(5400)));
+        let stop = b.stop_at.unwrap();
+        assert_eq!(stop.offset.local_minus_utc(), 0);
+        assert_eq!(stop.time.format("%H:%M").to_string(), "06:30");
+        let due = s.due.unwrap();
+        assert_eq!(
+            (due.column.as_str(), due.within.as_secs()),
+            ("next_charge", 172_800)
+        );
+        for (flags, flag) in [
+            (&["--max-lookups", "0"][..], "--max-lookups"),
+            (&["--time-budget", "soon"], "--time-budget"),
+            (&["--stop-at", "25:00"], "--stop-at"),
+            (&["--stop-at", "06:00", "--timezone", "Mars"], "--timezone"),
+            (&["--due-column", "next_charge"], "--due-column"),
+            (
+                &["--csv", "k.csv", "--max-lookups", "5", "--due-column", "d"],
+                "--due-column",
+            ),
+            (
+                &["--max-lookups", "5", "--due-column", "a;b"],
+                "--due-column",
+            ),
+        ] {
+            match run_with(flags) {
+                Err(ConfigError::Invalid { flag: f, .. }) => assert_eq!(f, flag, "{flags:?}"),
+                other => panic!("{flags:?}: {other:?}"),
+            }
+        }
+    }
 
     fn payple_args(extra: &[&str]) -> PaypleArgs {
         #[derive(Parser)]

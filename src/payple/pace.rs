@@ -1,22 +1,22 @@
-//! The lookup pace: governor's GCRA (burst 1) decides when the next lookup may start, and
-//! a pacer thread waits for that moment precisely and hands out one permit per cell.
+//! The lookup pace: a pacer thread hands out one permit per cell of the quota (burst 1),
+//! on a fixed schedule, and lookups queue for permits in order.
 //!
-//! # Why a thread
-//! With burst 1, every microsecond a waiter wakes late is lost for good, and async timers
-//! wake late (a loaded runtime, millisecond timer wheels): at 1,000 lookups per second that
-//! cost 14% of the configured rate. The thread sleeps to just before the cell is due and
-//! spins the rest, so the schedule holds; lookups queue for permits in order (a fair
-//! mutex), which governor's own waiters do not.
+//! # Why a thread, and why a schedule
+//! With burst 1, every microsecond a waiter wakes late is lost for good if the next cell is
+//! counted from the late wake-up (governor's `until_ready`, a GCRA, does that), and async
+//! timers wake late (a loaded runtime, millisecond timer wheels): at 1,000 lookups per
+//! second that cost 14% of the configured rate. An earlier version slept to 200 µs before
+//! each cell and spun the rest, which held the rate but burnt about a fifth of a core at
+//! 1,000/s. Now the thread keeps a schedule instead: cell `k` is due at `start + k ×
+//! interval`, it sleeps until then (late by the kernel's timer slack, some tens of µs),
+//! and a late cell does not push the next one back, so the long-run rate holds without
+//! spinning. When nobody wants a permit (the send blocks), the schedule restarts from the
+//! moment one is taken: idle time never becomes a burst.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use governor::Quota;
 use tokio::sync::{Mutex, mpsc};
-
-/// How long before a cell is due the thread stops sleeping and spins.
-const SPIN: Duration = Duration::from_micros(200);
 
 /// Hands out lookup permits at the quota's pace.
 ///
@@ -36,10 +36,9 @@ impl Pacer {
         // One permit may wait ready: a lookup arriving just after a cell uses it at once.
         let (tx, rx) = mpsc::channel(1);
         let interval = quota.replenish_interval();
-        let limiter = Arc::new(RateLimiter::direct(quota));
         std::thread::Builder::new()
             .name("payple-pacer".into())
-            .spawn(move || pace(&limiter, &tx))?;
+            .spawn(move || pace(interval, &tx))?;
         Ok(Self {
             permits: Mutex::new(rx),
             interval,
@@ -59,26 +58,29 @@ impl Pacer {
     }
 }
 
-fn pace(limiter: &DefaultDirectRateLimiter, tx: &mpsc::Sender<Instant>) {
-    let clock = DefaultClock::default();
+/// When the cell after one due at `due` and handed out at `sent` is due: one interval
+/// later on the schedule, unless the schedule is more than an interval behind (nobody
+/// wanted permits, or the thread was starved); then one interval after `sent`.
+fn next_due(due: Instant, sent: Instant, interval: Duration) -> Instant {
+    let next = due + interval;
+    if next + interval < sent {
+        sent + interval
+    } else {
+        next
+    }
+}
+
+fn pace(interval: Duration, tx: &mpsc::Sender<Instant>) {
+    let mut due = Instant::now();
     loop {
-        match limiter.check() {
-            Ok(()) => {
-                if tx.blocking_send(Instant::now()).is_err() {
-                    return;
-                }
-            }
-            Err(not_until) => {
-                let wait = not_until.wait_time_from(clock.now());
-                let due = Instant::now() + wait;
-                if wait > SPIN {
-                    std::thread::sleep(wait - SPIN);
-                }
-                while Instant::now() < due {
-                    std::hint::spin_loop();
-                }
-            }
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
         }
+        if tx.blocking_send(Instant::now()).is_err() {
+            return;
+        }
+        due = next_due(due, Instant::now(), interval);
     }
 }
 
@@ -114,5 +116,17 @@ mod tests {
         let elapsed = started.elapsed();
         // The first at once, then one interval (50 ms) before each of the next two.
         assert!(elapsed >= Duration::from_millis(95), "{elapsed:?}");
+    }
+
+    #[test]
+    fn late_cells_keep_the_schedule_and_idle_time_is_no_burst() {
+        let t = Instant::now();
+        let ms = Duration::from_millis;
+        // Handed out 0.3 ms late: the next cell stays on the schedule.
+        assert_eq!(next_due(t, t + ms(1) / 3, ms(1)), t + ms(1));
+        // Up to a whole interval behind: still caught up.
+        assert_eq!(next_due(t, t + ms(2), ms(1)), t + ms(1));
+        // Nobody took permits for a second: restart one interval after the hand-out.
+        assert_eq!(next_due(t, t + ms(1000), ms(1)), t + ms(1001));
     }
 }

@@ -112,6 +112,8 @@ pub fn summary_of(
         auth_calls,
         lookups,
         exit_code: exit.code(),
+        keys_checked: run.counts.active + run.counts.gone + run.counts.failed,
+        budget_stop: None,
         note: None,
     }
 }

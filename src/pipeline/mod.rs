@@ -11,6 +11,7 @@
 //! transient failures) first makes the chosen failed keys pending again ([`recheck`]), then
 //! goes on like a resume.
 
+pub mod budgeted;
 pub mod end;
 pub mod lease;
 pub mod progress;
@@ -24,6 +25,7 @@ use futures::{Stream, StreamExt, stream};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::budget::BudgetStop;
 pub use crate::domain::RunSummary;
 use crate::domain::{KeyStatus, LookupOutcome, PayerId};
 use crate::exit::ExitStatus;
@@ -271,6 +273,8 @@ struct RunContext<'a> {
 struct Driven {
     checked: u64,
     outcome: Outcome,
+    /// A budget ended the lookups with keys left unchecked.
+    budget_stop: Option<BudgetStop>,
 }
 
 impl RunEnd {
@@ -384,7 +388,12 @@ impl RunContext<'_> {
     /// Records how the shard ended and builds the summary; [`conclude`] decides the state
     /// and the exit status.
     async fn finish(&self, run_id: i64, driven: Driven) -> RunEnd {
-        let Driven { checked, outcome } = driven;
+        let Driven {
+            checked,
+            outcome,
+            budget_stop,
+        } = driven;
+        let budget_stop = budget_stop.filter(|_| matches!(outcome, Outcome::Finished));
         let signal = self.shutdown.signal();
         let (state, exit) = conclude(&outcome, signal, Tally::Pending);
         let unavailable = matches!(outcome, Outcome::Unavailable).then(|| {
@@ -423,6 +432,13 @@ impl RunContext<'_> {
                 return RunEnd::new(outcome, exit, None);
             }
         };
+        if let Err(e) = self
+            .store
+            .record_coverage(run_id, budget_stop.map(BudgetStop::as_str))
+            .await
+        {
+            tracing::warn!(error = %e, "could not record the run's coverage");
+        }
         // Failed or rejected keys anywhere in the run (a resume included) make exit code 2.
         let (_, final_exit) = conclude(&outcome, signal, Tally::Recorded(&run.counts));
         if final_exit != exit
@@ -442,6 +458,7 @@ impl RunContext<'_> {
             client.lookups(),
             final_exit,
         );
+        summary.budget_stop = budget_stop.map(BudgetStop::as_str);
         if let Some(note) = unavailable {
             tracing::warn!("{note}");
             summary.note = Some(note);
@@ -461,6 +478,7 @@ impl RunContext<'_> {
             Err(e) => Driven {
                 checked: 0,
                 outcome: Outcome::Failed(e),
+                budget_stop: None,
             },
         }
     }
@@ -481,7 +499,8 @@ impl RunContext<'_> {
             {
                 return Err(SourceError::StdinNotResumable(run_id).into());
             }
-            let staged = stage::stage(store, run_id, shard, spec, source_db, self.shutdown).await?;
+            let staged =
+                stage::stage(store, run_id, shard, spec, source_db.clone(), self.shutdown).await?;
             tracing::info!(
                 run_id,
                 keys = staged.keys,
@@ -490,7 +509,14 @@ impl RunContext<'_> {
                 "key list complete"
             );
         }
-        let pending = store.count_pending(run_id, shard.index).await?;
+        if let Some(budget) = &self.settings.budget {
+            budgeted::prepare(self.settings, store, run_id, spec, source_db).await?;
+            tracing::info!(run_id, ?budget, "budgeted run: most urgent keys first");
+        }
+        let mut pending = store.count_pending(run_id, shard.index).await?;
+        if let Some(max) = self.settings.budget.and_then(|b| b.max_lookups) {
+            pending = pending.min(i64::try_from(max).unwrap_or(i64::MAX));
+        }
         let before = store.status_counts(run_id).await?;
         let interval = self.settings.progress_interval;
         let mut progress = Progress::start(before.total() + pending, before, interval);
@@ -508,9 +534,30 @@ impl RunContext<'_> {
         let writer = writer::spawn(self.store.clone(), run_id, config);
         let looked = self.lookups(run_id, writer.sender, progress).await;
         let written = writer.task.await;
+        let deadline_hit = looked.deadline_hit;
+        let checked = looked.checked;
+        let outcome = lookup_outcome(looked, written);
+        let budget_stop = match (&self.settings.budget, &outcome) {
+            (Some(_), Outcome::Finished) => {
+                let shard = self.settings.shard.index;
+                match self.store.count_pending(run_id, shard).await {
+                    Ok(left) if left > 0 => Some(deadline_hit.unwrap_or(BudgetStop::MaxLookups)),
+                    Ok(_) => None,
+                    Err(e) => {
+                        return Driven {
+                            checked,
+                            outcome: Outcome::Failed(e.into()),
+                            budget_stop: None,
+                        };
+                    }
+                }
+            }
+            _ => None,
+        };
         Driven {
-            checked: looked.checked,
-            outcome: lookup_outcome(looked, written),
+            checked,
+            outcome,
+            budget_stop,
         }
     }
 }
@@ -574,6 +621,8 @@ struct Looked {
     stopped: bool,
     /// The outage budget ran out: the key stream was cut short.
     unavailable: bool,
+    /// The time budget or stop-at time that ended dispatching, if one did.
+    deadline_hit: Option<BudgetStop>,
     error: Option<RunError>,
 }
 
@@ -598,18 +647,24 @@ impl RunContext<'_> {
                 checked: 0,
                 stopped: false,
                 unavailable: false,
+                deadline_hit: None,
                 error: None,
             },
         };
         let concurrency = settings.concurrency.get();
-        let keys = pending_keys(store.clone(), run_id, settings.shard.index)
-            .map(|key| {
-                key.map(|k| {
-                    let before = k.prior_attempts;
-                    (k, before)
-                })
+        let limits = budgeted::Limits::start(settings.budget.as_ref());
+        let queued = settings.budget.is_some();
+        let keys = budgeted::limit(
+            pending_keys(store.clone(), run_id, settings.shard.index, queued),
+            &limits,
+        )
+        .map(|key| {
+            key.map(|k| {
+                let before = k.prior_attempts;
+                (k, before)
             })
-            .take_until(halted(shutdown, client));
+        })
+        .take_until(halted(shutdown, client));
         let drain = async {
             // With --max-attempts 1 nothing is retried, not even at the end.
             let mut deferred = (client.max_attempts() > 1).then(Vec::new);
@@ -620,7 +675,11 @@ impl RunContext<'_> {
             let deferred = deferred.unwrap_or_default();
             // After a signal or a spent outage budget, held keys get no row: a resume
             // looks them up again.
-            if deferred.is_empty() || shutdown.stop.is_cancelled() || client.is_unavailable() {
+            if deferred.is_empty()
+                || shutdown.stop.is_cancelled()
+                || client.is_unavailable()
+                || limits.hit().is_some()
+            {
                 return;
             }
             tracing::info!(
@@ -653,6 +712,7 @@ impl RunContext<'_> {
         let mut looked = out.looked;
         looked.stopped = shutdown.stop.is_cancelled();
         looked.unavailable = client.is_unavailable();
+        looked.deadline_hit = limits.hit();
         looked
     }
 }
@@ -785,27 +845,50 @@ pub async fn check_one(
     }
 }
 
-/// The run's keys without a result row, page by page, in input order.
+/// The run's keys without a result row, page by page, in input order (or, for a
+/// budgeted run, in the priority order of its queue).
 fn pending_keys(
     store: Store,
     run_id: i64,
     shard_index: u32,
+    queued: bool,
 ) -> impl Stream<Item = Result<StagedKey, RunError>> {
-    stream::unfold(Some(0i64), move |cursor| {
+    // The cursor, and whether the shard had no result rows when paging began (decided at
+    // the first page).
+    stream::unfold((Some(0i64), None), move |(cursor, fresh)| {
         let store = store.clone();
         async move {
             let after = cursor?;
-            let page = retrying(|| store.pending_keys(run_id, shard_index, after, PAGE)).await;
+            let fresh = match fresh {
+                Some(fresh) => Ok(fresh),
+                None => retrying(|| store.has_results(run_id, shard_index))
+                    .await
+                    .map(|has| !has),
+            };
+            let page = match fresh {
+                Ok(fresh) => retrying(|| async {
+                    if queued {
+                        store.queued_keys(run_id, shard_index, after, PAGE).await
+                    } else {
+                        store
+                            .pending_keys(run_id, shard_index, after, PAGE, fresh)
+                            .await
+                    }
+                })
+                .await
+                .map(|keys| (keys, fresh)),
+                Err(e) => Err(e),
+            };
             match page {
-                Ok(keys) if keys.is_empty() => None,
-                Ok(keys) => {
+                Ok((keys, _)) if keys.is_empty() => None,
+                Ok((keys, fresh)) => {
                     let next = keys.last().map(|k| k.seq);
                     Some((
                         stream::iter(keys.into_iter().map(Ok).collect::<Vec<_>>()),
-                        next,
+                        (next, Some(fresh)),
                     ))
                 }
-                Err(e) => Some((stream::iter(vec![Err(e.into())]), None)),
+                Err(e) => Some((stream::iter(vec![Err(e.into())]), (None, None))),
             }
         }
     })
@@ -828,6 +911,7 @@ mod tests {
             checked: 4,
             stopped,
             unavailable: false,
+            deadline_hit: None,
             error,
         }
     }

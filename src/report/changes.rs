@@ -1,6 +1,11 @@
 //! What changed for each key between two runs: newly gone, newly failing, recovered, card
 //! or account changed, new keys, keys no longer in the source.
 //!
+//! Each side is a run's source (its key list) with every key's latest known result as of
+//! that run, so after a partial (budgeted) run a key not checked that night keeps its
+//! earlier result: it is neither missing nor new. A key never checked as of a run has no
+//! result to compare and changes nothing (not even as new or missing).
+//!
 //! # Architecture
 //! [`classify`] decides about one key from its row in each run (a pure function).
 //! [`ChangeStream`] merges the two runs' rows in windows of payer ids, so memory stays
@@ -18,13 +23,10 @@ use super::ReportError;
 use super::csv::CsvOut;
 use super::table::Layout;
 use crate::domain::{KeyStatus, PayType, mask_payer_id};
-use crate::store::{CheckRecord, Store};
+use crate::store::{CheckRecord, LatestRecord, Store};
 
 /// Rows read per run per window.
 pub const PAGE_ROWS: i64 = 5000;
-
-/// The statuses of real keys (rejected rows are input errors, not keys).
-const KEY_STATUSES: [KeyStatus; 3] = [KeyStatus::Active, KeyStatus::Gone, KeyStatus::Failed];
 
 /// How a key changed between two runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -202,7 +204,22 @@ pub fn classify(before: Option<&CheckRecord>, after: Option<&CheckRecord>) -> Op
 
 /// Merges the rows of one window (the same payer-id range of both runs) into changes,
 /// ordered by payer id.
-pub fn diff_window(mut before: Vec<CheckRecord>, mut after: Vec<CheckRecord>) -> Vec<Change> {
+pub fn diff_window(before: Vec<CheckRecord>, after: Vec<CheckRecord>) -> Vec<Change> {
+    let known = |rows: Vec<CheckRecord>| -> Vec<LatestRecord> {
+        rows.into_iter()
+            .map(|r| LatestRecord {
+                payer_id: r.payer_id.clone(),
+                customer_ref: r.customer_ref.clone(),
+                latest: Some(r),
+            })
+            .collect()
+    };
+    diff_latest(known(before), known(after))
+}
+
+/// Merges one window of two runs' sources, each key with its latest known result, into
+/// changes ordered by payer id.
+pub fn diff_latest(mut before: Vec<LatestRecord>, mut after: Vec<LatestRecord>) -> Vec<Change> {
     before.sort_by(|x, y| x.payer_id.cmp(&y.payer_id));
     after.sort_by(|x, y| x.payer_id.cmp(&y.payer_id));
     let mut changes = Vec::new();
@@ -225,9 +242,26 @@ pub fn diff_window(mut before: Vec<CheckRecord>, mut after: Vec<CheckRecord>) ->
         if y.is_some() {
             a.next();
         }
-        changes.extend(classify(x, y));
+        changes.extend(classify_latest(x, y));
     }
     changes
+}
+
+/// [`classify`] for keys of two sources (`None`: not in that source): a key in both is
+/// compared only when both sides have a known result; a key never checked is neither new
+/// nor missing.
+pub fn classify_latest(
+    before: Option<&LatestRecord>,
+    after: Option<&LatestRecord>,
+) -> Option<Change> {
+    let before = before.map(|r| r.latest.as_ref());
+    let after = after.map(|r| r.latest.as_ref());
+    match (before, after) {
+        (Some(Some(b)), Some(Some(a))) => classify(Some(b), Some(a)),
+        (Some(Some(b)), None) => classify(Some(b), None),
+        (None, Some(Some(a))) => classify(None, Some(a)),
+        _ => None,
+    }
 }
 
 /// The changes between two runs of the store, one window at a time.
@@ -259,9 +293,9 @@ impl<'a> ChangeStream<'a> {
             return Ok(None);
         };
         let (store, page) = (self.store, self.page);
-        let full = |rows: &[CheckRecord]| i64::try_from(rows.len()).unwrap_or(i64::MAX) >= page;
+        let full = |rows: &[LatestRecord]| i64::try_from(rows.len()).unwrap_or(i64::MAX) >= page;
         let earlier = store
-            .checks_page(self.before_run, &cursor, &KEY_STATUSES, page)
+            .latest_range(self.before_run, &cursor, None, page)
             .await
             .map_err(ReportError::store(self.before_run))?;
         // With a full page of the earlier run, the window ends at its last key.
@@ -270,13 +304,7 @@ impl<'a> ChangeStream<'a> {
             .filter(|_| full(&earlier))
             .map(|r| r.payer_id.clone());
         let later = store
-            .checks_range(
-                self.after_run,
-                &cursor,
-                upper.as_deref(),
-                &KEY_STATUSES,
-                page,
-            )
+            .latest_range(self.after_run, &cursor, upper.as_deref(), page)
             .await
             .map_err(ReportError::store(self.after_run))?;
         let (earlier, next) = match later.last().filter(|_| full(&later)) {
@@ -288,13 +316,7 @@ impl<'a> ChangeStream<'a> {
                     earlier
                 } else {
                     store
-                        .checks_range(
-                            self.before_run,
-                            &cursor,
-                            Some(&boundary),
-                            &KEY_STATUSES,
-                            page,
-                        )
+                        .latest_range(self.before_run, &cursor, Some(&boundary), page)
                         .await
                         .map_err(ReportError::store(self.before_run))?
                 };
@@ -303,7 +325,7 @@ impl<'a> ChangeStream<'a> {
             None => (earlier, upper),
         };
         self.cursor = next;
-        Ok(Some(diff_window(earlier, later)))
+        Ok(Some(diff_latest(earlier, later)))
     }
 }
 
@@ -588,6 +610,33 @@ mod tests {
         assert_eq!(kind(None, None), None);
         // A status this version does not know never reaches here: the store refuses to
         // read it (`store::tests::unknown_statuses_are_not_read`).
+    }
+
+    #[test]
+    fn keys_never_checked_change_nothing() {
+        use ChangeKind::*;
+        let never = |id: &str| LatestRecord {
+            payer_id: id.to_owned(),
+            customer_ref: None,
+            latest: None,
+        };
+        let known = |r: CheckRecord| LatestRecord {
+            payer_id: r.payer_id.clone(),
+            customer_ref: r.customer_ref.clone(),
+            latest: Some(r),
+        };
+        let a = known(card("k", "신한카드", "4518-****-****-0001"));
+        let kind = |b: Option<&LatestRecord>, x: Option<&LatestRecord>| {
+            classify_latest(b, x).map(|c| c.kind)
+        };
+        assert_eq!(kind(Some(&never("k")), Some(&a)), None);
+        assert_eq!(kind(Some(&a), Some(&never("k"))), None);
+        assert_eq!(kind(Some(&never("k")), None), None);
+        assert_eq!(kind(None, Some(&never("k"))), None);
+        assert_eq!(kind(Some(&a), None), Some(MissingKey));
+        assert_eq!(kind(None, Some(&a)), Some(NewKey));
+        let gone = known(gone("k"));
+        assert_eq!(kind(Some(&a), Some(&gone)), Some(NewlyGone));
     }
 
     #[test]

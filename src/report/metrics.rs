@@ -170,6 +170,8 @@ mod tests {
             auth_calls: 1,
             lookups: 11,
             exit_code,
+            keys_checked: 9,
+            budget_stop: None,
             note: None,
         }
     }

@@ -1,12 +1,13 @@
-//! A run at a glance: keys per status, and the active keys per card company and per bank,
-//! counted by the database (`GROUP BY`) and shown as text tables.
+//! A run at a glance: keys per status, the active keys per card company and per bank,
+//! counted by the database (`GROUP BY`), and how recently the source's keys were checked
+//! (coverage across partial runs), shown as text tables.
 
 use super::ReportError;
 use super::csv::kst_label;
 use super::table;
 use crate::domain::KeyStatus;
 use crate::store::reports::{GroupCount, Grouping};
-use crate::store::{RunRecord, StatusCounts, Store};
+use crate::store::{Coverage, RunRecord, StatusCounts, Store, now_text};
 
 /// What `summary` shows about one run.
 #[derive(Debug, Clone)]
@@ -15,6 +16,9 @@ pub struct Summary {
     pub counts: StatusCounts,
     pub cards: Vec<GroupCount>,
     pub banks: Vec<GroupCount>,
+    /// The run's source keys by how recently they were checked, as of the run's end.
+    pub coverage: Coverage,
+    pub as_of: String,
 }
 
 /// Counts a run's rows.
@@ -32,11 +36,18 @@ pub async fn load(store: &Store, run: RunRecord) -> Result<Summary, ReportError>
         .active_counts_by(id, Grouping::BankName)
         .await
         .map_err(ReportError::store(id))?;
+    let as_of = run.finished_at.clone().unwrap_or_else(now_text);
+    let coverage = store
+        .coverage(id, &as_of)
+        .await
+        .map_err(ReportError::store(id))?;
     Ok(Summary {
         run,
         counts,
         cards,
         banks,
+        coverage,
+        as_of,
     })
 }
 
@@ -67,7 +78,35 @@ fn groups(title: &str, empty: &str, rows: &[GroupCount]) -> String {
     table::render(&[title, "keys", "share"], &cells, &[false, true, true])
 }
 
-/// The summary as text: a line about the run, then three tables.
+/// Coverage as a table: keys checked within 1, 7 and 30 days, never checked, and the
+/// oldest latest check.
+fn coverage(c: &Coverage, as_of: &str) -> String {
+    let n = c.source_keys;
+    let mut rows: Vec<Vec<String>> = [("1 day", c.within_1d), ("7 days", c.within_7d)]
+        .into_iter()
+        .chain([("30 days", c.within_30d)])
+        .map(|(label, k)| vec![label.to_owned(), k.to_string(), share(k, n)])
+        .collect();
+    let never = n - c.ever_checked;
+    rows.push(vec!["never".to_owned(), never.to_string(), share(never, n)]);
+    let mut out = format!(
+        "coverage of the source's {n} keys as of {}\n",
+        kst_label(as_of)
+    );
+    out.push_str(&table::render(
+        &["checked within", "keys", "share"],
+        &rows,
+        &[false, true, true],
+    ));
+    let oldest = c
+        .oldest_check
+        .as_deref()
+        .map_or_else(|| "none".to_owned(), kst_label);
+    out.push_str(&format!("oldest check: {oldest}\n"));
+    out
+}
+
+/// The summary as text: a line about the run, then four tables.
 pub fn render(s: &Summary) -> String {
     let run = &s.run;
     let finished = run
@@ -116,6 +155,8 @@ pub fn render(s: &Summary) -> String {
         "no active bank-account keys",
         &s.banks,
     ));
+    out.push('\n');
+    out.push_str(&coverage(&s.coverage, &s.as_of));
     out
 }
 
@@ -165,6 +206,15 @@ mod tests {
                 },
             ],
             banks: vec![],
+            coverage: Coverage {
+                source_keys: 10,
+                ever_checked: 9,
+                within_1d: 4,
+                within_7d: 8,
+                within_30d: 9,
+                oldest_check: Some("2026-11-01T17:00:00.000Z".to_owned()),
+            },
+            as_of: "2026-11-26T17:14:40.000Z".to_owned(),
         };
         let text = render(&s);
         assert!(text.starts_with(
@@ -178,6 +228,17 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("no active bank-account keys"), "{text}");
+        assert!(
+            text.contains("coverage of the source's 10 keys as of 2026-11-27 02:14:40 KST\n"),
+            "{text}"
+        );
+        assert!(text.contains("1 day              4  40.0%\n"), "{text}");
+        assert!(text.contains("30 days            9  90.0%\n"), "{text}");
+        assert!(text.contains("never              1  10.0%\n"), "{text}");
+        assert!(
+            text.ends_with("oldest check: 2026-11-02 02:00:00 KST\n"),
+            "{text}"
+        );
     }
 
     #[test]

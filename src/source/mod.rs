@@ -2,6 +2,7 @@
 //! table, or a query), read as a stream of valid keys and rejected rows in input order.
 
 pub mod csv_file;
+pub mod due;
 pub mod readonly;
 pub mod table;
 

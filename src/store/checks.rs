@@ -11,9 +11,31 @@ use crate::domain::KeyStatus;
 
 impl Store {
     /// Writes result rows in one transaction; a row already present is kept as it is.
+    ///
+    /// A batch that fits one statement (the writer's 500 rows) runs as that statement
+    /// alone, which is atomic by itself: inside `BEGIN … COMMIT` SQLite keeps a statement
+    /// journal of every page the statement touches (perf: `subjournalPageIfRequired`, about
+    /// 5% of the job's CPU at 100,000 keys), needed only to undo one statement of several.
     pub async fn insert_checks(&self, run_id: i64, rows: &[CheckRow]) -> Result<(), StoreError> {
+        if rows.len() <= MAX_ROWS_PER_STATEMENT {
+            let mut conn = self.pool.acquire().await.map_err(ctx("writing results"))?;
+            return self.insert_check_chunk(&mut conn, run_id, rows).await;
+        }
         let mut tx = self.pool.begin().await.map_err(ctx("writing results"))?;
         for chunk in rows.chunks(MAX_ROWS_PER_STATEMENT) {
+            self.insert_check_chunk(&mut tx, run_id, chunk).await?;
+        }
+        tx.commit().await.map_err(ctx("writing results"))
+    }
+
+    /// One multi-row `INSERT` of at most [`MAX_ROWS_PER_STATEMENT`] rows.
+    async fn insert_check_chunk(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        run_id: i64,
+        chunk: &[CheckRow],
+    ) -> Result<(), StoreError> {
+        {
             let one = format!("({})", vec!["?"; CHECK_COLUMN_COUNT].join(", "));
             let values = vec![one.as_str(); chunk.len()].join(", ");
             let sql = self.dialect.insert_ignoring(
@@ -47,11 +69,11 @@ impl Store {
                     .bind(row.checked_at.clone());
             }
             query
-                .execute(&mut *tx)
+                .execute(&mut *conn)
                 .await
                 .map_err(ctx("writing results"))?;
         }
-        tx.commit().await.map_err(ctx("writing results"))
+        Ok(())
     }
 
     /// Result rows per status of a run.

@@ -363,27 +363,38 @@ impl Store {
     }
 
     /// Keys of the shard without a result row yet, after `after_seq`, in input order.
+    ///
+    /// `fresh`: none of the shard's keys had a result row when its lookups started, so
+    /// every key after the cursor still has none (rows are written only for keys already
+    /// handed out) and the per-key probe of the results index is skipped: at a million
+    /// random keys that probe is a B-tree page read from disk per key.
     pub async fn pending_keys(
         &self,
         run_id: i64,
         shard_index: u32,
         after_seq: i64,
         limit: i64,
+        fresh: bool,
     ) -> Result<Vec<StagedKey>, StoreError> {
-        let rows = sqlx::query(self.sql(
+        let sql = if fresh {
+            "SELECT k.seq, k.payer_id, k.customer_ref, k.prior_attempts FROM run_keys k \
+             WHERE k.run_id = ? AND k.shard_index = ? AND k.seq > ? \
+             ORDER BY k.seq LIMIT ?"
+        } else {
             "SELECT k.seq, k.payer_id, k.customer_ref, k.prior_attempts FROM run_keys k \
              WHERE k.run_id = ? AND k.shard_index = ? AND k.seq > ? \
              AND NOT EXISTS (SELECT 1 FROM billing_key_checks c \
                              WHERE c.run_id = k.run_id AND c.payer_id = k.payer_id) \
-             ORDER BY k.seq LIMIT ?",
-        ))
-        .bind(run_id)
-        .bind(i64::from(shard_index))
-        .bind(after_seq)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(ctx("reading pending keys"))?;
+             ORDER BY k.seq LIMIT ?"
+        };
+        let rows = sqlx::query(self.sql(sql))
+            .bind(run_id)
+            .bind(i64::from(shard_index))
+            .bind(after_seq)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(ctx("reading pending keys"))?;
         rows.iter()
             .map(|r| {
                 Ok(StagedKey {
@@ -395,6 +406,21 @@ impl Store {
             })
             .collect::<Result<_, sqlx::Error>>()
             .map_err(ctx("reading pending keys"))
+    }
+
+    /// Whether any key of the shard has a result row in the run.
+    pub async fn has_results(&self, run_id: i64, shard_index: u32) -> Result<bool, StoreError> {
+        let n: i64 = sqlx::query_scalar(self.sql(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM billing_key_checks c \
+             JOIN run_keys k ON k.run_id = c.run_id AND k.payer_id = c.payer_id \
+             WHERE c.run_id = ? AND k.shard_index = ? LIMIT 1) x",
+        ))
+        .bind(run_id)
+        .bind(i64::from(shard_index))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(ctx("looking for result rows"))?;
+        Ok(n > 0)
     }
 
     /// How many keys of the shard still lack a result row.

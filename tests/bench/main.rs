@@ -1,7 +1,9 @@
-//! The performance report (`cargo bench`): the real binary against the simulator on
-//! loopback, each run a child process measured with `wait4` (peak RSS, CPU time), beside a
-//! naive baseline written here (sequential lookups, a new auth per key, one insert per
-//! row). Prints a Markdown table. `BENCH_QUICK=1` skips the million-key run.
+//! The performance report (`cargo bench`): the real binary against the simulator (a
+//! separate process) on loopback, each run a child process measured with `wait4` (peak
+//! RSS, user and system CPU), on random 32-character base64 keys like real ones: 10,000
+//! and 1,000,000 keys side by side, and a Python asyncio client (`asyncio_client.py`
+//! beside this file; aiohttp is installed with pip if missing) on the same keys and the
+//! same simulator. Prints Markdown tables. `BENCH_QUICK=1` skips the million-key run.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -11,6 +13,7 @@ use std::time::{Duration, Instant};
 use payple_reconcile::domain::{KeyDetails, KeyStatus, LookupOutcome};
 use payple_reconcile::simulator::{TEST_CST_ID, TEST_CUST_KEY, TEST_REFERER};
 use payple_reconcile::store::{CheckRow, Store, now_text};
+use rand::RngCore;
 
 const BIN: &str = env!("CARGO_BIN_EXE_payple-reconcile");
 
@@ -68,27 +71,41 @@ impl Drop for Sim {
 /// What one child process used.
 struct Usage {
     wall: Duration,
-    cpu: Duration,
+    user: Duration,
+    sys: Duration,
     max_rss_kib: i64,
+    /// The last line of its stdout, as JSON.
     summary: serde_json::Value,
 }
 
+impl Usage {
+    fn cpu(&self) -> Duration {
+        self.user + self.sys
+    }
+}
+
 /// Runs `payple-reconcile run` against `sim` and measures it.
-#[allow(clippy::zombie_processes)] // reaped by `wait4` below, which also gives its usage
 fn run_job(sim: &Sim, csv: &Path, db: &str, args: &[&str]) -> Usage {
-    let started = Instant::now();
-    let child = Command::new(BIN)
-        .args(["--log-level", "error", "run", "--csv"])
+    let mut cmd = Command::new(BIN);
+    cmd.args(["--log-level", "error", "run", "--csv"])
         .arg(csv)
         .args(["--payple-url", &sim.url, "--database-url", db])
-        .args(args)
+        .args(args);
+    measure(cmd)
+}
+
+/// Runs `cmd` with the test partner's credentials and measures it.
+#[allow(clippy::zombie_processes)] // reaped by `wait4` below, which also gives its usage
+fn measure(mut cmd: Command) -> Usage {
+    let started = Instant::now();
+    let child = cmd
         .env("PAYPLE_CST_ID", TEST_CST_ID)
         .env("PAYPLE_CUST_KEY", TEST_CUST_KEY)
         .env("PAYPLE_REFERER", TEST_REFERER)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .expect("job starts");
+        .expect("process starts");
     let pid = child.id() as libc::pid_t;
     let mut stdout = child.stdout.expect("stdout");
     let mut out = String::new();
@@ -106,25 +123,94 @@ fn run_job(sim: &Sim, csv: &Path, db: &str, args: &[&str]) -> Usage {
         .last()
         .and_then(|l| serde_json::from_str(l).ok())
         .unwrap_or_default();
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "measured process failed ({status}): {out}"
+    );
     Usage {
         wall,
-        cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
+        user: tv(usage.ru_utime),
+        sys: tv(usage.ru_stime),
         max_rss_kib: usage.ru_maxrss,
         summary,
     }
 }
 
+/// Standard base64 of `bytes` (with padding).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for group in bytes.chunks(3) {
+        let b = [
+            group[0],
+            *group.get(1).unwrap_or(&0),
+            *group.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
+            if i <= group.len() {
+                out.push(ALPHABET[((n >> shift) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// `n` random keys like Payple's (32 base64 characters: 24 random bytes), in random order.
 fn write_keys(dir: &Path, n: usize) -> PathBuf {
     let path = dir.join(format!("keys-{n}.csv"));
     let mut out = std::io::BufWriter::new(std::fs::File::create(&path).expect("csv"));
     writeln!(out, "payer_id,customer_ref").expect("write");
+    let mut rng = rand::rng();
+    let mut bytes = [0u8; 24];
     for i in 0..n {
-        let h = payple_reconcile::domain::stable_hash(format!("bench-{i}").as_bytes());
-        let h2 = payple_reconcile::domain::stable_hash(format!("{i}-bench").as_bytes());
-        writeln!(out, "{h:016x}{h2:016X},CUST-{i:07}").expect("write");
+        rng.fill_bytes(&mut bytes);
+        writeln!(out, "{},CUST-{i:07}", base64(&bytes)).expect("write");
     }
     out.flush().expect("flush");
     path
+}
+
+/// Installs aiohttp with pip if Python cannot import it; `false` if it stays missing.
+fn ensure_aiohttp() -> bool {
+    let has = || {
+        Command::new("python3")
+            .args(["-c", "import aiohttp"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if has() {
+        return true;
+    }
+    eprintln!("installing aiohttp for the asyncio comparison (pip install aiohttp)");
+    let _ = Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet", "aiohttp"])
+        .status();
+    has()
+}
+
+/// The Python asyncio client on `keys` against `sim`.
+fn run_asyncio(sim: &Sim, keys: &Path, db: &Path, concurrency: usize) -> Usage {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bench/asyncio_client.py");
+    let mut cmd = Command::new("python3");
+    cmd.arg(script)
+        .arg(&sim.url)
+        .arg(keys)
+        .arg(db)
+        .arg(concurrency.to_string());
+    measure(cmd)
+}
+
+/// Microseconds of `cpu` per lookup.
+fn micros_per(cpu: Duration, lookups: f64) -> f64 {
+    cpu.as_secs_f64() * 1e6 / lookups.max(1.0)
+}
+
+fn mib(kib: i64) -> f64 {
+    kib as f64 / 1024.0
 }
 
 fn sqlite(dir: &Path, name: &str) -> String {
@@ -147,74 +233,6 @@ fn achieved_rate(times: &[u64]) -> f64 {
         }
         _ => 0.0,
     }
-}
-
-/// The naive client: for every key a new auth, one lookup, one autocommitted insert.
-async fn naive(sim_url: &str, keys: &[String], db: &str) -> (f64, Duration) {
-    let store = Store::open(db).await.expect("store");
-    let http = payple_reconcile::http::client_builder()
-        .build()
-        .expect("http client");
-    let cpu_before = self_cpu();
-    let started = Instant::now();
-    for key in keys {
-        let auth: serde_json::Value = http
-            .post(format!("{sim_url}/php/auth.php"))
-            .header("Referer", TEST_REFERER)
-            .json(&serde_json::json!({"cst_id": TEST_CST_ID, "custKey": TEST_CUST_KEY, "PCD_PAY_WORK": "PUSERINFO"}))
-            .send()
-            .await
-            .expect("auth")
-            .json()
-            .await
-            .expect("auth json");
-        let url = auth["return_url"].as_str().expect("return_url").to_owned();
-        let body = http
-            .post(url)
-            .header("Referer", TEST_REFERER)
-            .json(&serde_json::json!({
-                "PCD_CST_ID": auth["cst_id"], "PCD_CUST_KEY": auth["custKey"],
-                "PCD_AUTH_KEY": auth["AuthKey"], "PCD_PAYER_ID": key,
-            }))
-            .send()
-            .await
-            .expect("lookup")
-            .bytes()
-            .await
-            .expect("body");
-        let text = String::from_utf8_lossy(&body);
-        let reply: serde_json::Value =
-            serde_json::from_str(text.trim_start_matches('\u{feff}')).unwrap_or_default();
-        let active = reply["PCD_PAY_RST"] == "success";
-        let row = CheckRow {
-            payer_id: key.clone(),
-            customer_ref: None,
-            outcome: LookupOutcome {
-                status: if active {
-                    KeyStatus::Active
-                } else {
-                    KeyStatus::Gone
-                },
-                details: KeyDetails::default(),
-                result_code: reply["PCD_PAY_CODE"].as_str().map(str::to_owned),
-                result_msg: None,
-                attempts: 1,
-            },
-            checked_at: now_text(),
-        };
-        store.insert_checks(1, &[row]).await.expect("insert");
-    }
-    let rate = keys.len() as f64 / started.elapsed().as_secs_f64();
-    (rate, self_cpu() - cpu_before)
-}
-
-fn self_cpu() -> Duration {
-    // SAFETY: an all-zero rusage is valid; getrusage fills it for this process.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: usage is valid for writing.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
 /// Rows per second written through the store in 500-row transactions.
@@ -250,6 +268,43 @@ async fn write_rate(url: &str, rows: usize) -> f64 {
     rate
 }
 
+/// One throughput run: `--rate 0 --concurrency 32`, SQLite results.
+fn throughput(sim: &Sim, keys: &Path, db: &str) -> Usage {
+    run_job(sim, keys, db, &["--rate", "0", "--concurrency", "32"])
+}
+
+/// Prints the side-by-side table of the 10,000- and (unless quick) 1,000,000-key runs.
+fn scale_table(runs: &[(&str, &Usage)]) {
+    let head: Vec<&str> = runs.iter().map(|(n, _)| *n).collect();
+    println!("| measure | {} |", head.join(" | "));
+    println!("| --- |{}", " --- |".repeat(runs.len()));
+    let line = |name: &str, f: &dyn Fn(&Usage) -> String| {
+        let cells: Vec<String> = runs.iter().map(|(_, u)| f(u)).collect();
+        println!("| {name} | {} |", cells.join(" | "));
+    };
+    let looked = |u: &Usage| u.summary["checked_now"].as_f64().unwrap_or(0.0);
+    line("lookups/s (whole run, staging included)", &|u| {
+        format!("{:.0}", per_second(&u.summary))
+    });
+    line("wall time", &|u| format!("{:.1} s", u.wall.as_secs_f64()));
+    line("user CPU per lookup", &|u| {
+        format!("{:.1} µs", micros_per(u.user, looked(u)))
+    });
+    line("system CPU per lookup", &|u| {
+        format!("{:.1} µs", micros_per(u.sys, looked(u)))
+    });
+    line("lookups per CPU second", &|u| {
+        format!("{:.0}", looked(u) / u.cpu().as_secs_f64().max(1e-9))
+    });
+    line("peak RSS", &|u| format!("{:.1} MiB", mib(u.max_rss_kib)));
+    if let [(_, small), (_, big)] = runs {
+        println!(
+            "\nlookups/s at 1,000,000 keys = {:.2} x the 10,000-key figure (target >= 0.8)",
+            per_second(&big.summary) / per_second(&small.summary).max(1e-9)
+        );
+    }
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; nothing else is taken.
     let quick = std::env::var("BENCH_QUICK").as_deref() == Ok("1");
@@ -257,44 +312,45 @@ fn main() {
     let d = dir.path();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!("payple-reconcile performance report ({cores} cores; simulator on loopback)\n");
-    let mut rows: Vec<(String, String)> = Vec::new();
-    let mut row = |name: String, value: String| {
-        println!("| {name} | {value} |");
-        rows.push((name, value));
-    };
-    println!("| measure | figure |\n| --- | --- |");
-
-    let sim = Sim::start(&[], None);
-    let k20 = write_keys(d, 20_000);
-    for c in [8, 32, 128] {
-        let u = run_job(
-            &sim,
-            &k20,
-            &sqlite(d, "thr"),
-            &["--rate", "0", "--concurrency", &c.to_string()],
-        );
-        let looked = u.summary["checked_now"].as_f64().unwrap_or(0.0);
-        row(
-            format!("lookups/s, no rate limit, --concurrency {c} (20,000 keys)"),
-            format!(
-                "{:.0} ({:.2} CPU s per 10,000 lookups)",
-                per_second(&u.summary),
-                u.cpu.as_secs_f64() / looked.max(1.0) * 10_000.0
-            ),
-        );
-    }
-
-    let naive_keys: Vec<String> = (0..1000).map(|i| format!("{:032x}", i * 7919)).collect();
-    let (naive_rate, naive_cpu) = rt.block_on(naive(&sim.url, &naive_keys, &sqlite(d, "naive")));
-    row(
-        "naive baseline lookups/s (sequential, auth per key, insert per row; 1,000 keys)".into(),
-        format!(
-            "{naive_rate:.0} ({:.2} CPU s per 10,000 lookups, client side)",
-            naive_cpu.as_secs_f64() / 1000.0 * 10_000.0
-        ),
+    println!(
+        "payple-reconcile performance report ({cores} cores; simulator in its own process on \
+         loopback; --rate 0 --concurrency 32; random 32-character base64 keys; SQLite)\n"
     );
 
+    let sim = Sim::start(&[], None);
+    let k10 = write_keys(d, 10_000);
+    let small = throughput(&sim, &k10, &sqlite(d, "k10"));
+    let big = (!quick).then(|| {
+        let k1m = write_keys(d, 1_000_000);
+        throughput(&sim, &k1m, &sqlite(d, "k1m"))
+    });
+    let mut runs = vec![("10,000 keys", &small)];
+    if let Some(big) = &big {
+        runs.push(("1,000,000 keys", big));
+    }
+    scale_table(&runs);
+
+    println!();
+    if ensure_aiohttp() {
+        let py = run_asyncio(&sim, &k10, &d.join("asyncio.db"), 32);
+        let py_looked = py.summary["lookups"].as_f64().unwrap_or(0.0);
+        let rs_looked = small.summary["checked_now"].as_f64().unwrap_or(0.0);
+        let py_per_cpu = py_looked / py.cpu().as_secs_f64().max(1e-9);
+        let rs_per_cpu = rs_looked / small.cpu().as_secs_f64().max(1e-9);
+        println!(
+            "Python asyncio client (aiohttp, one session, semaphore 32, executemany batches), \
+             10,000 keys: {:.0} lookups/s, {py_per_cpu:.0} lookups per CPU second, \
+             {:.1} MiB peak RSS\n\
+             payple-reconcile / asyncio, lookups per CPU second: {:.2} (target >= 5)",
+            py_looked / py.wall.as_secs_f64().max(1e-9),
+            mib(py.max_rss_kib),
+            rs_per_cpu / py_per_cpu.max(1e-9)
+        );
+    } else {
+        println!("Python asyncio client: skipped (python3 with aiohttp unavailable)");
+    }
+
+    println!("\n| measure | figure |\n| --- | --- |");
     for (rate, n) in [(50u32, 500usize), (200, 2_000), (1_000, 10_000)] {
         let log = d.join(format!("rate-{rate}.jsonl"));
         let paced = Sim::start(&[], Some(log));
@@ -306,13 +362,12 @@ fn main() {
             &["--rate", &rate.to_string(), "--concurrency", "32"],
         );
         let achieved = achieved_rate(&paced.lookup_times());
-        row(
-            format!("achieved / configured, --rate {rate} ({n} keys)"),
-            format!(
-                "{achieved:.1}/s = {:.3} (run {:.1} s)",
-                achieved / f64::from(rate),
-                u.wall.as_secs_f64()
-            ),
+        println!(
+            "| achieved / configured, --rate {rate} ({n} keys) | {achieved:.1}/s = {:.3} \
+             (run {:.1} s, {:.2} CPU s) |",
+            achieved / f64::from(rate),
+            u.wall.as_secs_f64(),
+            u.cpu().as_secs_f64()
         );
     }
 
@@ -326,48 +381,15 @@ fn main() {
         &["--rate", "0", "--concurrency", "64"],
     );
     let achieved = achieved_rate(&slow.lookup_times());
-    row(
-        "100 ms latency, --concurrency 64: achieved lookups/s vs the 640 limit".into(),
-        format!("{achieved:.0} = {:.3}", achieved / 640.0),
+    println!(
+        "| 100 ms latency, --concurrency 64: achieved lookups/s vs the 640 limit | \
+         {achieved:.0} = {:.3} |",
+        achieved / 640.0
     );
     drop(slow);
 
-    let k10 = write_keys(d, 10_000);
-    let small = run_job(
-        &sim,
-        &k10,
-        &sqlite(d, "rss10k"),
-        &["--rate", "0", "--concurrency", "32"],
-    );
-    row(
-        "peak RSS, 10,000 keys from CSV (SQLite)".into(),
-        format!("{:.1} MiB", small.max_rss_kib as f64 / 1024.0),
-    );
-    if !quick {
-        let k1m = write_keys(d, 1_000_000);
-        let big = run_job(
-            &sim,
-            &k1m,
-            &sqlite(d, "rss1m"),
-            &["--rate", "0", "--concurrency", "32"],
-        );
-        row(
-            "peak RSS, 1,000,000 keys from CSV (SQLite)".into(),
-            format!(
-                "{:.1} MiB = {:.2} x the 10,000-key figure (run {:.0} s, {:.0} lookups/s)",
-                big.max_rss_kib as f64 / 1024.0,
-                big.max_rss_kib as f64 / small.max_rss_kib.max(1) as f64,
-                big.wall.as_secs_f64(),
-                per_second(&big.summary)
-            ),
-        );
-    }
-
     let sqlite_rate = rt.block_on(write_rate(&sqlite(d, "writes"), 100_000));
-    row(
-        "results written per second, SQLite (500-row transactions)".into(),
-        format!("{sqlite_rate:.0}"),
-    );
+    println!("| results written per second, SQLite (500-row transactions) | {sqlite_rate:.0} |");
     let pg = std::env::var("BENCH_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
     let pg_rate = rt.block_on(async {
@@ -388,9 +410,9 @@ fn main() {
             .await;
         Some(rate)
     });
-    row(
-        "results written per second, PostgreSQL (500-row transactions)".into(),
-        pg_rate.map_or_else(|| "skipped: no server".to_owned(), |r| format!("{r:.0}")),
+    println!(
+        "| results written per second, PostgreSQL (500-row transactions) | {} |",
+        pg_rate.map_or_else(|| "skipped: no server".to_owned(), |r| format!("{r:.0}"))
     );
     drop(sim);
 }

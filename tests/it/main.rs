@@ -2,6 +2,7 @@
 //! simulator, fresh databases and the real binary for them.
 
 mod batch;
+mod budget;
 mod faults;
 mod front_door;
 mod helpers;
