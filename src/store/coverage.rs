@@ -99,14 +99,7 @@ impl Store {
         .await
         .map_err(ctx("reading queued keys"))?;
         rows.iter()
-            .map(|r| {
-                Ok(StagedKey {
-                    seq: r.try_get(0)?,
-                    payer_id: r.try_get(1)?,
-                    customer_ref: r.try_get(2)?,
-                    prior_attempts: u32::try_from(r.try_get::<i64, _>(3)?).unwrap_or(0),
-                })
-            })
+            .map(StagedKey::from_row)
             .collect::<Result<_, sqlx::Error>>()
             .map_err(ctx("reading queued keys"))
     }

@@ -260,6 +260,18 @@ pub struct StagedKey {
     pub prior_attempts: u32,
 }
 
+impl StagedKey {
+    /// A row selected as `seq, payer_id, customer_ref, prior_attempts`.
+    pub(crate) fn from_row(r: &AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            seq: r.try_get(0)?,
+            payer_id: r.try_get(1)?,
+            customer_ref: r.try_get(2)?,
+            prior_attempts: u32::try_from(r.try_get::<i64, _>(3)?).unwrap_or(0),
+        })
+    }
+}
+
 /// One result row to write.
 #[derive(Debug, Clone)]
 pub struct CheckRow {
