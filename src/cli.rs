@@ -253,7 +253,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub omit_pii: bool,
     /// Result rows per write transaction.
-    #[arg(long, default_value_t = 500, hide = true)]
+    #[arg(long, default_value_t = crate::store::writer::BATCH_ROWS, hide = true)]
     pub write_batch: usize,
     #[command(flatten)]
     pub budget: BudgetArgs,

@@ -25,7 +25,6 @@ use crate::payple::{
 };
 use crate::report::output::ReportFormat;
 use crate::report::{ReportError, RunSelector, parse_statuses};
-use crate::simulator::Episode;
 use crate::source::{SourceSpec, validate_identifier};
 
 /// A configuration that cannot run: exit code 3.
@@ -820,62 +819,19 @@ pub struct SummarySettings {
     pub run: RunSelector,
 }
 
-/// `simulate`: the simulator's address, answers and faults as plain values (the simulator
-/// checks the fault fractions when it starts).
-#[derive(Debug, Clone, PartialEq)]
+/// `simulate`: the address to listen on and the simulator's flags as given. Nothing here
+/// needs checking before the simulator starts: `app::simulate` turns the flags into the
+/// simulator's configuration, which checks its fault fractions and key file itself.
+#[derive(Debug, Clone)]
 pub struct SimulateSettings {
     pub addr: SocketAddr,
-    pub keys_file: Option<PathBuf>,
-    pub token_ttl: Duration,
-    pub latency: Duration,
-    pub jitter: Duration,
-    pub error_rate: f64,
-    pub drop_rate: f64,
-    pub truncate_rate: f64,
-    pub garbage_rate: f64,
-    pub rate_limit: Option<u32>,
-    pub retry_after: Duration,
-    pub fail_first: u32,
-    pub outage: Option<Episode<u16>>,
-    pub storm: Option<Episode<String>>,
-    pub throttle: Option<Episode<u64>>,
-    pub always_code: Option<String>,
-    pub request_log: Option<PathBuf>,
-    pub seed: u64,
-    pub return_origin: Option<String>,
+    pub flags: SimulateArgs,
 }
 
 fn simulate_settings(args: &SimulateArgs) -> SimulateSettings {
     SimulateSettings {
         addr: SocketAddr::new(args.bind, args.port),
-        keys_file: args.keys.clone(),
-        token_ttl: Duration::from_secs(args.token_ttl),
-        latency: Duration::from_millis(args.latency_ms),
-        jitter: Duration::from_millis(args.jitter_ms),
-        error_rate: args.error_rate,
-        drop_rate: args.drop_rate,
-        truncate_rate: args.truncate_rate,
-        garbage_rate: args.garbage_rate,
-        rate_limit: args.rate_limit,
-        retry_after: Duration::from_secs(args.retry_after.max(1)),
-        fail_first: args.fail_first,
-        outage: args.outage_after_lookups.map(|after| Episode {
-            what: args.outage_status,
-            after,
-            secs: args.outage_secs.map(Duration::from_secs),
-        }),
-        storm: args.storm_code.clone().map(|code| Episode {
-            what: code,
-            after: args.storm_after,
-            secs: args.storm_secs.map(Duration::from_secs),
-        }),
-        throttle: args
-            .throttle_after
-            .map(|after| Episode::forever(args.throttle_retry_after, after)),
-        always_code: args.always_code.clone(),
-        request_log: args.request_log.clone(),
-        seed: args.seed,
-        return_origin: args.return_origin.clone(),
+        flags: args.clone(),
     }
 }
 

@@ -4,7 +4,9 @@ use super::AppError;
 use crate::exit::ExitStatus;
 use crate::settings::SimulateSettings;
 use crate::shutdown::Shutdown;
-use crate::simulator::{self, Faults, KeyBook, SimConfig, SimError};
+use std::time::Duration;
+
+use crate::simulator::{self, Episode, Faults, KeyBook, SimConfig, SimError};
 
 pub(super) async fn simulate(settings: SimulateSettings) -> Result<ExitStatus, AppError> {
     let config = sim_config(&settings)?;
@@ -13,36 +15,48 @@ pub(super) async fn simulate(settings: SimulateSettings) -> Result<ExitStatus, A
     Ok(ExitStatus::Success)
 }
 
-/// The simulator's configuration: the faults checked, the key file read.
+/// The simulator's configuration from its flags: the faults checked, the key file read.
 fn sim_config(settings: &SimulateSettings) -> Result<SimConfig, SimError> {
+    let flags = &settings.flags;
+    let secs = |s: Option<u64>| s.map(Duration::from_secs);
     let faults = Faults {
-        latency: settings.latency,
-        jitter: settings.jitter,
-        error_rate: settings.error_rate,
-        drop_rate: settings.drop_rate,
-        truncate_rate: settings.truncate_rate,
-        garbage_rate: settings.garbage_rate,
-        rate_limit: settings.rate_limit,
-        retry_after: settings.retry_after,
-        fail_first: settings.fail_first,
-        outage: settings.outage.clone(),
-        storm: settings.storm.clone(),
-        throttle: settings.throttle.clone(),
-        always_code: settings.always_code.clone(),
+        latency: Duration::from_millis(flags.latency_ms),
+        jitter: Duration::from_millis(flags.jitter_ms),
+        error_rate: flags.error_rate,
+        drop_rate: flags.drop_rate,
+        truncate_rate: flags.truncate_rate,
+        garbage_rate: flags.garbage_rate,
+        rate_limit: flags.rate_limit,
+        retry_after: Duration::from_secs(flags.retry_after.max(1)),
+        fail_first: flags.fail_first,
+        outage: flags.outage_after_lookups.map(|after| Episode {
+            what: flags.outage_status,
+            after,
+            secs: secs(flags.outage_secs),
+        }),
+        storm: flags.storm_code.clone().map(|code| Episode {
+            what: code,
+            after: flags.storm_after,
+            secs: secs(flags.storm_secs),
+        }),
+        throttle: flags
+            .throttle_after
+            .map(|after| Episode::forever(flags.throttle_retry_after, after)),
+        always_code: flags.always_code.clone(),
         huge_reply: None,
     };
     faults.validate()?;
-    let keys = match &settings.keys_file {
+    let keys = match &flags.keys {
         Some(path) => KeyBook::from_file(path)?,
         None => KeyBook::derived(),
     };
     Ok(SimConfig {
-        token_ttl: settings.token_ttl,
+        token_ttl: Duration::from_secs(flags.token_ttl),
         keys,
         faults,
-        request_log: settings.request_log.clone(),
-        return_origin: settings.return_origin.clone(),
-        seed: settings.seed,
+        request_log: flags.request_log.clone(),
+        return_origin: flags.return_origin.clone(),
+        seed: flags.seed,
         // Nothing reads them from another process; a long benchmark must not grow.
         keep_lookup_times: false,
         ..SimConfig::default()
@@ -51,14 +65,11 @@ fn sim_config(settings: &SimulateSettings) -> Result<SimConfig, SimError> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use clap::Parser;
 
     use super::*;
     use crate::cli::Cli;
     use crate::settings::{Settings, from_cli};
-    use crate::simulator::Episode;
 
     fn parse(argv: &[&str]) -> SimulateSettings {
         let argv = ["payple-reconcile", "simulate"]

@@ -38,6 +38,30 @@ pub fn rejected_row(item: &Item) -> Option<CheckRow> {
     })
 }
 
+/// Keys sorted and written together. Sorted, a run's new keys land on the key index
+/// page by page instead of one random page each: at 1,000,000 random keys staging took
+/// ~60 s in 500-key batches and ~16 s in sorted runs of 50,000 (a Python model of the
+/// same SQLite writes; see README, Performance). 50,000 keys hold ~5 MiB.
+const SORT_ROWS: usize = 50_000;
+
+/// Writes `keys` in key order and empties it; how many there were.
+async fn stage_sorted(
+    store: &Store,
+    run_id: i64,
+    shard: Shard,
+    keys: &mut Vec<StagedKey>,
+) -> Result<i64, RunError> {
+    // Among duplicates the first occurrence comes first and is the one kept; a key
+    // staged by an earlier run of this loop is older still, and stays.
+    keys.sort_unstable_by(|a, b| a.payer_id.cmp(&b.payer_id).then(a.seq.cmp(&b.seq)));
+    if !keys.is_empty() {
+        retrying(|| store.stage_keys(run_id, shard.index, keys)).await?;
+    }
+    let n = keys.len() as i64;
+    keys.clear();
+    Ok(n)
+}
+
 /// Reads `spec` into the run's key list.
 pub async fn stage(
     store: &Store,
@@ -50,12 +74,12 @@ pub async fn stage(
     let mut items = source::open(spec, source_db);
     let mut valid_read = 0i64;
     let mut rejected = 0i64;
+    let mut keys = Vec::with_capacity(SORT_ROWS);
     while let Some(chunk) = items.recv().await {
         if shutdown.stop.is_cancelled() {
             return Err(RunError::Interrupted);
         }
         let chunk = chunk?;
-        let mut keys = Vec::with_capacity(chunk.len());
         let mut rejected_rows = Vec::new();
         for item in &chunk {
             match item {
@@ -77,16 +101,15 @@ pub async fn stage(
                 Item::Rejected { .. } => {}
             }
         }
-        valid_read += keys.len() as i64;
-        // In key order for the index; among duplicates the first occurrence comes first
-        // and is the one kept.
-        keys.sort_unstable_by(|a, b| a.payer_id.cmp(&b.payer_id).then(a.seq.cmp(&b.seq)));
         rejected += rejected_rows.len() as i64;
-        retrying(|| store.stage_keys(run_id, shard.index, &keys)).await?;
         if !rejected_rows.is_empty() {
             retrying(|| store.insert_checks(run_id, &rejected_rows)).await?;
         }
+        if keys.len() >= SORT_ROWS {
+            valid_read += stage_sorted(store, run_id, shard, &mut keys).await?;
+        }
     }
+    valid_read += stage_sorted(store, run_id, shard, &mut keys).await?;
     let (keys, duplicates) = store.mark_staged(run_id, shard.index, valid_read).await?;
     Ok(Staged {
         keys,
