@@ -303,6 +303,9 @@ impl Store {
         shard_index: u32,
         keys: &[StagedKey],
     ) -> Result<(), StoreError> {
+        if self.dialect == Dialect::Sqlite {
+            return self.stage_keys_json(run_id, shard_index, keys).await;
+        }
         let mut tx = self.pool.begin().await.map_err(ctx("staging keys"))?;
         for chunk in keys.chunks(MAX_ROWS_PER_STATEMENT) {
             let values = vec!["(?, ?, ?, ?, ?)"; chunk.len()].join(", ");
@@ -325,6 +328,38 @@ impl Store {
             query.execute(&mut *tx).await.map_err(ctx("staging keys"))?;
         }
         tx.commit().await.map_err(ctx("staging keys"))
+    }
+
+    /// SQLite: the keys in one `INSERT … SELECT … FROM json_each(?)`, in their order (no
+    /// statement journal, one parse; see `insert_checks`).
+    async fn stage_keys_json(
+        &self,
+        run_id: i64,
+        shard_index: u32,
+        keys: &[StagedKey],
+    ) -> Result<(), StoreError> {
+        let rows: Vec<(i64, &str, Option<&str>)> = keys
+            .iter()
+            .map(|k| (k.seq, k.payer_id.as_str(), k.customer_ref.as_deref()))
+            .collect();
+        let json = serde_json::to_string(&rows).map_err(|e| StoreError::Query {
+            doing: "staging keys",
+            source: sqlx::Error::Encode(Box::new(e)),
+        })?;
+        drop(rows);
+        // `WHERE true` tells SQLite's parser that `ON CONFLICT` is the upsert clause.
+        sqlx::query(
+            "INSERT INTO run_keys (run_id, shard_index, seq, payer_id, customer_ref) \
+             SELECT ?, ?, j.value ->> 0, j.value ->> 1, j.value ->> 2 FROM json_each(?) j \
+             WHERE true ON CONFLICT (run_id, payer_id) DO NOTHING",
+        )
+        .bind(run_id)
+        .bind(i64::from(shard_index))
+        .bind(json)
+        .execute(&self.pool)
+        .await
+        .map_err(ctx("staging keys"))?;
+        Ok(())
     }
 
     /// Records that the shard's key list is complete. `valid_read` counts the valid keys

@@ -34,11 +34,10 @@ pub struct WriterConfig {
 /// indexes; sorted, a large batch shares pages: at 1,000,000 random keys the rows took
 /// ~100 s to write in batches of 500 and ~35 s in batches of 20,000 (a Python model of
 /// the same SQLite writes; see README, Performance).
-pub const BATCH_ROWS: usize = 8_192;
+pub const BATCH_ROWS: usize = 16_384;
 
-/// Rows that may wait on the channel while a batch is written: about a second of
-/// lookups at full speed, so lookups do not stall behind a large write.
-const QUEUE_ROWS: usize = 4_096;
+/// Rows that may wait on the channel; the writer takes them while it writes.
+const QUEUE_ROWS: usize = 1_024;
 
 impl Default for WriterConfig {
     fn default() -> Self {
@@ -88,6 +87,10 @@ pub fn spawn(store: Store, run_id: i64, config: WriterConfig) -> Writer {
     Writer { sender, task }
 }
 
+/// Group commit: rows are collected while the previous batch is written, and the next
+/// write takes everything that arrived meanwhile (up to `batch_rows`). A small database
+/// writes small batches often; a large one, whose writes take longer, writes larger
+/// batches, which share more index pages, so the writer keeps up at any size.
 async fn write_loop(
     store: Store,
     run_id: i64,
@@ -95,44 +98,75 @@ async fn write_loop(
     mut receiver: mpsc::Receiver<CheckRow>,
 ) -> Result<WriterStats, WriterError> {
     let mut stats = WriterStats::default();
-    let mut batch = Vec::with_capacity(config.batch_rows);
+    let mut batch: Vec<CheckRow> = Vec::new();
+    let mut writing: Option<JoinHandle<(WriterStats, Result<(), WriterError>)>> = None;
+    let mut due = tokio::time::Instant::now();
+    let mut open = true;
     loop {
-        let open = fill(&mut receiver, &mut batch, &config).await;
-        if !batch.is_empty() {
-            // In key order, the batch touches the primary-key index page by page.
-            batch.sort_unstable_by(|a, b| a.payer_id.cmp(&b.payer_id));
-            for row in &mut batch {
-                stats.cut_fields += bound_row(row) as u64;
-            }
-            write_isolating(&store, run_id, &batch, &config, &mut stats).await?;
-            batch.clear();
+        let ready = writing.is_none()
+            && !batch.is_empty()
+            && (!open || batch.len() >= config.batch_rows || tokio::time::Instant::now() >= due);
+        if ready {
+            let rows = std::mem::take(&mut batch);
+            let store = store.clone();
+            writing = Some(tokio::spawn(async move {
+                let mut delta = WriterStats::default();
+                let written = write_sorted(&store, run_id, rows, &config, &mut delta).await;
+                (delta, written)
+            }));
         }
-        if !open {
+        if !open && batch.is_empty() && writing.is_none() {
             return Ok(stats);
+        }
+        tokio::select! {
+            done = async { writing.as_mut().expect("guarded").await }, if writing.is_some() => {
+                writing = None;
+                let (delta, written) = done.expect("the write task does not panic");
+                stats.add(&delta);
+                if let Err(mut e) = written {
+                    e.lost += batch.len();
+                    e.stats = Box::new(stats);
+                    return Err(e);
+                }
+            }
+            row = receiver.recv(), if open && batch.len() < config.batch_rows => match row {
+                Some(row) => {
+                    if batch.is_empty() {
+                        due = tokio::time::Instant::now() + config.flush_every;
+                    }
+                    batch.push(row);
+                }
+                None => open = false,
+            },
+            () = tokio::time::sleep_until(due), if writing.is_none() && !batch.is_empty() => {}
         }
     }
 }
 
-/// Collects rows until the batch is full, the flush interval passes after its first row,
-/// or the channel closes (returns `false` then).
-async fn fill(
-    receiver: &mut mpsc::Receiver<CheckRow>,
-    batch: &mut Vec<CheckRow>,
+/// Bounds and sorts `rows`, then writes them. In key order, a batch touches each page of
+/// the key indexes once.
+async fn write_sorted(
+    store: &Store,
+    run_id: i64,
+    mut rows: Vec<CheckRow>,
     config: &WriterConfig,
-) -> bool {
-    let Some(first) = receiver.recv().await else {
-        return false;
-    };
-    batch.push(first);
-    let deadline = tokio::time::Instant::now() + config.flush_every;
-    while batch.len() < config.batch_rows {
-        match tokio::time::timeout_at(deadline, receiver.recv()).await {
-            Ok(Some(row)) => batch.push(row),
-            Ok(None) => return false,
-            Err(_) => break,
-        }
+    stats: &mut WriterStats,
+) -> Result<(), WriterError> {
+    rows.sort_unstable_by(|a, b| a.payer_id.cmp(&b.payer_id));
+    for row in &mut rows {
+        stats.cut_fields += bound_row(row) as u64;
     }
-    true
+    write_isolating(store, run_id, &rows, config, stats).await
+}
+
+impl WriterStats {
+    fn add(&mut self, other: &WriterStats) {
+        self.rows += other.rows;
+        self.batches += other.batches;
+        self.retries += other.retries;
+        self.cut_fields += other.cut_fields;
+        self.isolated += other.isolated;
+    }
 }
 
 /// Cuts a row's text fields to their bounds; how many were cut.
@@ -240,5 +274,86 @@ async fn write_batch(
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::NewRun;
+
+    async fn store_with_run() -> (tempfile::TempDir, Store, i64) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("r.db").display());
+        let store = Store::open(&url).await.expect("open");
+        let run_id = store
+            .create_or_join_run(&NewRun {
+                run_key: None,
+                source: "test".to_owned(),
+                source_spec: "{}".to_owned(),
+                options: "{}".to_owned(),
+                shard_count: 1,
+            })
+            .await
+            .expect("run");
+        (dir, store, run_id)
+    }
+
+    fn row(i: usize) -> CheckRow {
+        CheckRow {
+            payer_id: format!("key-{i:06}"),
+            customer_ref: None,
+            outcome: LookupOutcome::failed("X", "test", 1),
+            checked_at: crate::store::now_text(),
+        }
+    }
+
+    #[tokio::test]
+    async fn rows_sent_while_a_batch_is_written_are_all_written_in_larger_batches() {
+        let (_dir, store, run_id) = store_with_run().await;
+        let config = WriterConfig {
+            batch_rows: 300,
+            flush_every: Duration::from_millis(1),
+            attempts: 1,
+        };
+        let writer = spawn(store.clone(), run_id, config);
+        for i in 0..2_000 {
+            writer.sender.send(row(i)).await.expect("writer alive");
+        }
+        drop(writer.sender);
+        let stats = writer.task.await.expect("joined").expect("written");
+        assert_eq!(stats.rows, 2_000);
+        // A batch never exceeds its bound, so at least 2,000 / 300 batches were written.
+        assert!(stats.batches >= 7, "{stats:?}");
+        assert_eq!(
+            store.status_counts(run_id).await.expect("counts").total(),
+            2_000
+        );
+    }
+
+    #[tokio::test]
+    async fn a_partial_batch_is_written_after_the_flush_interval_with_the_channel_open() {
+        let (_dir, store, run_id) = store_with_run().await;
+        let config = WriterConfig {
+            batch_rows: 1_000,
+            flush_every: Duration::from_millis(50),
+            attempts: 1,
+        };
+        let writer = spawn(store.clone(), run_id, config);
+        for i in 0..10 {
+            writer.sender.send(row(i)).await.expect("writer alive");
+        }
+        let mut written = 0;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            written = store.status_counts(run_id).await.expect("counts").total();
+            if written == 10 {
+                break;
+            }
+        }
+        assert_eq!(written, 10, "the rows are saved while the run goes on");
+        drop(writer.sender);
+        let stats = writer.task.await.expect("joined").expect("written");
+        assert_eq!((stats.rows, stats.batches), (10, 1));
     }
 }

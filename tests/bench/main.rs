@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use payple_reconcile::domain::{KeyDetails, KeyStatus, LookupOutcome};
 use payple_reconcile::simulator::{TEST_CST_ID, TEST_CUST_KEY, TEST_REFERER};
+use payple_reconcile::store::writer::BATCH_ROWS;
 use payple_reconcile::store::{CheckRow, Store, now_text};
 use rand::RngCore;
 
@@ -235,7 +236,7 @@ fn achieved_rate(times: &[u64]) -> f64 {
     }
 }
 
-/// Rows per second written through the store in 500-row transactions.
+/// Rows per second written through the store in the writer's batches.
 async fn write_rate(url: &str, rows: usize) -> f64 {
     let store = Store::open(url).await.expect("store");
     let batch: Vec<CheckRow> = (0..rows)
@@ -260,7 +261,7 @@ async fn write_rate(url: &str, rows: usize) -> f64 {
         })
         .collect();
     let started = Instant::now();
-    for chunk in batch.chunks(500) {
+    for chunk in batch.chunks(BATCH_ROWS) {
         store.insert_checks(1, chunk).await.expect("insert");
     }
     let rate = rows as f64 / started.elapsed().as_secs_f64();
@@ -389,7 +390,9 @@ fn main() {
     drop(slow);
 
     let sqlite_rate = rt.block_on(write_rate(&sqlite(d, "writes"), 100_000));
-    println!("| results written per second, SQLite (500-row transactions) | {sqlite_rate:.0} |");
+    println!(
+        "| results written per second, SQLite ({BATCH_ROWS}-row batches) | {sqlite_rate:.0} |"
+    );
     let pg = std::env::var("BENCH_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
     let pg_rate = rt.block_on(async {
@@ -411,7 +414,7 @@ fn main() {
         Some(rate)
     });
     println!(
-        "| results written per second, PostgreSQL (500-row transactions) | {} |",
+        "| results written per second, PostgreSQL ({BATCH_ROWS}-row batches) | {} |",
         pg_rate.map_or_else(|| "skipped: no server".to_owned(), |r| format!("{r:.0}"))
     );
     drop(sim);
