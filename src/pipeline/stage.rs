@@ -201,4 +201,54 @@ mod tests {
         }
         assert_eq!(keys, 3);
     }
+
+    #[tokio::test]
+    async fn a_duplicate_in_a_later_sorted_run_keeps_the_first_occurrence() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("r.db").display());
+        let store = Store::open(&url).await.expect("open");
+        let run_id = store
+            .create_or_join_run(&crate::store::NewRun {
+                run_key: None,
+                source: "test".to_owned(),
+                source_spec: "{}".to_owned(),
+                options: "{}".to_owned(),
+                shard_count: 1,
+            })
+            .await
+            .expect("run");
+        // The same key on the first line, again on the next (the same sorted run, where it
+        // sorts last), and again after SORT_ROWS other keys (a later run).
+        let csv = dir.path().join("keys.csv");
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&csv).expect("csv"));
+        writeln!(file, "payer_id,customer_ref\nzzDup,first\nzzDup,second").expect("write");
+        for i in 0..SORT_ROWS {
+            writeln!(file, "key{i:07},c{i}").expect("write");
+        }
+        writeln!(file, "zzDup,later\nlastKey,end").expect("write");
+        file.flush().expect("flush");
+        drop(file);
+        let spec = SourceSpec::Csv { path: csv };
+        let staged = stage(
+            &store,
+            run_id,
+            Shard::WHOLE,
+            &spec,
+            None,
+            &Shutdown::default(),
+        )
+        .await
+        .expect("staged");
+        assert_eq!((staged.keys, staged.duplicates), (SORT_ROWS as i64 + 2, 2));
+        let keys = store
+            .pending_keys(run_id, 0, 0, SORT_ROWS as i64 + 10, true)
+            .await
+            .expect("keys");
+        let dup: Vec<_> = keys.iter().filter(|k| k.payer_id == "zzDup").collect();
+        assert_eq!(dup.len(), 1);
+        assert_eq!(dup[0].customer_ref.as_deref(), Some("first"));
+        assert_eq!(keys.first().map(|k| k.payer_id.as_str()), Some("zzDup"));
+        assert_eq!(keys.last().map(|k| k.payer_id.as_str()), Some("lastKey"));
+        store.close().await;
+    }
 }
