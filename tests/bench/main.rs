@@ -1,9 +1,10 @@
 //! The performance report (`cargo bench`): the real binary against the simulator (a
-//! separate process) on loopback, each run a child process measured with `wait4` (peak
-//! RSS, user and system CPU), on random 32-character base64 keys like real ones: 10,000
-//! and 1,000,000 keys side by side, and a Python asyncio client (`asyncio_client.py`
-//! beside this file; aiohttp is installed with pip if missing) on the same keys and the
-//! same simulator. Prints Markdown tables. `BENCH_QUICK=1` skips the million-key run.
+//! separate process) on loopback, each run a child process measured with `wait4` (user
+//! and system CPU) and its own `VmHWM` (peak RSS), on random 32-character base64 keys
+//! like real ones: 10,000 and 1,000,000 keys side by side, and a Python asyncio client
+//! (`asyncio_client.py` beside this file; aiohttp is installed with pip if missing) on
+//! the same keys and the same simulator. Prints Markdown tables. `BENCH_QUICK=1` skips
+//! the million-key run.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -108,6 +109,7 @@ fn measure(mut cmd: Command) -> Usage {
         .spawn()
         .expect("process starts");
     let pid = child.id() as libc::pid_t;
+    let peak_reader = std::thread::spawn(move || peak_rss_kib(pid));
     let mut stdout = child.stdout.expect("stdout");
     let mut out = String::new();
     std::io::Read::read_to_string(&mut stdout, &mut out).expect("job output");
@@ -132,8 +134,28 @@ fn measure(mut cmd: Command) -> Usage {
         wall,
         user: tv(usage.ru_utime),
         sys: tv(usage.ru_stime),
-        max_rss_kib: usage.ru_maxrss,
+        max_rss_kib: peak_reader.join().expect("peak reader"),
         summary,
+    }
+}
+
+/// The highest `VmHWM` of `/proc/PID/status`, read every 2 ms until the process is a
+/// zombie. Not `wait4`'s `ru_maxrss`: std spawns with `posix_spawn`, and on `execve` the
+/// kernel folds the spawning process's own peak into the child's figure.
+fn peak_rss_kib(pid: libc::pid_t) -> i64 {
+    let path = format!("/proc/{pid}/status");
+    let mut peak = 0;
+    loop {
+        let hwm = std::fs::read_to_string(&path).ok().and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
+        });
+        match hwm {
+            Some(kib) => peak = peak.max(kib),
+            None => return peak,
+        }
+        std::thread::sleep(Duration::from_millis(2));
     }
 }
 
