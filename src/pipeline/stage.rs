@@ -204,19 +204,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_duplicate_in_a_later_sorted_run_keeps_the_first_occurrence() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("r.db").display());
-        let store = Store::open(&url).await.expect("open");
-        let run_id = store
-            .create_or_join_run(&crate::store::NewRun {
-                run_key: None,
-                source: "test".to_owned(),
-                source_spec: "{}".to_owned(),
-                options: "{}".to_owned(),
-                shard_count: 1,
-            })
-            .await
-            .expect("run");
+        let (dir, store, run_id) = crate::store::sqlite_with_run().await;
         // The same key on the first line, again on the next (the same sorted run, where it
         // sorts last), and again after SORT_ROWS other keys (a later run).
         let csv = dir.path().join("keys.csv");

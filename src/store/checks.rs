@@ -5,7 +5,7 @@ use sqlx::Row;
 
 use super::{
     CHECK_COLUMN_COUNT, CHECK_COLUMNS, CheckRecord, CheckRow, Dialect, MAX_ROWS_PER_STATEMENT,
-    StatusCounts, Store, StoreError, check_record, ctx,
+    StatusCounts, Store, StoreError, check_record, ctx, json_rows,
 };
 use crate::domain::KeyStatus;
 
@@ -71,10 +71,7 @@ impl Store {
                 ]
             })
             .collect();
-        let json = serde_json::to_string(&arrays).map_err(|e| StoreError::Query {
-            doing: "writing results",
-            source: sqlx::Error::Encode(Box::new(e)),
-        })?;
+        let json = json_rows(&arrays, "writing results")?;
         drop(arrays);
         let fields: Vec<String> = (0..CHECK_COLUMN_COUNT - 1)
             .map(|i| format!("j.value ->> {i}"))

@@ -650,6 +650,33 @@ fn unknown_value(index: usize, column: &str, value: &str) -> sqlx::Error {
     }
 }
 
+/// Rows as one JSON array, for SQLite's `json_each` inserts.
+fn json_rows<T: serde::Serialize>(rows: &[T], doing: &'static str) -> Result<String, StoreError> {
+    serde_json::to_string(rows).map_err(|e| StoreError::Query {
+        doing,
+        source: sqlx::Error::Encode(Box::new(e)),
+    })
+}
+
+/// For unit tests: a new SQLite file in a temporary folder, migrated, with one run.
+#[cfg(test)]
+pub(crate) async fn sqlite_with_run() -> (tempfile::TempDir, Store, i64) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("r.db").display());
+    let store = Store::open(&url).await.expect("open");
+    let run_id = store
+        .create_or_join_run(&NewRun {
+            run_key: None,
+            source: "test".to_owned(),
+            source_spec: "{}".to_owned(),
+            options: "{}".to_owned(),
+            shard_count: 1,
+        })
+        .await
+        .expect("run");
+    (dir, store, run_id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -690,19 +717,7 @@ mod tests {
 
     #[tokio::test]
     async fn unknown_statuses_are_not_read() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("r.db").display());
-        let store = Store::open(&url).await.expect("open");
-        let run_id = store
-            .create_or_join_run(&NewRun {
-                run_key: None,
-                source: "test".to_owned(),
-                source_spec: "{}".to_owned(),
-                options: "{}".to_owned(),
-                shard_count: 1,
-            })
-            .await
-            .expect("run");
+        let (_dir, store, run_id) = sqlite_with_run().await;
         let rejected = CheckRow {
             payer_id: crate::domain::rejected_placeholder(3),
             customer_ref: None,

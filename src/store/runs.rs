@@ -6,7 +6,7 @@ use sqlx::any::AnyRow;
 
 use super::{
     Dialect, MAX_ROWS_PER_STATEMENT, NewRun, RUN_COLUMNS, RunRecord, RunState, ShardRecord,
-    StagedKey, Store, StoreError, ctx, now_text, run_record, to_i64,
+    StagedKey, Store, StoreError, ctx, json_rows, now_text, run_record, to_i64,
 };
 
 impl Store {
@@ -342,10 +342,7 @@ impl Store {
             .iter()
             .map(|k| (k.seq, k.payer_id.as_str(), k.customer_ref.as_deref()))
             .collect();
-        let json = serde_json::to_string(&rows).map_err(|e| StoreError::Query {
-            doing: "staging keys",
-            source: sqlx::Error::Encode(Box::new(e)),
-        })?;
+        let json = json_rows(&rows, "staging keys")?;
         drop(rows);
         // `WHERE true` tells SQLite's parser that `ON CONFLICT` is the upsert clause.
         sqlx::query(

@@ -280,24 +280,7 @@ async fn write_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::NewRun;
-
-    async fn store_with_run() -> (tempfile::TempDir, Store, i64) {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("r.db").display());
-        let store = Store::open(&url).await.expect("open");
-        let run_id = store
-            .create_or_join_run(&NewRun {
-                run_key: None,
-                source: "test".to_owned(),
-                source_spec: "{}".to_owned(),
-                options: "{}".to_owned(),
-                shard_count: 1,
-            })
-            .await
-            .expect("run");
-        (dir, store, run_id)
-    }
+    use crate::store::sqlite_with_run;
 
     fn row(i: usize) -> CheckRow {
         CheckRow {
@@ -310,7 +293,7 @@ mod tests {
 
     #[tokio::test]
     async fn rows_sent_while_a_batch_is_written_are_all_written_in_larger_batches() {
-        let (_dir, store, run_id) = store_with_run().await;
+        let (_dir, store, run_id) = sqlite_with_run().await;
         let config = WriterConfig {
             batch_rows: 300,
             flush_every: Duration::from_millis(1),
@@ -333,7 +316,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_partial_batch_is_written_after_the_flush_interval_with_the_channel_open() {
-        let (_dir, store, run_id) = store_with_run().await;
+        let (_dir, store, run_id) = sqlite_with_run().await;
         let config = WriterConfig {
             batch_rows: 1_000,
             flush_every: Duration::from_millis(50),

@@ -17,6 +17,9 @@ use payple_reconcile::store::writer::BATCH_ROWS;
 use payple_reconcile::store::{CheckRow, Store, now_text};
 use rand::RngCore;
 
+#[path = "../support/peak_rss.rs"]
+mod peak_rss;
+
 const BIN: &str = env!("CARGO_BIN_EXE_payple-reconcile");
 
 /// A simulator child process.
@@ -109,7 +112,7 @@ fn measure(mut cmd: Command) -> Usage {
         .spawn()
         .expect("process starts");
     let pid = child.id() as libc::pid_t;
-    let peak_reader = std::thread::spawn(move || peak_rss_kib(pid));
+    let peak_reader = std::thread::spawn(move || peak_rss::peak_rss_kib(pid as u32));
     let mut stdout = child.stdout.expect("stdout");
     let mut out = String::new();
     std::io::Read::read_to_string(&mut stdout, &mut out).expect("job output");
@@ -136,26 +139,6 @@ fn measure(mut cmd: Command) -> Usage {
         sys: tv(usage.ru_stime),
         max_rss_kib: peak_reader.join().expect("peak reader"),
         summary,
-    }
-}
-
-/// The highest `VmHWM` of `/proc/PID/status`, read every 2 ms until the process is a
-/// zombie. Not `wait4`'s `ru_maxrss`: std spawns with `posix_spawn`, and on `execve` the
-/// kernel folds the spawning process's own peak into the child's figure.
-fn peak_rss_kib(pid: libc::pid_t) -> i64 {
-    let path = format!("/proc/{pid}/status");
-    let mut peak = 0;
-    loop {
-        let hwm = std::fs::read_to_string(&path).ok().and_then(|text| {
-            text.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
-        });
-        match hwm {
-            Some(kib) => peak = peak.max(kib),
-            None => return peak,
-        }
-        std::thread::sleep(Duration::from_millis(2));
     }
 }
 

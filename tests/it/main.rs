@@ -10,6 +10,8 @@ mod notify;
 mod operations;
 mod outage;
 mod payple;
+#[path = "../support/peak_rss.rs"]
+mod peak_rss;
 mod recheck;
 mod reports;
 mod safety;

@@ -262,13 +262,8 @@ async fn a_row_the_database_refuses_fails_only_its_key_on_postgres() {
 
 // ---- bounded replies ----------------------------------------------------------------------
 
-/// Runs `cmd` to the end and returns its output with its peak resident memory (KiB): the
-/// highest `VmHWM` of `/proc/PID/status`, read every 2 ms while it runs.
-///
-/// Not `wait4`'s `ru_maxrss`: std spawns children with `posix_spawn` (`CLONE_VM`), and on
-/// `execve` the kernel folds the spawning process's high-water mark into the child's, so
-/// inside the busy test binary (seen: 266 MB in a full run) it measured the tests, not the
-/// job. `VmHWM` belongs to the job's own address space, made new by `execve`.
+/// Runs `cmd` to the end and returns its output with its own peak resident memory (KiB;
+/// see `peak_rss_kib` for why not `wait4`'s figure).
 fn output_with_peak_rss(mut cmd: Command) -> (Output, i64) {
     use std::io::Read;
     let mut child = cmd
@@ -288,24 +283,7 @@ fn output_with_peak_rss(mut cmd: Command) -> (Output, i64) {
         let _ = stderr.read_to_end(&mut buf);
         buf
     });
-    let status_file = format!("/proc/{}/status", child.id());
-    // Until the child is a zombie (its status has no memory lines any more).
-    let peak_reader = std::thread::spawn(move || {
-        let mut peak = 0i64;
-        loop {
-            let hwm = std::fs::read_to_string(&status_file).ok().and_then(|text| {
-                text.lines()
-                    .find_map(|l| l.strip_prefix("VmHWM:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
-            });
-            match hwm {
-                Some(kib) => peak = peak.max(kib),
-                None => return peak,
-            }
-            std::thread::sleep(std::time::Duration::from_millis(2));
-        }
-    });
-    let peak = peak_reader.join().expect("peak reader");
+    let peak = crate::peak_rss::peak_rss_kib(child.id());
     let status = child.wait().expect("the binary ends");
     let output = Output {
         status,
