@@ -5,9 +5,118 @@ use sqlx::Row;
 
 use super::{
     CHECK_COLUMN_COUNT, CHECK_COLUMNS, CheckRecord, CheckRow, Dialect, MAX_ROWS_PER_STATEMENT,
-    StatusCounts, Store, StoreError, check_record, ctx, json_rows,
+    StatusCounts, Store, StoreError, check_record, ctx,
 };
-use crate::domain::KeyStatus;
+use crate::domain::{KeyDetails, KeyStatus, LookupOutcome, PayType};
+
+/// The columns a packed row holds: all but `run_id`.
+const PACKED_FIELDS: usize = CHECK_COLUMN_COUNT - 1;
+
+/// A result row as the writer holds it: the JSON array of its columns after `run_id`,
+/// in `CHECK_COLUMNS` order (`attempts` as text), the form SQLite's `json_each` insert
+/// reads. About 230 bytes in one allocation, against ~770 for a [`CheckRow`] and its
+/// eleven strings: the batch being written and the one being collected (16,384 rows
+/// each) hold ~7 MiB instead of ~25. Ordered by its text, which begins with the payer id.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PackedRow(Box<str>);
+
+impl PackedRow {
+    pub fn pack(row: &CheckRow) -> PackedRow {
+        let o = &row.outcome;
+        let d = &o.details;
+        let attempts = o.attempts.to_string();
+        let fields: [Option<&str>; PACKED_FIELDS] = [
+            Some(row.payer_id.as_str()),
+            row.customer_ref.as_deref(),
+            Some(o.status.as_str()),
+            d.pay_type.map(|p| p.as_str()),
+            d.card_code.as_deref(),
+            d.card_name.as_deref(),
+            d.card_mask.as_deref(),
+            d.bank_code.as_deref(),
+            d.bank_name.as_deref(),
+            d.bank_mask.as_deref(),
+            d.bank_account_type.as_deref(),
+            d.payer_name.as_deref(),
+            d.payer_phone_mask.as_deref(),
+            d.is_tax.as_deref(),
+            o.result_code.as_deref(),
+            o.result_msg.as_deref(),
+            Some(attempts.as_str()),
+            Some(row.checked_at.as_str()),
+        ];
+        let text = serde_json::to_string(&fields).expect("an array of strings serialises");
+        PackedRow(text.into_boxed_str())
+    }
+
+    /// The row back, for a database that takes bound values, or to report a refused row.
+    pub fn unpack(&self) -> Result<CheckRow, StoreError> {
+        let bad = |why: String| StoreError::Query {
+            doing: "unpacking a result row",
+            source: sqlx::Error::Decode(why.into()),
+        };
+        let fields: Vec<Option<String>> =
+            serde_json::from_str(&self.0).map_err(|e| bad(e.to_string()))?;
+        let Ok(fields) = <[Option<String>; PACKED_FIELDS]>::try_from(fields) else {
+            return Err(bad("wrong number of fields".to_owned()));
+        };
+        let [
+            payer_id,
+            customer_ref,
+            status,
+            pay_type,
+            card_code,
+            card_name,
+            card_mask,
+            bank_code,
+            bank_name,
+            bank_mask,
+            bank_account_type,
+            payer_name,
+            payer_phone_mask,
+            is_tax,
+            result_code,
+            result_msg,
+            attempts,
+            checked_at,
+        ] = fields;
+        let status = status.as_deref().and_then(KeyStatus::parse);
+        let attempts = attempts.as_deref().and_then(|a| a.parse().ok());
+        let pay_type = pay_type.as_deref().map(PayType::parse);
+        let (Some(payer_id), Some(status), Some(attempts), Some(checked_at)) =
+            (payer_id, status, attempts, checked_at)
+        else {
+            return Err(bad("a required field is missing".to_owned()));
+        };
+        if pay_type == Some(None) {
+            return Err(bad("unknown pay type".to_owned()));
+        }
+        Ok(CheckRow {
+            payer_id,
+            customer_ref,
+            outcome: LookupOutcome {
+                status,
+                details: KeyDetails {
+                    pay_type: pay_type.flatten(),
+                    card_code,
+                    card_name,
+                    card_mask,
+                    bank_code,
+                    bank_name,
+                    bank_mask,
+                    bank_account_type,
+                    payer_name,
+                    payer_phone_mask,
+                    is_tax,
+                },
+                result_code,
+                result_msg,
+                attempts,
+            },
+            checked_at,
+        })
+    }
+}
 
 impl Store {
     /// Writes result rows in one transaction; a row already present is kept as it is.
@@ -22,7 +131,8 @@ impl Store {
     /// journal and re-parsing 1,000-row `VALUES` lists were ~10% of the writer's time.
     pub async fn insert_checks(&self, run_id: i64, rows: &[CheckRow]) -> Result<(), StoreError> {
         if self.dialect == Dialect::Sqlite {
-            return self.insert_checks_json(run_id, rows).await;
+            let packed: Vec<PackedRow> = rows.iter().map(PackedRow::pack).collect();
+            return self.insert_packed_json(run_id, &packed).await;
         }
         if rows.len() <= MAX_ROWS_PER_STATEMENT {
             let mut conn = self.pool.acquire().await.map_err(ctx("writing results"))?;
@@ -35,56 +145,44 @@ impl Store {
         tx.commit().await.map_err(ctx("writing results"))
     }
 
+    /// [`Store::insert_checks`] for rows the writer holds packed.
+    pub async fn insert_packed(&self, run_id: i64, rows: &[PackedRow]) -> Result<(), StoreError> {
+        if self.dialect == Dialect::Sqlite {
+            return self.insert_packed_json(run_id, rows).await;
+        }
+        let rows = rows
+            .iter()
+            .map(PackedRow::unpack)
+            .collect::<Result<Vec<_>, _>>()?;
+        self.insert_checks(run_id, &rows).await
+    }
+
     /// SQLite: every row in one `INSERT … SELECT … FROM json_each(?)`, in the rows' order.
-    async fn insert_checks_json(&self, run_id: i64, rows: &[CheckRow]) -> Result<(), StoreError> {
-        // Each row is an array of texts in `CHECK_COLUMNS` order after `run_id`; the
-        // `attempts` text is stored as an integer by the column's affinity.
-        let attempts: Vec<String> = rows
-            .iter()
-            .map(|r| r.outcome.attempts.to_string())
-            .collect();
-        let arrays: Vec<[Option<&str>; CHECK_COLUMN_COUNT - 1]> = rows
-            .iter()
-            .zip(&attempts)
-            .map(|(row, attempts)| {
-                let o = &row.outcome;
-                let d = &o.details;
-                [
-                    Some(row.payer_id.as_str()),
-                    row.customer_ref.as_deref(),
-                    Some(o.status.as_str()),
-                    d.pay_type.map(|p| p.as_str()),
-                    d.card_code.as_deref(),
-                    d.card_name.as_deref(),
-                    d.card_mask.as_deref(),
-                    d.bank_code.as_deref(),
-                    d.bank_name.as_deref(),
-                    d.bank_mask.as_deref(),
-                    d.bank_account_type.as_deref(),
-                    d.payer_name.as_deref(),
-                    d.payer_phone_mask.as_deref(),
-                    d.is_tax.as_deref(),
-                    o.result_code.as_deref(),
-                    o.result_msg.as_deref(),
-                    Some(attempts.as_str()),
-                    Some(row.checked_at.as_str()),
-                ]
-            })
-            .collect();
-        let json = json_rows(&arrays, "writing results")?;
-        drop(arrays);
-        let fields: Vec<String> = (0..CHECK_COLUMN_COUNT - 1)
-            .map(|i| format!("j.value ->> {i}"))
-            .collect();
-        // `WHERE true` tells SQLite's parser that `ON CONFLICT` is the upsert clause.
+    async fn insert_packed_json(&self, run_id: i64, rows: &[PackedRow]) -> Result<(), StoreError> {
+        let mut json = String::with_capacity(2 + rows.iter().map(|r| r.0.len() + 1).sum::<usize>());
+        json.push('[');
+        for (i, row) in rows.iter().enumerate() {
+            if i > 0 {
+                json.push(',');
+            }
+            json.push_str(&row.0);
+        }
+        json.push(']');
+        // The `attempts` text is stored as an integer by the column's affinity.
+        let fields: Vec<String> = (0..PACKED_FIELDS).map(|i| format!("r.v ->> {i}")).collect();
+        // Each row's array is taken out of the batch once (`MATERIALIZED`): read as `j.value ->> i`, SQLite rebuilt the array's text for each
+        // of the 18 fields. A 16,384-row batch took 266 ms that way, 94 ms this way
+        // (SQLite 3.51, no index). `WHERE true` tells SQLite's parser that `ON CONFLICT`
+        // is the upsert clause.
         let sql = format!(
-            "INSERT INTO billing_key_checks ({CHECK_COLUMNS}) SELECT ?, {} FROM json_each(?) j \
-             WHERE true ON CONFLICT (run_id, payer_id) DO NOTHING",
+            "INSERT INTO billing_key_checks ({CHECK_COLUMNS}) \
+             WITH r(v) AS MATERIALIZED (SELECT j.value FROM json_each(?) j) \
+             SELECT ?, {} FROM r WHERE true ON CONFLICT (run_id, payer_id) DO NOTHING",
             fields.join(", ")
         );
         sqlx::query(self.sql(&sql))
-            .bind(run_id)
             .bind(json)
+            .bind(run_id)
             .execute(&self.pool)
             .await
             .map_err(ctx("writing results"))?;
@@ -199,5 +297,91 @@ impl Store {
             .map(check_record)
             .transpose()
             .map_err(ctx("reading a result"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full_row() -> CheckRow {
+        CheckRow {
+            payer_id: "abcDEF0123456789abcDEF0123456789".to_owned(),
+            customer_ref: Some("CUST \"7\", 고객".to_owned()),
+            outcome: LookupOutcome {
+                status: KeyStatus::Active,
+                details: KeyDetails {
+                    pay_type: Some(PayType::Card),
+                    card_code: Some("41".to_owned()),
+                    card_name: Some("BC카드".to_owned()),
+                    card_mask: Some("1111-****-****-2222".to_owned()),
+                    bank_code: None,
+                    bank_name: None,
+                    bank_mask: None,
+                    bank_account_type: None,
+                    payer_name: Some("홍*동".to_owned()),
+                    payer_phone_mask: Some("010-****-1234".to_owned()),
+                    is_tax: Some("Y".to_owned()),
+                },
+                result_code: Some("0000".to_owned()),
+                result_msg: Some("line\nbreak \\ and \u{1F600}".to_owned()),
+                attempts: 3,
+            },
+            checked_at: "2026-11-28T09:00:00.123Z".to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_packed_row_unpacks_to_the_same_row() {
+        let row = full_row();
+        let back = PackedRow::pack(&row).unpack().expect("unpacks");
+        assert_eq!(back.payer_id, row.payer_id);
+        assert_eq!(back.customer_ref, row.customer_ref);
+        assert_eq!(back.outcome, row.outcome);
+        assert_eq!(back.checked_at, row.checked_at);
+    }
+
+    #[test]
+    fn packed_rows_sort_by_payer_id() {
+        let with_id = |id: &str| {
+            let mut row = full_row();
+            row.payer_id = id.to_owned();
+            PackedRow::pack(&row)
+        };
+        let mut rows = [with_id("b"), with_id("ab"), with_id("a+"), with_id("a")];
+        rows.sort_unstable();
+        let ids: Vec<String> = rows.iter().map(|r| r.unpack().unwrap().payer_id).collect();
+        assert_eq!(ids, ["a", "a+", "ab", "b"]);
+    }
+
+    #[test]
+    fn a_damaged_packed_row_is_an_error_not_a_panic() {
+        for text in ["", "[]", "[\"k\"]", "{\"a\":1}"] {
+            assert!(PackedRow(text.into()).unpack().is_err(), "{text}");
+        }
+        let mut fields: Vec<Option<String>> = vec![Some("x".to_owned()); PACKED_FIELDS];
+        fields[2] = Some("maybe".to_owned());
+        let text = serde_json::to_string(&fields).unwrap();
+        assert!(PackedRow(text.into()).unpack().is_err(), "unknown status");
+    }
+
+    #[tokio::test]
+    async fn packed_rows_are_written_and_read_back_on_sqlite() {
+        let (_dir, store, run_id) = crate::store::sqlite_with_run().await;
+        let row = full_row();
+        store
+            .insert_packed(run_id, &[PackedRow::pack(&row), PackedRow::pack(&row)])
+            .await
+            .expect("written; the repeat is ignored");
+        let stored = store
+            .check(run_id, &row.payer_id)
+            .await
+            .unwrap()
+            .expect("row");
+        assert_eq!(stored.customer_ref, row.customer_ref);
+        assert_eq!(stored.details, row.outcome.details);
+        assert_eq!(stored.result_msg, row.outcome.result_msg);
+        assert_eq!(stored.attempts, 3);
+        assert_eq!(store.status_counts(run_id).await.unwrap().total(), 1);
     }
 }

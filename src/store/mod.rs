@@ -21,6 +21,7 @@ pub mod reports;
 mod runs;
 pub mod writer;
 
+pub use checks::PackedRow;
 pub use coverage::{Coverage, LatestRecord};
 pub use recheck::{FailedCode, FailedSelection};
 
@@ -347,9 +348,8 @@ impl StatusCounts {
 
 /// The current time as stored: UTC, RFC 3339, milliseconds.
 pub fn now_text() -> String {
-    chrono::Utc::now()
-        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
-        .to_string()
+    // `%Y-%m-%dT%H:%M:%S%.3fZ`, without parsing a format string for every result row.
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 const CHECK_COLUMNS: &str = "run_id, payer_id, customer_ref, status, pay_type, card_code, \
@@ -680,6 +680,15 @@ pub(crate) async fn sqlite_with_run() -> (tempfile::TempDir, Store, i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_are_stored_as_utc_rfc_3339_with_milliseconds() {
+        let text = now_text();
+        let parsed = chrono::NaiveDateTime::parse_from_str(&text, "%Y-%m-%dT%H:%M:%S%.3fZ")
+            .expect("the stored format");
+        assert_eq!(parsed.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(), text);
+        assert_eq!(text.len(), "2026-11-28T09:00:00.123Z".len(), "{text}");
+    }
 
     #[test]
     fn placeholders_are_rewritten_for_postgres_only() {
