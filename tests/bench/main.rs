@@ -1,7 +1,8 @@
 //! The performance report (`cargo bench`): the real binary against the simulator (a
 //! separate process) on loopback, each run a child process measured with `wait4` (user
 //! and system CPU) and its own `VmHWM` (peak RSS), on random 32-character base64 keys
-//! like real ones: 10,000 and 1,000,000 keys side by side, and a Python asyncio client
+//! like real ones: 10,000 keys (the median of five runs) and 1,000,000 keys side by side,
+//! and a Python asyncio client (also the median of five)
 //! (`asyncio_client.py` beside this file; aiohttp is installed with pip if missing) on
 //! the same keys and the same simulator. Prints Markdown tables. `BENCH_QUICK=1` skips
 //! the million-key run.
@@ -274,6 +275,23 @@ async fn write_rate(url: &str, rows: usize) -> f64 {
     rate
 }
 
+/// Runs of each short measurement (10,000 keys, job and asyncio client).
+const SMALL_RUNS: usize = 5;
+
+/// Runs `run` `n` times and keeps the median run by `figure`, printing every figure.
+fn median_of(
+    n: usize,
+    what: &str,
+    figure: impl Fn(&Usage) -> f64,
+    mut run: impl FnMut() -> Usage,
+) -> Usage {
+    let mut runs: Vec<Usage> = (0..n).map(|_| run()).collect();
+    runs.sort_by(|a, b| figure(a).total_cmp(&figure(b)));
+    let all: Vec<String> = runs.iter().map(|u| format!("{:.0}", figure(u))).collect();
+    println!("{what}, sorted (the median is used): {}", all.join(", "));
+    runs.swap_remove(n / 2)
+}
+
 /// One throughput run: `--rate 0 --concurrency 32`, SQLite results.
 fn throughput(sim: &Sim, keys: &Path, db: &str) -> Usage {
     run_job(sim, keys, db, &["--rate", "0", "--concurrency", "32"])
@@ -325,7 +343,14 @@ fn main() {
 
     let sim = Sim::start(&[], None);
     let k10 = write_keys(d, 10_000);
-    let small = throughput(&sim, &k10, &sqlite(d, "k10"));
+    // The 10,000-key run lasts about half a second and swings by half between runs: the
+    // median of five, by lookups/s, is the figure the ratios use.
+    let small = median_of(
+        SMALL_RUNS,
+        "10,000-key runs, lookups/s",
+        |u| per_second(&u.summary),
+        || throughput(&sim, &k10, &sqlite(d, "k10")),
+    );
     let big = (!quick).then(|| {
         let k1m = write_keys(d, 1_000_000);
         throughput(&sim, &k1m, &sqlite(d, "k1m"))
@@ -338,7 +363,18 @@ fn main() {
 
     println!();
     if ensure_aiohttp() {
-        let py = run_asyncio(&sim, &k10, &d.join("asyncio.db"), 32);
+        let py_per_cpu_of = |u: &Usage| {
+            u.summary["lookups"].as_f64().unwrap_or(0.0) / u.cpu().as_secs_f64().max(1e-9)
+        };
+        let py = median_of(
+            SMALL_RUNS,
+            "asyncio runs, lookups per CPU second",
+            py_per_cpu_of,
+            || {
+                let _ = std::fs::remove_file(d.join("asyncio.db"));
+                run_asyncio(&sim, &k10, &d.join("asyncio.db"), 32)
+            },
+        );
         let py_looked = py.summary["lookups"].as_f64().unwrap_or(0.0);
         let rs_looked = small.summary["checked_now"].as_f64().unwrap_or(0.0);
         let py_per_cpu = py_looked / py.cpu().as_secs_f64().max(1e-9);
