@@ -190,6 +190,10 @@ impl PaypleClient {
             .timeout(config.request_timeout)
             .pool_idle_timeout(Duration::from_secs(20))
             .redirect(reqwest::redirect::Policy::none())
+            // Retries are this client's own (backoff, outage gate). reqwest's default
+            // policy would also copy every request (headers, body) in case the
+            // connection refuses it: with no retries allowed it keeps no copy.
+            .retry(reqwest::retry::never().max_retries_per_request(0))
             .build()
             .map_err(PaypleError::Client)?;
         let auth_url = config

@@ -816,16 +816,17 @@ impl Sink<'_> {
 }
 
 fn log_outcome(key: &StagedKey, outcome: &LookupOutcome) {
-    let masked = crate::domain::mask_payer_id(&key.payer_id);
+    // Masked only when a line is written: the debug line is usually off.
+    let masked = || crate::domain::mask_payer_id(&key.payer_id);
     match outcome.status {
         KeyStatus::Failed => tracing::warn!(
-            key = %masked,
+            key = %masked(),
             code = outcome.result_code.as_deref().unwrap_or_default(),
             msg = outcome.result_msg.as_deref().unwrap_or_default(),
             attempts = outcome.attempts,
             "lookup failed"
         ),
-        status => tracing::debug!(key = %masked, %status, attempts = outcome.attempts, "checked"),
+        status => tracing::debug!(key = %masked(), %status, attempts = outcome.attempts, "checked"),
     }
 }
 

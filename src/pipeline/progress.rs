@@ -46,6 +46,8 @@ impl Counters {
 pub struct Progress {
     counters: Arc<Counters>,
     span: Span,
+    /// Whether the bar is drawn (stderr is a terminal).
+    bar: bool,
     ticker: tokio::task::JoinHandle<()>,
     follower: Option<tokio::task::JoinHandle<()>>,
 }
@@ -60,7 +62,8 @@ impl Progress {
                 .store(before.get(status), Ordering::Relaxed);
         }
         let span = tracing::info_span!("lookups");
-        if std::io::stderr().is_terminal() {
+        let bar = std::io::stderr().is_terminal();
+        if bar {
             let style = ProgressStyle::with_template(
                 "{bar:30} {pos}/{len} keys  {per_sec:1}  ETA {eta}  {msg}",
             )
@@ -79,28 +82,30 @@ impl Progress {
         Self {
             counters,
             span,
+            bar,
             ticker,
             follower: None,
         }
     }
 
-    /// Shows `note()` (e.g. "Payple unhealthy: paused") on the bar while it says something,
-    /// checked twice a second.
+    /// Keeps the bar's message current twice a second: `note()` (e.g. "Payple unhealthy:
+    /// paused") while it says something, else the counts per status. (Not per key: a
+    /// message formatted for each of a million lookups is CPU spent on nothing.)
     pub fn follow(&mut self, note: impl Fn() -> Option<String> + Send + 'static) {
+        if !self.bar {
+            return;
+        }
         let span = self.span.clone();
         let counters = Arc::clone(&self.counters);
         self.follower = Some(tokio::spawn(async move {
-            let mut shown = None;
+            let mut shown = String::new();
             let mut tick = tokio::time::interval(Duration::from_millis(500));
             loop {
                 tick.tick().await;
-                let now = note();
-                if now != shown {
-                    let text = now
-                        .clone()
-                        .unwrap_or_else(|| bar_message(&counters.snapshot()));
+                let text = note().unwrap_or_else(|| bar_message(&counters.snapshot()));
+                if text != shown {
                     span.pb_set_message(&text);
-                    shown = now;
+                    shown = text;
                 }
             }
         }));
@@ -108,9 +113,9 @@ impl Progress {
 
     pub fn record(&self, status: KeyStatus) {
         self.counters.slot(status).fetch_add(1, Ordering::Relaxed);
-        self.span.pb_inc(1);
-        self.span
-            .pb_set_message(&bar_message(&self.counters.snapshot()));
+        if self.bar {
+            self.span.pb_inc(1);
+        }
     }
 
     pub fn counts(&self) -> StatusCounts {
