@@ -473,9 +473,11 @@ pub fn is_transient_code(code: &str, book: &CodeBook) -> bool {
 
 /// What an HTTP status alone says, before the body is read.
 pub fn classify_status(status: u16, retry_after: Option<Duration>) -> Option<Verdict> {
+    if (200..=299).contains(&status) {
+        return None;
+    }
     let msg = format!("Payple answered HTTP {status}");
     match status {
-        200..=299 => None,
         429 => Some(Verdict::Transient {
             code: codes::RATE_LIMITED.to_owned(),
             msg,
@@ -501,16 +503,18 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
 
 /// Classifies a parsed lookup reply for the key that was asked about.
 pub fn classify_lookup(reply: &Fields, asked: &PayerId, book: &CodeBook) -> Verdict {
-    let rst = reply.get("PCD_PAY_RST").map(|s| s.to_ascii_lowercase());
+    let success = reply
+        .text("PCD_PAY_RST")
+        .is_some_and(|r| r.eq_ignore_ascii_case("success"));
     let msg = reply.get("PCD_PAY_MSG");
     let code = reply
         .get("PCD_PAY_CODE")
         .or_else(|| msg.as_deref().and_then(find_code));
-    let echoed = reply.get("PCD_PAYER_ID");
+    let echoed = reply.text("PCD_PAYER_ID");
     let msg_or = |fallback: &str| msg.clone().unwrap_or_else(|| fallback.to_owned());
 
     // A definite answer about some other key is no answer about this one.
-    if let Some(echoed) = &echoed
+    if let Some(echoed) = echoed
         && echoed != asked.expose()
     {
         return Verdict::Failed {
@@ -532,8 +536,8 @@ pub fn classify_lookup(reply: &Fields, asked: &PayerId, book: &CodeBook) -> Verd
     if let Some(v) = classify_code(&code, msg.as_deref(), book) {
         return v;
     }
-    match (rst.as_deref(), code.as_str()) {
-        (Some("success"), "0000") => {
+    match (success, code.as_str()) {
+        (true, "0000") => {
             if echoed.is_none() {
                 return Verdict::Failed {
                     code: codes::MISMATCH.to_owned(),
@@ -586,10 +590,13 @@ fn classify_code(code: &str, msg: Option<&str>, book: &CodeBook) -> Option<Verdi
 
 /// The card or account an active key points at, or `None` if the pay type is unknown.
 fn details(reply: &Fields) -> Option<KeyDetails> {
-    let pay_type = match reply.get("PCD_PAY_TYPE")?.to_ascii_lowercase().as_str() {
-        "card" => PayType::Card,
-        "transfer" => PayType::Transfer,
-        _ => return None,
+    let named = reply.text("PCD_PAY_TYPE")?;
+    let pay_type = if named.eq_ignore_ascii_case("card") {
+        PayType::Card
+    } else if named.eq_ignore_ascii_case("transfer") {
+        PayType::Transfer
+    } else {
+        return None;
     };
     let card = pay_type == PayType::Card;
     let only = |keep: bool, name: &str| if keep { reply.get(name) } else { None };
