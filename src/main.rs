@@ -8,10 +8,10 @@ use payple_reconcile::{app, telemetry};
 
 /// Rust's heap is mimalloc (built from C by the `cc` crate, no other tool needed); SQLite's
 /// own allocations stay with the C library's malloc, tuned by [`bound_the_heap`].
-/// Measured against the simulator at 100,000 keys (`/usr/bin/time`): 12.4-13.8 s of CPU
+/// Measured against the simulator at 100,000 keys (`/usr/bin/time`): 12.3-13.8 s of CPU
 /// with glibc's malloc however tuned (two arenas, 256 KiB mmap threshold, with and without
 /// fast bins, a 1,000-entry thread cache), 9.9 s with mimalloc; with it peak RSS was
-/// 54.9 MiB at 100,000 keys and 56.6 MiB at 1,000,000 once freed pages go back at once
+/// 53.6 MiB at 100,000 keys and 55.2 MiB at 1,000,000 once freed pages go back at once
 /// ([`return_pages_at_once`]).
 #[global_allocator]
 static HEAP: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -77,7 +77,7 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// Freed pages go back to the system at once, not a second later (mimalloc 3's default):
 /// with the delay a written batch's pages were still resident when the next batch grew
-/// (peak RSS 62.6 MiB at 100,000 keys with the default, 54.9 MiB without delay).
+/// (peak RSS 61.1 MiB at 100,000 keys with the default, 53.6 MiB without delay).
 fn return_pages_at_once() {
     // SAFETY: sets one numeric option of the allocator; any value is valid.
     unsafe {
