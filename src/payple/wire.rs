@@ -43,7 +43,7 @@ pub struct Fields {
 }
 
 /// One field: its name, and its value as text (`None` for `null`, arrays and objects).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 struct Entry {
     name: Piece,
     value: Option<Piece>,
@@ -51,7 +51,7 @@ struct Entry {
 
 /// Text inside the reply (`At(start, len)`), or text of its own (unescaped, or a number
 /// or boolean written out).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 enum Piece {
     At(u32, u32),
     Own(Box<str>),
@@ -134,6 +134,36 @@ impl<'t> TopSeed<'t> {
         }
     }
 
+    /// Keeps the first of the fields that share a name, or `Err(name)` when a repeat
+    /// gives another value. Sorted, not compared pairwise: a 64 KiB reply can hold
+    /// thousands of fields, and pairwise that is tens of millions of comparisons for
+    /// every key of a night.
+    fn drop_repeats(self, entries: &mut Vec<Entry>) -> Result<(), String> {
+        let name = |i: usize| self.text_of(&entries[i].name);
+        let value = |i: usize| entries[i].value.as_ref().map(|v| self.text_of(v));
+        let mut order: Vec<usize> = (0..entries.len()).collect();
+        order.sort_by(|&a, &b| name(a).cmp(name(b)).then(a.cmp(&b)));
+        let mut repeats = Vec::new();
+        for pair in order.windows(2) {
+            let (first, next) = (pair[0], pair[1]);
+            if name(first) == name(next) {
+                if value(first) != value(next) {
+                    return Err(name(next).to_owned());
+                }
+                repeats.push(next);
+            }
+        }
+        if !repeats.is_empty() {
+            repeats.sort_unstable();
+            let mut index = 0;
+            entries.retain(|_| {
+                index += 1;
+                repeats.binary_search(&(index - 1)).is_err()
+            });
+        }
+        Ok(())
+    }
+
     /// Where a string the deserializer lent out lies in the text; an owned copy if it
     /// is not a part of it.
     fn piece_of(self, s: &str) -> Piece {
@@ -165,20 +195,13 @@ impl<'de> serde::de::Visitor<'de> for TopSeed<'_> {
         let mut entries: Vec<Entry> = Vec::with_capacity(16);
         while let Some(name) = access.next_key_seed(PieceSeed(self))? {
             let value = access.next_value_seed(PieceSeed(self))?;
-            let text_of = |p| self.text_of(p);
-            let (Some(name), value) = (name, value) else {
-                // An object key is always a string; nothing else reaches here.
-                continue;
-            };
-            let name_text = text_of(&name);
-            match entries.iter().find(|e| text_of(&e.name) == name_text) {
-                Some(old) if old.value.as_ref().map(text_of) != value.as_ref().map(text_of) => {
-                    return Err(serde::de::Error::custom(format!("{CONFLICT} {name_text}")));
-                }
-                Some(_) => {}
-                None => entries.push(Entry { name, value }),
+            // An object key is always a string: a `None` name never reaches here.
+            if let Some(name) = name {
+                entries.push(Entry { name, value });
             }
         }
+        self.drop_repeats(&mut entries)
+            .map_err(|name| serde::de::Error::custom(format!("{CONFLICT} {name}")))?;
         Ok(Top::Object(entries))
     }
 
