@@ -6,7 +6,7 @@ use crate::domain::{LookupOutcome, rejected_placeholder};
 use crate::settings::Shard;
 use crate::shutdown::Shutdown;
 use crate::source::{self, Item, SourceError, SourceSpec};
-use crate::store::{CheckRow, StagedKey, Store, now_text, retrying};
+use crate::store::{CheckRow, StagedKey, Staging, Store, now_text, retrying};
 
 use super::RunError;
 
@@ -46,17 +46,13 @@ const SORT_ROWS: usize = 50_000;
 
 /// Writes `keys` in key order and empties it; how many there were.
 async fn stage_sorted(
-    store: &Store,
-    run_id: i64,
-    shard: Shard,
+    staging: &mut Staging<'_>,
     keys: &mut Vec<StagedKey>,
 ) -> Result<i64, RunError> {
     // Among duplicates the first occurrence comes first and is the one kept; a key
     // staged by an earlier run of this loop is older still, and stays.
     keys.sort_unstable_by(|a, b| a.payer_id.cmp(&b.payer_id).then(a.seq.cmp(&b.seq)));
-    if !keys.is_empty() {
-        retrying(|| store.stage_keys(run_id, shard.index, keys)).await?;
-    }
+    staging.write(keys).await?;
     let n = keys.len() as i64;
     keys.clear();
     Ok(n)
@@ -75,6 +71,7 @@ pub async fn stage(
     let mut valid_read = 0i64;
     let mut rejected = 0i64;
     let mut keys = Vec::with_capacity(SORT_ROWS);
+    let mut staging = store.staging(run_id, shard.index);
     while let Some(chunk) = items.recv().await {
         if shutdown.stop.is_cancelled() {
             return Err(RunError::Interrupted);
@@ -103,13 +100,16 @@ pub async fn stage(
         }
         rejected += rejected_rows.len() as i64;
         if !rejected_rows.is_empty() {
+            // Written on another connection: the key list's open transaction goes first.
+            staging.commit().await?;
             retrying(|| store.insert_checks(run_id, &rejected_rows)).await?;
         }
         if keys.len() >= SORT_ROWS {
-            valid_read += stage_sorted(store, run_id, shard, &mut keys).await?;
+            valid_read += stage_sorted(&mut staging, &mut keys).await?;
         }
     }
-    valid_read += stage_sorted(store, run_id, shard, &mut keys).await?;
+    valid_read += stage_sorted(&mut staging, &mut keys).await?;
+    staging.commit().await?;
     let (keys, duplicates) = store.mark_staged(run_id, shard.index, valid_read).await?;
     Ok(Staged {
         keys,
@@ -237,6 +237,67 @@ mod tests {
         assert_eq!(dup[0].customer_ref.as_deref(), Some("first"));
         assert_eq!(keys.first().map(|k| k.payer_id.as_str()), Some("zzDup"));
         assert_eq!(keys.last().map(|k| k.payer_id.as_str()), Some("lastKey"));
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_rejected_row_after_a_written_sorted_run_is_recorded_with_every_key() {
+        let (dir, store, run_id) = crate::store::sqlite_with_run().await;
+        // A full sorted run is written in a transaction that stays open; the rejected row
+        // after it is written on another connection, which must not wait for that lock.
+        let csv = dir.path().join("keys.csv");
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&csv).expect("csv"));
+        writeln!(file, "payer_id,customer_ref").expect("write");
+        for i in 0..SORT_ROWS {
+            writeln!(file, "key{i:07},c{i}").expect("write");
+        }
+        writeln!(file, "bad key,late\nlastKey,end").expect("write");
+        file.flush().expect("flush");
+        drop(file);
+        let spec = SourceSpec::Csv { path: csv };
+        let staged = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            stage(
+                &store,
+                run_id,
+                Shard::WHOLE,
+                &spec,
+                None,
+                &Shutdown::default(),
+            ),
+        )
+        .await
+        .expect("staging does not wait for its own lock")
+        .expect("staged");
+        assert_eq!((staged.keys, staged.rejected), (SORT_ROWS as i64 + 1, 1));
+        assert_eq!(
+            store.count_staged(run_id, 0).await.expect("count"),
+            staged.keys
+        );
+        let counts = store.status_counts(run_id).await.expect("counts");
+        assert_eq!(counts.rejected, 1);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_staging_dropped_before_its_commit_leaves_no_keys() {
+        let (_dir, store, run_id) = crate::store::sqlite_with_run().await;
+        let keys: Vec<StagedKey> = (0..3)
+            .map(|i| StagedKey {
+                seq: i + 1,
+                payer_id: format!("key{i}"),
+                customer_ref: None,
+                prior_attempts: 0,
+            })
+            .collect();
+        let mut staging = store.staging(run_id, 0);
+        staging.write(&keys).await.expect("written");
+        drop(staging);
+        assert_eq!(store.count_staged(run_id, 0).await.expect("count"), 0);
+        let mut staging = store.staging(run_id, 0);
+        staging.write(&keys).await.expect("written");
+        staging.commit().await.expect("committed");
+        assert_eq!(store.count_staged(run_id, 0).await.expect("count"), 3);
         store.close().await;
     }
 }

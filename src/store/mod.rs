@@ -24,6 +24,7 @@ pub mod writer;
 pub use checks::PackedRow;
 pub use coverage::{Coverage, LatestRecord};
 pub use recheck::{FailedCode, FailedSelection};
+pub use runs::Staging;
 
 use std::time::Duration;
 
