@@ -202,21 +202,33 @@ mod tests {
         assert_eq!(keys, 3);
     }
 
+    /// A CSV file of `before` lines, SORT_ROWS other keys (a whole sorted run), then
+    /// `after` lines.
+    fn csv_around_a_sorted_run(dir: &std::path::Path, before: &str, after: &str) -> SourceSpec {
+        let csv = dir.join("keys.csv");
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&csv).expect("csv"));
+        writeln!(file, "payer_id,customer_ref").expect("write");
+        if !before.is_empty() {
+            writeln!(file, "{before}").expect("write");
+        }
+        for i in 0..SORT_ROWS {
+            writeln!(file, "key{i:07},c{i}").expect("write");
+        }
+        writeln!(file, "{after}").expect("write");
+        file.flush().expect("flush");
+        SourceSpec::Csv { path: csv }
+    }
+
     #[tokio::test]
     async fn a_duplicate_in_a_later_sorted_run_keeps_the_first_occurrence() {
         let (dir, store, run_id) = crate::store::sqlite_with_run().await;
         // The same key on the first line, again on the next (the same sorted run, where it
         // sorts last), and again after SORT_ROWS other keys (a later run).
-        let csv = dir.path().join("keys.csv");
-        let mut file = std::io::BufWriter::new(std::fs::File::create(&csv).expect("csv"));
-        writeln!(file, "payer_id,customer_ref\nzzDup,first\nzzDup,second").expect("write");
-        for i in 0..SORT_ROWS {
-            writeln!(file, "key{i:07},c{i}").expect("write");
-        }
-        writeln!(file, "zzDup,later\nlastKey,end").expect("write");
-        file.flush().expect("flush");
-        drop(file);
-        let spec = SourceSpec::Csv { path: csv };
+        let spec = csv_around_a_sorted_run(
+            dir.path(),
+            "zzDup,first\nzzDup,second",
+            "zzDup,later\nlastKey,end",
+        );
         let staged = stage(
             &store,
             run_id,
@@ -245,16 +257,7 @@ mod tests {
         let (dir, store, run_id) = crate::store::sqlite_with_run().await;
         // A full sorted run is written in a transaction that stays open; the rejected row
         // after it is written on another connection, which must not wait for that lock.
-        let csv = dir.path().join("keys.csv");
-        let mut file = std::io::BufWriter::new(std::fs::File::create(&csv).expect("csv"));
-        writeln!(file, "payer_id,customer_ref").expect("write");
-        for i in 0..SORT_ROWS {
-            writeln!(file, "key{i:07},c{i}").expect("write");
-        }
-        writeln!(file, "bad key,late\nlastKey,end").expect("write");
-        file.flush().expect("flush");
-        drop(file);
-        let spec = SourceSpec::Csv { path: csv };
+        let spec = csv_around_a_sorted_run(dir.path(), "", "bad key,late\nlastKey,end");
         let staged = tokio::time::timeout(
             std::time::Duration::from_secs(20),
             stage(

@@ -396,7 +396,7 @@ async fn a_recheck_killed_mid_way_is_finished_by_resume() {
     let failed = failed_once(&before);
     assert!(failed.len() >= 8, "{} failed", failed.len());
 
-    let slow = helpers::slow_sim(Duration::from_millis(150), None).await;
+    let slow = helpers::slow_sim(Duration::from_millis(400), None).await;
     let cmd = run_cmd(&slow, &db.url, &["--recheck-failed", "--concurrency", "1"]);
     let mut child = helpers::spawn(cmd);
     let rechecked =

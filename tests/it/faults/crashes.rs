@@ -136,7 +136,7 @@ async fn ten_sigkills_at_random_moments_then_resume_leave_one_true_row_per_key()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_after_a_kill_between_run_creation_and_lease_naming() {
     let set = Scenario::new().keys(120, "lease-window").start().await;
-    let mut child = set.spawn(&["--rate", "40"]);
+    let mut child = set.spawn(&["--rate", "20"]);
     helpers::wait_for_rows(&set.store, 10, Duration::from_secs(15), POLL, &mut child).await;
     child.start_kill().expect("SIGKILL");
     let out = wait_output(child, Duration::from_secs(10)).await;

@@ -72,7 +72,7 @@ async fn interrupted_key_run_continues(ran: &Ran, second_id: i64) {
     let lookups_before = ran.sim.stats().lookups;
     let next = ["--run-key", "2026-11-28", "--csv", ran.csv_arg()];
     let mut child =
-        spawn(ran.bare_command(&[&next[..], &["--rate", "20", "--concurrency", "2"]].concat()));
+        spawn(ran.bare_command(&[&next[..], &["--rate", "5", "--concurrency", "2"]].concat()));
     helpers::wait_for_count(
         store,
         &format!("SELECT COUNT(*) FROM billing_key_checks WHERE run_id > {second_id}"),
