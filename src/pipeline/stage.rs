@@ -6,7 +6,7 @@ use crate::domain::{LookupOutcome, rejected_placeholder};
 use crate::settings::Shard;
 use crate::shutdown::Shutdown;
 use crate::source::{self, Item, SourceError, SourceSpec};
-use crate::store::{CheckRow, StagedKey, Staging, Store, now_text, retrying};
+use crate::store::{CheckRow, StagedKey, Staging, Store, now_text};
 
 use super::RunError;
 
@@ -99,11 +99,7 @@ pub async fn stage(
             }
         }
         rejected += rejected_rows.len() as i64;
-        if !rejected_rows.is_empty() {
-            // Written on another connection: the key list's open transaction goes first.
-            staging.commit().await?;
-            retrying(|| store.insert_checks(run_id, &rejected_rows)).await?;
-        }
+        staging.write_rejected(&rejected_rows).await?;
         if keys.len() >= SORT_ROWS {
             valid_read += stage_sorted(&mut staging, &mut keys).await?;
         }
@@ -202,6 +198,23 @@ mod tests {
         assert_eq!(keys, 3);
     }
 
+    /// Stages the whole of `spec`, with no signal.
+    async fn stage_whole(
+        store: &Store,
+        run_id: i64,
+        spec: &SourceSpec,
+    ) -> Result<Staged, RunError> {
+        stage(
+            store,
+            run_id,
+            Shard::WHOLE,
+            spec,
+            None,
+            &Shutdown::default(),
+        )
+        .await
+    }
+
     /// A CSV file of `before` lines, SORT_ROWS other keys (a whole sorted run), then
     /// `after` lines.
     fn csv_around_a_sorted_run(dir: &std::path::Path, before: &str, after: &str) -> SourceSpec {
@@ -229,16 +242,7 @@ mod tests {
             "zzDup,first\nzzDup,second",
             "zzDup,later\nlastKey,end",
         );
-        let staged = stage(
-            &store,
-            run_id,
-            Shard::WHOLE,
-            &spec,
-            None,
-            &Shutdown::default(),
-        )
-        .await
-        .expect("staged");
+        let staged = stage_whole(&store, run_id, &spec).await.expect("staged");
         assert_eq!((staged.keys, staged.duplicates), (SORT_ROWS as i64 + 2, 2));
         let keys = store
             .pending_keys(run_id, 0, 0, SORT_ROWS as i64 + 10, true)
@@ -260,14 +264,7 @@ mod tests {
         let spec = csv_around_a_sorted_run(dir.path(), "", "bad key,late\nlastKey,end");
         let staged = tokio::time::timeout(
             std::time::Duration::from_secs(20),
-            stage(
-                &store,
-                run_id,
-                Shard::WHOLE,
-                &spec,
-                None,
-                &Shutdown::default(),
-            ),
+            stage_whole(&store, run_id, &spec),
         )
         .await
         .expect("staging does not wait for its own lock")

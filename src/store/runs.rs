@@ -295,8 +295,6 @@ impl Store {
         })
     }
 
-    /// Adds keys to a run's list; keys already on it are left alone (duplicates, and
-    /// re-staging after a crash).
     /// Starts writing a shard's key list (see [`Staging`]).
     pub fn staging(&self, run_id: i64, shard_index: u32) -> Staging<'_> {
         Staging {
@@ -511,7 +509,19 @@ impl Staging<'_> {
         Ok(())
     }
 
-    /// Commits what is written so far: before another connection writes, and at the end.
+    /// Writes the result rows of rejected input rows. They go through the pool, on
+    /// another connection, so the open transaction commits first: that connection would
+    /// otherwise wait for this one's write lock.
+    pub async fn write_rejected(&mut self, rows: &[super::CheckRow]) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        self.commit().await?;
+        let store = self.store;
+        super::retrying(|| store.insert_checks(self.run_id, rows)).await
+    }
+
+    /// Commits what is written so far (at the end of staging).
     pub async fn commit(&mut self) -> Result<(), StoreError> {
         if let Some((tx, _)) = self.open.take() {
             tx.commit().await.map_err(ctx("staging keys"))?;
