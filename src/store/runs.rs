@@ -398,7 +398,14 @@ impl Store {
         };
         if self.dialect == Dialect::Sqlite {
             return self
-                .pending_page_as_json(sql, run_id, shard_index, after_seq, limit)
+                .page_as_json(
+                    sql,
+                    "reading pending keys",
+                    run_id,
+                    shard_index,
+                    after_seq,
+                    limit,
+                )
                 .await;
         }
         let rows = sqlx::query(self.sql(sql))
@@ -419,10 +426,12 @@ impl Store {
     /// thousand rows of four): sqlx copied each row's values and converted them for its
     /// `Any` driver, ~2 µs per key on the job's one async thread (perf of a 30,000-key
     /// run: `SqliteRow::current`, `sqlite3_value_dup`, the `Any` mapping and the row
-    /// drops, 6–9% of the samples). `sql` is a pending-keys query as above.
-    async fn pending_page_as_json(
+    /// drops, 6–9% of the samples). `sql` selects `seq, payer_id, customer_ref,
+    /// prior_attempts` and binds the run, the shard, the cursor and the limit.
+    pub(super) async fn page_as_json(
         &self,
         sql: &str,
+        doing: &'static str,
         run_id: i64,
         shard_index: u32,
         after_seq: i64,
@@ -439,9 +448,9 @@ impl Store {
             .bind(limit)
             .fetch_one(&self.pool)
             .await
-            .map_err(ctx("reading pending keys"))?;
+            .map_err(ctx(doing))?;
         parse_pending_page(&text).map_err(|why| StoreError::Query {
-            doing: "reading pending keys",
+            doing,
             source: sqlx::Error::Decode(why.into()),
         })
     }
