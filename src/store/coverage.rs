@@ -10,7 +10,7 @@
 
 use sqlx::Row;
 
-use super::{CHECK_COLUMNS, CheckRecord, Dialect, StagedKey, Store, StoreError, check_record, ctx};
+use super::{CHECK_COLUMNS, CheckRecord, StagedKey, Store, StoreError, check_record, ctx};
 
 /// How recently the keys of a run's source were checked, as of a moment.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -89,30 +89,15 @@ impl Store {
              AND NOT EXISTS (SELECT 1 FROM billing_key_checks c \
                              WHERE c.run_id = q.run_id AND c.payer_id = q.payer_id) \
              ORDER BY q.queue_pos LIMIT ?";
-        if self.dialect == Dialect::Sqlite {
-            return self
-                .page_as_json(
-                    sql,
-                    "reading queued keys",
-                    run_id,
-                    shard_index,
-                    after_pos,
-                    limit,
-                )
-                .await;
-        }
-        let rows = sqlx::query(self.sql(sql))
-            .bind(run_id)
-            .bind(i64::from(shard_index))
-            .bind(after_pos)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(ctx("reading queued keys"))?;
-        rows.iter()
-            .map(StagedKey::from_row)
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(ctx("reading queued keys"))
+        self.key_page(
+            sql,
+            "reading queued keys",
+            run_id,
+            shard_index,
+            after_pos,
+            limit,
+        )
+        .await
     }
 
     /// Records next charge dates (`YYYY-MM-DD`) of a run's keys; a key seen twice keeps

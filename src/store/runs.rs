@@ -396,63 +396,60 @@ impl Store {
                              WHERE c.run_id = k.run_id AND c.payer_id = k.payer_id) \
              ORDER BY k.seq LIMIT ?"
         };
-        if self.dialect == Dialect::Sqlite {
-            return self
-                .page_as_json(
-                    sql,
-                    "reading pending keys",
-                    run_id,
-                    shard_index,
-                    after_seq,
-                    limit,
-                )
-                .await;
-        }
-        let rows = sqlx::query(self.sql(sql))
-            .bind(run_id)
-            .bind(i64::from(shard_index))
-            .bind(after_seq)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(ctx("reading pending keys"))?;
-        rows.iter()
-            .map(StagedKey::from_row)
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(ctx("reading pending keys"))
+        self.key_page(
+            sql,
+            "reading pending keys",
+            run_id,
+            shard_index,
+            after_seq,
+            limit,
+        )
+        .await
     }
 
-    /// On SQLite, a page of pending keys comes back as one JSON array (one value, not a
-    /// thousand rows of four): sqlx copied each row's values and converted them for its
-    /// `Any` driver, ~2 µs per key on the job's one async thread (perf of a 30,000-key
-    /// run: `SqliteRow::current`, `sqlite3_value_dup`, the `Any` mapping and the row
-    /// drops, 6–9% of the samples). `sql` selects `seq, payer_id, customer_ref,
-    /// prior_attempts` and binds the run, the shard, the cursor and the limit.
-    pub(super) async fn page_as_json(
+    /// A page of keys selected by `sql` (columns `seq, payer_id, customer_ref,
+    /// prior_attempts`; binds the run, the shard, the cursor and the limit).
+    ///
+    /// On SQLite the page comes back as one JSON array (one value, not a thousand rows of
+    /// four): sqlx copied each row's values and converted them for its `Any` driver, ~2 µs
+    /// per key on the job's one async thread (perf of a 30,000-key run:
+    /// `SqliteRow::current`, `sqlite3_value_dup`, the `Any` mapping and the row drops,
+    /// 6–9% of the samples).
+    pub(super) async fn key_page(
         &self,
         sql: &str,
         doing: &'static str,
         run_id: i64,
         shard_index: u32,
-        after_seq: i64,
+        after: i64,
         limit: i64,
     ) -> Result<Vec<StagedKey>, StoreError> {
-        let page = format!(
-            "SELECT json_group_array(json_array(p.seq, p.payer_id, p.customer_ref, \
-             p.prior_attempts)) FROM ({sql}) p"
-        );
-        let text: String = sqlx::query_scalar(sqlx::AssertSqlSafe(page))
+        let page = if self.dialect == Dialect::Sqlite {
+            format!(
+                "SELECT json_group_array(json_array(p.seq, p.payer_id, p.customer_ref, \
+                 p.prior_attempts)) FROM ({sql}) p"
+            )
+        } else {
+            sql.to_owned()
+        };
+        let query = sqlx::query(self.sql(&page))
             .bind(run_id)
             .bind(i64::from(shard_index))
-            .bind(after_seq)
-            .bind(limit)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(ctx(doing))?;
-        parse_pending_page(&text).map_err(|why| StoreError::Query {
-            doing,
-            source: sqlx::Error::Decode(why.into()),
-        })
+            .bind(after)
+            .bind(limit);
+        if self.dialect == Dialect::Sqlite {
+            let row = query.fetch_one(&self.pool).await.map_err(ctx(doing))?;
+            let text: String = row.try_get(0).map_err(ctx(doing))?;
+            return parse_pending_page(&text).map_err(|why| StoreError::Query {
+                doing,
+                source: sqlx::Error::Decode(why.into()),
+            });
+        }
+        let rows = query.fetch_all(&self.pool).await.map_err(ctx(doing))?;
+        rows.iter()
+            .map(StagedKey::from_row)
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(ctx(doing))
     }
 
     /// Whether any key of the shard has a result row in the run.
