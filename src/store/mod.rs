@@ -431,9 +431,10 @@ impl Store {
                     // its size (SQLite ignores the pragma then). At a million random keys
                     // each result batch touches most pages of the key indexes: with 4 KiB
                     // pages that was ~17,000 pages a batch, each read, written to the WAL
-                    // and checkpointed by its own system calls (system CPU 18 s of a 32 s
-                    // run); with 32 KiB pages, an eighth as many calls (12 s, lookups/s
-                    // 30,700 -> 35,800). Set first: it must precede the first write.
+                    // and checkpointed by its own system calls: 28,700-30,300 lookups/s
+                    // with 17-19 s of system CPU; with 32 KiB pages, 33,500-35,700 with
+                    // 13-14 s (README, Performance). Set first: it must precede the first
+                    // write.
                     conn.execute("PRAGMA page_size = 32768").await?;
                     conn.execute("PRAGMA journal_mode = WAL").await?;
                     conn.execute("PRAGMA busy_timeout = 30000").await?;
