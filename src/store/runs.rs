@@ -440,7 +440,7 @@ impl Store {
         if self.dialect == Dialect::Sqlite {
             let row = query.fetch_one(&self.pool).await.map_err(ctx(doing))?;
             let text: String = row.try_get(0).map_err(ctx(doing))?;
-            return parse_pending_page(&text).map_err(|why| StoreError::Query {
+            return parse_key_page(&text).map_err(|why| StoreError::Query {
                 doing,
                 source: sqlx::Error::Decode(why.into()),
             });
@@ -619,7 +619,7 @@ impl ShardTotals {
 
 /// Keys from a JSON page of `[seq, payer_id, customer_ref, prior_attempts]` arrays, in
 /// `seq` order (an aggregate's order is not promised, so it is restored here).
-fn parse_pending_page(text: &str) -> Result<Vec<StagedKey>, serde_json::Error> {
+fn parse_key_page(text: &str) -> Result<Vec<StagedKey>, serde_json::Error> {
     let entries: Vec<(i64, String, Option<String>, i64)> = serde_json::from_str(text)?;
     let mut keys: Vec<StagedKey> = entries
         .into_iter()
@@ -695,8 +695,8 @@ mod tests {
     #[test]
     fn a_json_page_is_put_back_in_seq_order() {
         let page = r#"[[5,"b",null,0],[2,"a","x",1]]"#;
-        let keys = parse_pending_page(page).expect("parses");
+        let keys = parse_key_page(page).expect("parses");
         assert_eq!(keys, [key(2, "a", Some("x"), 1), key(5, "b", None, 0)]);
-        assert!(parse_pending_page(r#"[[1,"a"]]"#).is_err());
+        assert!(parse_key_page(r#"[[1,"a"]]"#).is_err());
     }
 }
