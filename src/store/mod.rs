@@ -672,7 +672,7 @@ fn unknown_value(index: usize, column: &str, value: &str) -> sqlx::Error {
     }
 }
 
-/// Rows as one JSON array, for SQLite's `json_each` inserts.
+/// Rows as one JSON array, for SQLite's `jsonb_each` inserts.
 fn json_rows<T: serde::Serialize>(rows: &[T], doing: &'static str) -> Result<String, StoreError> {
     serde_json::to_string(rows).map_err(|e| StoreError::Query {
         doing,

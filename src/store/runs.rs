@@ -531,11 +531,12 @@ impl Staging<'_> {
             .collect();
         let json = json_rows(&rows, "staging keys")?;
         drop(rows);
-        // One `INSERT … SELECT … FROM json_each(?)`, parsed once (see `insert_checks`).
+        // One `INSERT … SELECT … FROM jsonb_each(?)`, parsed once, each row handed over
+        // as binary JSON rather than written out as text again (see `insert_checks`).
         // `WHERE true` tells SQLite's parser that `ON CONFLICT` is the upsert clause.
         sqlx::query(
             "INSERT INTO run_keys (run_id, shard_index, seq, payer_id, customer_ref) \
-             SELECT ?, ?, j.value ->> 0, j.value ->> 1, j.value ->> 2 FROM json_each(?) j \
+             SELECT ?, ?, j.value ->> 0, j.value ->> 1, j.value ->> 2 FROM jsonb_each(?) j \
              WHERE true ON CONFLICT (run_id, payer_id) DO NOTHING",
         )
         .bind(self.run_id)
