@@ -250,7 +250,7 @@ fn code_book(args: &PaypleArgs) -> Result<CodeBook, ConfigError> {
             .map_err(|e| invalid("--gone-codes", e.to_string()))?;
     }
     if let Some(path) = &args.codes {
-        let text = std::fs::read_to_string(path)
+        let text = read_small_file(path, MAX_CODES_FILE)
             .map_err(|e| invalid("--codes", format!("{}: {e}", path.display())))?;
         codes = codes
             .merge_toml(&text)
@@ -308,6 +308,10 @@ pub fn notify_settings(
 /// The most `--cust-key-file` may hold: a partner key is a few dozen characters.
 pub const MAX_CUST_KEY_FILE: u64 = 4096;
 
+/// The most a `--codes` file may hold: a code book of a few hundred codes is a few KiB,
+/// and a file pointed at by mistake (a log, a dump, `/dev/zero`) is refused unread.
+pub const MAX_CODES_FILE: u64 = 1024 * 1024;
+
 /// Reads a small text file, refusing one larger than `cap` bytes without reading further
 /// (`/dev/zero` fails at once).
 pub fn read_small_file(path: &std::path::Path, cap: u64) -> std::io::Result<String> {
@@ -319,7 +323,7 @@ pub fn read_small_file(path: &std::path::Path, cap: u64) -> std::io::Result<Stri
     if bytes.len() as u64 > cap {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            format!("larger than {cap} bytes; not a key file"),
+            format!("larger than {cap} bytes; not the small text file expected"),
         ));
     }
     String::from_utf8(bytes)
@@ -1069,6 +1073,32 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("0000"), "{err}");
+    }
+
+    #[test]
+    fn a_codes_file_over_a_mebibyte_is_refused_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("codes.toml");
+        // Valid TOML: only its size is wrong (a log or a dump given by mistake).
+        let mut text = "[codes]\nXPAY0042 = \"gone\"\n".to_owned();
+        while text.len() as u64 <= MAX_CODES_FILE {
+            text.push_str("# padding padding padding padding padding padding padding\n");
+        }
+        std::fs::write(&path, &text).unwrap();
+        let file = path.to_str().unwrap();
+        let err = payple_config(&payple_args(&["--codes", file]), &env(CREDS))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--codes") && err.contains("codes.toml") && err.contains("larger than"),
+            "{err}"
+        );
+        let started = std::time::Instant::now();
+        let err = payple_config(&payple_args(&["--codes", "/dev/zero"]), &env(CREDS))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("larger than"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 
     #[test]
