@@ -11,8 +11,8 @@ use payple_reconcile::{app, telemetry};
 /// Measured against the simulator at 100,000 keys (`/usr/bin/time`): 12.3-13.8 s of CPU
 /// with glibc's malloc however tuned (two arenas, 256 KiB mmap threshold, with and without
 /// fast bins, a 1,000-entry thread cache), 9.9 s with mimalloc; with it peak RSS was
-/// 53.6 MiB at 100,000 keys and 55.2 MiB at 1,000,000 once freed pages go back soon
-/// ([`return_freed_pages_soon`]).
+/// 53.6 MiB at 100,000 keys and 55.2 MiB at 1,000,000 with freed pages going back at
+/// once (now after 10 ms, a few MiB more: [`return_freed_pages_soon`]).
 #[global_allocator]
 static HEAP: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

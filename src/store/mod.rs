@@ -265,12 +265,28 @@ pub struct StagedKey {
 impl StagedKey {
     /// A row selected as `seq, payer_id, customer_ref, prior_attempts`.
     pub(crate) fn from_row(r: &AnyRow) -> Result<Self, sqlx::Error> {
-        Ok(Self {
-            seq: r.try_get(0)?,
-            payer_id: r.try_get(1)?,
-            customer_ref: r.try_get(2)?,
-            prior_attempts: u32::try_from(r.try_get::<i64, _>(3)?).unwrap_or(0),
-        })
+        Ok(Self::from_columns(
+            r.try_get(0)?,
+            r.try_get(1)?,
+            r.try_get(2)?,
+            r.try_get(3)?,
+        ))
+    }
+
+    /// The key from its stored columns, however they were read (rows, or SQLite's JSON
+    /// page); a `prior_attempts` out of range counts as none.
+    pub(crate) fn from_columns(
+        seq: i64,
+        payer_id: String,
+        customer_ref: Option<String>,
+        prior_attempts: i64,
+    ) -> Self {
+        Self {
+            seq,
+            payer_id,
+            customer_ref,
+            prior_attempts: u32::try_from(prior_attempts).unwrap_or(0),
+        }
     }
 }
 

@@ -624,11 +624,8 @@ fn parse_key_page(text: &str) -> Result<Vec<StagedKey>, serde_json::Error> {
     let entries: Vec<(i64, String, Option<String>, i64)> = serde_json::from_str(text)?;
     let mut keys: Vec<StagedKey> = entries
         .into_iter()
-        .map(|(seq, payer_id, customer_ref, prior)| StagedKey {
-            seq,
-            payer_id,
-            customer_ref,
-            prior_attempts: u32::try_from(prior).unwrap_or(0),
+        .map(|(seq, payer_id, customer_ref, prior)| {
+            StagedKey::from_columns(seq, payer_id, customer_ref, prior)
         })
         .collect();
     keys.sort_unstable_by_key(|k| k.seq);
