@@ -60,6 +60,28 @@ pub enum NotifyFormatArg {
     Json,
 }
 
+/// `--csv-encoding`: the text encoding of a key file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CsvEncodingArg {
+    /// A byte-order mark, else UTF-8 if the text is valid UTF-8, else CP949.
+    Auto,
+    #[value(name = "utf-8", alias = "utf8")]
+    Utf8,
+    /// UTF-16, little-endian unless a byte-order mark says otherwise.
+    #[value(name = "utf-16", alias = "utf16")]
+    Utf16,
+    /// CP949 (EUC-KR), what Korean Excel saves as CSV.
+    #[value(alias = "euc-kr")]
+    Cp949,
+}
+
+/// `--delimiter`: what separates a key file's fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DelimiterArg {
+    Comma,
+    Tab,
+}
+
 /// When `run` sends its notification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum NotifyOnArg {
@@ -169,22 +191,36 @@ pub struct DatabaseArgs {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Read keys from a CSV file (header `payer_id`, optional `customer_ref`); `-` for stdin.
-    #[arg(long, value_name = "PATH", conflicts_with_all = ["source_table", "source_query"])]
+    /// Read keys from a CSV file (header `payer_id` or `PCD_PAYER_ID`, optional
+    /// `customer_ref`; UTF-8, UTF-16 or CP949); `-` for stdin.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["source_table", "source_query", "xlsx"])]
     pub csv: Option<PathBuf>,
+    /// The text encoding of --csv [default: auto].
+    #[arg(long, value_enum, value_name = "ENCODING", requires = "csv")]
+    pub csv_encoding: Option<CsvEncodingArg>,
+    /// The field separator of --csv [default: tab for a .tsv file, comma otherwise].
+    #[arg(long, value_enum, requires = "csv")]
+    pub delimiter: Option<DelimiterArg>,
+    /// Read keys from an Excel workbook (.xlsx), the same columns as --csv.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["source_table", "source_query"])]
+    pub xlsx: Option<PathBuf>,
+    /// The sheet of --xlsx [default: the first].
+    #[arg(long, value_name = "NAME", requires = "xlsx")]
+    pub sheet: Option<String>,
     /// Read keys from this table (the default source when no --csv or --source-query)
     /// [default: billing_keys].
     #[arg(long, value_name = "NAME")]
     pub source_table: Option<String>,
-    /// The key column of --source-table [default: payer_id].
+    /// The key column of --source-table [default: payer_id], or the key column's header in
+    /// --csv/--xlsx [default: payer_id or PCD_PAYER_ID, any case].
     #[arg(long, value_name = "COL")]
     pub id_column: Option<String>,
-    /// The customer reference column of --source-table; `none` for no such column
-    /// [default: customer_ref].
+    /// The customer reference column of --source-table, or its header in --csv/--xlsx;
+    /// `none` for no such column [default: customer_ref].
     #[arg(long, value_name = "COL")]
     pub ref_column: Option<String>,
     /// Read keys with this query: first column the key, second the customer reference.
-    #[arg(long, value_name = "SQL", conflicts_with = "csv")]
+    #[arg(long, value_name = "SQL", conflicts_with_all = ["csv", "xlsx"])]
     pub source_query: Option<String>,
     /// The database --source-table/--source-query read from (default: the results one).
     #[arg(long, env = "SOURCE_DATABASE_URL", hide_env_values = true)]

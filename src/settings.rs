@@ -25,6 +25,7 @@ use crate::payple::{
 };
 use crate::report::output::ReportFormat;
 use crate::report::{ReportError, RunSelector, parse_statuses};
+use crate::source::columns::ColumnNames;
 use crate::source::{SourceSpec, validate_identifier};
 
 /// A configuration that cannot run: exit code 3.
@@ -444,8 +445,8 @@ pub fn run_settings(args: &RunArgs, env: &dyn Env) -> Result<RunSettings, Config
 
 /// Where `run` reads its keys: `--csv`, `--source-query`, or `--source-table`.
 fn source_spec(args: &RunArgs) -> Result<SourceSpec, ConfigError> {
-    if let Some(path) = &args.csv {
-        return Ok(SourceSpec::Csv { path: path.clone() });
+    if args.csv.is_some() || args.xlsx.is_some() {
+        return file_source(args);
     }
     if let Some(sql) = &args.source_query {
         if sql.trim().is_empty() {
@@ -473,6 +474,43 @@ fn source_spec(args: &RunArgs) -> Result<SourceSpec, ConfigError> {
         ref_column: match args.ref_column.as_deref().unwrap_or("customer_ref") {
             "none" | "" => None,
             other => Some(check("--ref-column", other)?),
+        },
+    })
+}
+
+/// `--csv` (with its encoding and delimiter) or `--xlsx` (with its sheet), and the column
+/// names of either.
+fn file_source(args: &RunArgs) -> Result<SourceSpec, ConfigError> {
+    use crate::cli::{CsvEncodingArg, DelimiterArg};
+    use crate::source::csv_file::{CsvFormat, Delimiter};
+    use crate::source::decode::TextEncoding;
+    let columns = ColumnNames::from_flags(args.id_column.as_deref(), args.ref_column.as_deref())
+        .map_err(|(flag, why)| invalid(flag, why))?;
+    if let Some(path) = &args.xlsx {
+        return Ok(SourceSpec::Xlsx {
+            path: path.clone(),
+            sheet: args.sheet.clone(),
+            columns,
+        });
+    }
+    let path = args.csv.clone().unwrap_or_default();
+    let encoding = match args.csv_encoding {
+        None | Some(CsvEncodingArg::Auto) => TextEncoding::Auto,
+        Some(CsvEncodingArg::Utf8) => TextEncoding::Utf8,
+        Some(CsvEncodingArg::Utf16) => TextEncoding::Utf16,
+        Some(CsvEncodingArg::Cp949) => TextEncoding::Cp949,
+    };
+    let delimiter = match args.delimiter {
+        None => Delimiter::for_path(&path),
+        Some(DelimiterArg::Comma) => Delimiter::Comma,
+        Some(DelimiterArg::Tab) => Delimiter::Tab,
+    };
+    Ok(SourceSpec::Csv {
+        path,
+        format: CsvFormat {
+            encoding,
+            delimiter,
+            columns,
         },
     })
 }
@@ -595,6 +633,7 @@ fn recheck_settings(args: &RunArgs) -> Result<Option<RecheckRun>, ConfigError> {
     };
     let given = [
         ("--csv", args.csv.is_some()),
+        ("--xlsx", args.xlsx.is_some()),
         ("--source-table", args.source_table.is_some()),
         ("--id-column", args.id_column.is_some()),
         ("--ref-column", args.ref_column.is_some()),
@@ -657,7 +696,7 @@ fn budget_settings(
                 "orders a budgeted run: give --max-lookups, --time-budget or --stop-at",
             ));
         }
-        Some(_) if matches!(source, SourceSpec::Csv { .. }) => {
+        Some(_) if source.is_file() => {
             return Err(invalid(
                 "--due-column",
                 "needs --source-table or --source-query",

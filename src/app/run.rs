@@ -16,11 +16,14 @@ use crate::report::output::ReportFormat;
 use crate::report::xlsx::EXCEL_MAX_ROWS;
 use crate::settings::{BatchSettings, NotifySettings, RunSettings};
 use crate::shutdown::Shutdown;
-use crate::source::SourceSpec;
 use crate::store::{RunState, Store};
 
 pub(super) async fn run(settings: RunSettings) -> Result<ExitStatus, AppError> {
-    let RunSettings { batch, payple } = settings;
+    let RunSettings { mut batch, payple } = settings;
+    // A workbook read without --sheet: its first sheet named now, so the run records it.
+    batch.source = crate::source::resolve(batch.source)
+        .await
+        .map_err(AppError::Source)?;
     let (client, sim) = payple_client(&payple).await?;
     let shutdown = Shutdown::listen().map_err(AppError::Signals)?;
     let result = if batch.dry_run {
@@ -34,9 +37,9 @@ pub(super) async fn run(settings: RunSettings) -> Result<ExitStatus, AppError> {
     result
 }
 
-/// Whether the keys come from a database (a table or a query) rather than a CSV.
+/// Whether the keys come from a database (a table or a query) rather than a file.
 fn reads_database(batch: &BatchSettings) -> bool {
-    !matches!(batch.source, SourceSpec::Csv { .. })
+    !batch.source.is_file()
 }
 
 /// A read-only connection to the database the keys are read from.

@@ -177,6 +177,7 @@ mod tests {
         .expect("write");
         let spec = SourceSpec::Csv {
             path: file.path().to_owned(),
+            format: Default::default(),
         };
         let whole = count(&spec, None, Shard::WHOLE).await.expect("counted");
         assert_eq!(
@@ -229,7 +230,10 @@ mod tests {
         }
         writeln!(file, "{after}").expect("write");
         file.flush().expect("flush");
-        SourceSpec::Csv { path: csv }
+        SourceSpec::Csv {
+            path: csv,
+            format: Default::default(),
+        }
     }
 
     #[tokio::test]

@@ -1,30 +1,76 @@
-//! The CSV key reader: header `payer_id` (optional `customer_ref`, other columns ignored),
-//! a BOM and CRLF tolerated, read on a blocking thread into a bounded channel.
+//! The CSV key reader: a header naming the key column (`payer_id` or `PCD_PAYER_ID`, or
+//! `--id-column`) and optionally the reference, other columns ignored; UTF-8, UTF-16 or
+//! CP949 ([`super::decode`]), comma- or tab-separated, CRLF tolerated; read on a blocking
+//! thread into a bounded channel.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use super::columns::ColumnNames;
+use super::decode::{DecodeError, Decoded, TextEncoding};
 use super::{CHUNK, Item, ItemReceiver, SourceError};
 
-const ID_COLUMN: &str = "payer_id";
-const REF_COLUMN: &str = "customer_ref";
+/// How a key file's text is laid out: `--csv-encoding`, `--delimiter`, `--id-column` and
+/// `--ref-column`. Stored with the run, so a resumed run reads the file the same way.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CsvFormat {
+    #[serde(default, skip_serializing_if = "TextEncoding::is_auto")]
+    pub encoding: TextEncoding,
+    #[serde(default, skip_serializing_if = "Delimiter::is_comma")]
+    pub delimiter: Delimiter,
+    #[serde(default, skip_serializing_if = "ColumnNames::is_default")]
+    pub columns: ColumnNames,
+}
+
+impl CsvFormat {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// What separates the fields of a line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Delimiter {
+    #[default]
+    Comma,
+    Tab,
+}
+
+impl Delimiter {
+    pub fn is_comma(&self) -> bool {
+        *self == Self::Comma
+    }
+
+    /// Tab for a `.tsv` file name (any case), comma otherwise.
+    pub fn for_path(path: &Path) -> Self {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some(ext) if ext.eq_ignore_ascii_case("tsv") => Self::Tab,
+            _ => Self::Comma,
+        }
+    }
+
+    fn byte(self) -> u8 {
+        match self {
+            Self::Comma => b',',
+            Self::Tab => b'\t',
+        }
+    }
+}
 
 /// Reads `path` (`-` for stdin) in a blocking task.
-pub fn spawn(path: PathBuf) -> ItemReceiver {
+pub fn spawn(path: PathBuf, format: CsvFormat) -> ItemReceiver {
     let (tx, rx) = mpsc::channel(4);
     tokio::task::spawn_blocking(move || {
         let name = display_name(&path);
         let result = if path.as_os_str() == "-" {
-            read(std::io::stdin().lock(), &name, &tx)
+            read(std::io::stdin().lock(), &name, &format, &tx)
         } else {
             match std::fs::File::open(&path) {
-                Ok(file) => read(
-                    std::io::BufReader::with_capacity(64 * 1024, file),
-                    &name,
-                    &tx,
-                ),
+                Ok(file) => read(file, &name, &format, &tx),
                 Err(source) => Err(SourceError::Io { path: name, source }),
             }
         };
@@ -43,14 +89,29 @@ fn display_name(path: &Path) -> String {
     }
 }
 
+/// An I/O error of the (decoded) input: a decoding error names its line and offset.
+fn io_error(name: &str, e: std::io::Error) -> SourceError {
+    match DecodeError::of(&e) {
+        Some(decode) => SourceError::Encoding {
+            path: name.to_owned(),
+            source: decode.clone(),
+        },
+        None => SourceError::Io {
+            path: name.to_owned(),
+            source: e,
+        },
+    }
+}
+
 /// Reads every row, sending chunks of items; stops early if the receiver is gone.
 pub fn read(
     input: impl Read,
     name: &str,
+    format: &CsvFormat,
     tx: &mpsc::Sender<Result<Vec<Item>, SourceError>>,
 ) -> Result<(), SourceError> {
     let mut chunk = Vec::with_capacity(CHUNK);
-    let sent = read_items(input, name, |item| {
+    let sent = read_items(input, name, format, |item| {
         chunk.push(item);
         if chunk.len() >= CHUNK {
             let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
@@ -69,21 +130,31 @@ pub fn read(
 pub fn read_items(
     input: impl Read,
     name: &str,
+    format: &CsvFormat,
     mut emit: impl FnMut(Item) -> bool,
 ) -> Result<bool, SourceError> {
     // Records end at `\n` (a CRLF's `\r` is trimmed from the last field below), and a
     // final `\n` is added, so the reader's position after a record always tells its line.
+    // The decoder reads ahead in large blocks: no buffering of its own needed.
+    let decoded = Decoded::new(input, format.encoding).map_err(|e| io_error(name, e))?;
     let tally = Tally::default();
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
+        .delimiter(format.delimiter.byte())
         .terminator(csv::Terminator::Any(b'\n'))
-        .from_reader(tally.wrap(input).chain(&b"\n"[..]));
+        .from_reader(tally.wrap(decoded).chain(&b"\n"[..]));
     let mut record = csv::ByteRecord::new();
     let malformed = |e: csv::Error| match e.kind() {
-        csv::ErrorKind::Io(_) => SourceError::Io {
-            path: name.to_owned(),
-            source: std::io::Error::other(e.to_string()),
+        csv::ErrorKind::Io(io) => match DecodeError::of(io) {
+            Some(decode) => SourceError::Encoding {
+                path: name.to_owned(),
+                source: decode.clone(),
+            },
+            None => SourceError::Io {
+                path: name.to_owned(),
+                source: std::io::Error::new(io.kind(), io.to_string()),
+            },
         },
         _ => SourceError::Malformed {
             path: name.to_owned(),
@@ -100,7 +171,7 @@ pub fn read_items(
     }
     unclosed_quote(&reader, &record, &tally, name)?;
     let header_line = start_line(&reader, &record);
-    let (id_at, ref_at) = columns(&record, header_line, name)?;
+    let (id_at, ref_at) = columns(&record, header_line, name, &format.columns)?;
 
     while reader.read_byte_record(&mut record).map_err(malformed)? {
         unclosed_quote(&reader, &record, &tally, name)?;
@@ -135,41 +206,30 @@ pub fn read_items(
     Ok(true)
 }
 
-/// Where the key and customer-reference columns are in the header `record` (BOM
-/// stripped, names compared without case or surrounding spaces).
+/// Where the key and customer-reference columns are in the header `record`.
 fn columns(
     record: &csv::ByteRecord,
     header_line: u64,
     name: &str,
+    names: &ColumnNames,
 ) -> Result<(usize, Option<usize>), SourceError> {
-    let mut names = Vec::with_capacity(record.len());
+    let mut header = Vec::with_capacity(record.len());
     for i in 0..record.len() {
-        let field = field(record, i).unwrap_or_default();
-        let field = if i == 0 {
-            field.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(field)
-        } else {
-            field
-        };
-        let text = std::str::from_utf8(field).map_err(|_| SourceError::NotUtf8 {
-            path: name.to_owned(),
-            line: header_line,
+        let text = std::str::from_utf8(field(record, i).unwrap_or_default()).map_err(|_| {
+            SourceError::NotUtf8 {
+                path: name.to_owned(),
+                line: header_line,
+            }
         })?;
-        names.push(text.trim().to_ascii_lowercase());
+        header.push(text);
     }
-    let Some(id_at) = names.iter().position(|n| n == ID_COLUMN) else {
-        return Err(SourceError::MissingColumn {
-            path: name.to_owned(),
-            line: header_line,
-            found: names
-                .iter()
-                .map(|n| format!("{:?}", n.chars().take(40).collect::<String>()))
-                .take(10)
-                .collect::<Vec<_>>()
-                .join(", "),
-        });
-    };
-    let ref_at = names.iter().position(|n| n == REF_COLUMN);
-    Ok((id_at, ref_at))
+    let at = names
+        .find(&header)
+        .map_err(|source| SourceError::MissingColumn {
+            at: format!("{name} line {header_line}"),
+            source,
+        })?;
+    Ok((at.id, at.reference))
 }
 
 /// Counts the bytes of the input and remembers the last one.
@@ -269,7 +329,7 @@ mod tests {
 
     fn items(input: &[u8]) -> Result<Vec<Item>, SourceError> {
         let mut out = Vec::new();
-        read_items(input, "keys.csv", |i| {
+        read_items(input, "keys.csv", &CsvFormat::default(), |i| {
             out.push(i);
             true
         })?;
@@ -333,7 +393,11 @@ mod tests {
             "{e}"
         );
         let e = items(b"payer_id\nabcdefgh\nab\xffcd\n").unwrap_err();
-        assert_eq!(e.to_string(), "keys.csv line 3: not valid UTF-8");
+        assert_eq!(
+            e.to_string(),
+            "keys.csv line 3, byte offset 20: neither UTF-8 nor CP949: give --csv-encoding, or \
+             save the file as UTF-8"
+        );
     }
 
     #[test]
@@ -347,6 +411,26 @@ mod tests {
         // A quoted field that closes at the very end is fine, newline inside or not.
         let got = items(b"payer_id,customer_ref\nkey_one_1,\"multi\nline\"").unwrap();
         assert_eq!(got.len(), 1);
+    }
+
+    #[test]
+    fn cp949_tab_separated_with_hangul_headers() {
+        let format = CsvFormat {
+            encoding: TextEncoding::Auto,
+            delimiter: Delimiter::Tab,
+            columns: ColumnNames::from_flags(Some("빌링키"), Some("고객번호")).unwrap(),
+        };
+        let text = "고객번호\t빌링키\n홍길동상사\tkey_one_1\n\tkey_two_2\n";
+        let bytes = encoding_rs::EUC_KR.encode(text).0.into_owned();
+        let mut out = Vec::new();
+        read_items(&bytes[..], "keys.tsv", &format, |i| {
+            out.push(i);
+            true
+        })
+        .unwrap();
+        assert_eq!(key(&out[0]), ("key_one_1", Some("홍길동상사"), 2));
+        assert_eq!(key(&out[1]), ("key_two_2", None, 3));
+        assert_eq!(Delimiter::for_path(Path::new("a/KEYS.TSV")), Delimiter::Tab);
     }
 
     #[test]

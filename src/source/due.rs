@@ -19,7 +19,9 @@ pub fn due_sql(spec: &SourceSpec, column: &str) -> Result<String, SourceError> {
             validate_identifier(table)?
         )),
         SourceSpec::Query { sql } => Ok(sql.clone()),
-        SourceSpec::Csv { .. } => Err(SourceError::BadIdentifier("csv".into())),
+        SourceSpec::Csv { .. } | SourceSpec::Xlsx { .. } => {
+            Err(SourceError::BadIdentifier("csv".into()))
+        }
     }
 }
 

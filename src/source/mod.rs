@@ -1,10 +1,14 @@
-//! Key sources: where the stored billing keys come from (a CSV file or stdin, a database
-//! table, or a query), read as a stream of valid keys and rejected rows in input order.
+//! Key sources: where the stored billing keys come from (a CSV file or stdin, an Excel
+//! workbook, a database table, or a query), read as a stream of valid keys and rejected
+//! rows in input order.
 
+pub mod columns;
 pub mod csv_file;
+pub mod decode;
 pub mod due;
 pub mod readonly;
 pub mod table;
+pub mod xlsx;
 
 use std::path::PathBuf;
 
@@ -22,7 +26,21 @@ pub const CHUNK: usize = 1000;
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum SourceSpec {
     /// A CSV file with a `payer_id` column (and optionally `customer_ref`); `-` is stdin.
-    Csv { path: PathBuf },
+    Csv {
+        path: PathBuf,
+        /// Encoding, delimiter and column names; absent in runs stored before they existed.
+        #[serde(default, skip_serializing_if = "csv_file::CsvFormat::is_default")]
+        format: csv_file::CsvFormat,
+    },
+    /// A sheet of an `.xlsx` workbook, read as the CSV's columns.
+    Xlsx {
+        path: PathBuf,
+        /// `None`: the first sheet (named by [`resolve`] before a run is created).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sheet: Option<String>,
+        #[serde(default, skip_serializing_if = "columns::ColumnNames::is_default")]
+        columns: columns::ColumnNames,
+    },
     /// A table and its columns, identifiers validated.
     Table {
         table: String,
@@ -37,8 +55,14 @@ impl SourceSpec {
     /// A one-line description for logs and the runs table.
     pub fn describe(&self) -> String {
         match self {
-            Self::Csv { path } if is_stdin(path) => "csv:stdin".to_owned(),
-            Self::Csv { path } => format!("csv:{}", path.display()),
+            Self::Csv { path, .. } if is_stdin(path) => "csv:stdin".to_owned(),
+            Self::Csv { path, .. } => format!("csv:{}", path.display()),
+            Self::Xlsx {
+                path,
+                sheet: Some(sheet),
+                ..
+            } => format!("xlsx:{}[{sheet}]", path.display()),
+            Self::Xlsx { path, .. } => format!("xlsx:{}", path.display()),
             Self::Table {
                 table,
                 id_column,
@@ -52,7 +76,12 @@ impl SourceSpec {
     }
 
     pub fn is_stdin(&self) -> bool {
-        matches!(self, Self::Csv { path } if is_stdin(path))
+        matches!(self, Self::Csv { path, .. } if is_stdin(path))
+    }
+
+    /// Whether the keys come from a file (CSV or workbook) rather than a database.
+    pub fn is_file(&self) -> bool {
+        matches!(self, Self::Csv { .. } | Self::Xlsx { .. })
     }
 }
 
@@ -114,14 +143,21 @@ pub enum SourceError {
     },
     #[error("{path}: the file is empty (expected a header line with a `payer_id` column)")]
     Empty { path: String },
-    #[error("{path} line {line}: no `payer_id` column in the header (found: {found})")]
+    /// `at`: `FILE line N`, or `FILE sheet NAME row N`.
+    #[error("{at}: {source}")]
     MissingColumn {
-        path: String,
-        line: u64,
-        found: String,
+        at: String,
+        source: columns::MissingColumn,
     },
     #[error("{path} line {line}: not valid UTF-8")]
     NotUtf8 { path: String, line: u64 },
+    #[error("{path} {source}")]
+    Encoding {
+        path: String,
+        source: decode::DecodeError,
+    },
+    #[error("{path}: {reason}")]
+    Workbook { path: String, reason: String },
     #[error("{path} line {line}: malformed CSV: {reason}")]
     Malformed {
         path: String,
@@ -175,10 +211,43 @@ pub type ItemReceiver = mpsc::Receiver<Result<Vec<Item>, SourceError>>;
 /// source reads from.
 pub fn open(spec: &SourceSpec, source_db: Option<sqlx::AnyPool>) -> ItemReceiver {
     match spec {
-        SourceSpec::Csv { path } => csv_file::spawn(path.clone()),
+        SourceSpec::Csv { path, format } => csv_file::spawn(path.clone(), format.clone()),
+        SourceSpec::Xlsx {
+            path,
+            sheet,
+            columns,
+        } => xlsx::spawn(path.clone(), sheet.clone(), columns.clone()),
         SourceSpec::Table { .. } | SourceSpec::Query { .. } => {
             table::spawn(spec.clone(), source_db)
         }
+    }
+}
+
+/// Names the sheet of a workbook source read without `--sheet` (the first), so the run
+/// records which sheet it read; a workbook that cannot be opened stops the run here.
+pub async fn resolve(spec: SourceSpec) -> Result<SourceSpec, SourceError> {
+    match spec {
+        SourceSpec::Xlsx {
+            path,
+            sheet: None,
+            columns,
+        } => {
+            let sheet = tokio::task::spawn_blocking({
+                let path = path.clone();
+                move || xlsx::first_sheet(&path)
+            })
+            .await
+            .map_err(|e| SourceError::Workbook {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })??;
+            Ok(SourceSpec::Xlsx {
+                path,
+                sheet: Some(sheet),
+                columns,
+            })
+        }
+        other => Ok(other),
     }
 }
 
@@ -224,5 +293,33 @@ mod tests {
         let json = serde_json::to_string(&spec).unwrap();
         assert_eq!(serde_json::from_str::<SourceSpec>(&json).unwrap(), spec);
         assert_eq!(spec.describe(), "table:billing_keys(payer_id,customer_ref)");
+    }
+
+    #[test]
+    fn a_csv_spec_stored_before_formats_existed_still_reads() {
+        let old: SourceSpec =
+            serde_json::from_str(r#"{"kind":"csv","path":"keys.csv"}"#).expect("old spec");
+        assert_eq!(
+            old,
+            SourceSpec::Csv {
+                path: "keys.csv".into(),
+                format: csv_file::CsvFormat::default()
+            }
+        );
+        assert_eq!(
+            serde_json::to_string(&old).unwrap(),
+            r#"{"kind":"csv","path":"keys.csv"}"#
+        );
+        let xlsx = SourceSpec::Xlsx {
+            path: "keys.xlsx".into(),
+            sheet: Some("키 목록".into()),
+            columns: columns::ColumnNames {
+                id: Some("빌링키".into()),
+                reference: columns::RefColumn::Named("고객번호".into()),
+            },
+        };
+        let json = serde_json::to_string(&xlsx).unwrap();
+        assert_eq!(serde_json::from_str::<SourceSpec>(&json).unwrap(), xlsx);
+        assert_eq!(xlsx.describe(), "xlsx:keys.xlsx[키 목록]");
     }
 }

@@ -45,7 +45,9 @@ pub fn select_sql(spec: &SourceSpec) -> Result<String, SourceError> {
             check_query(sql)?;
             Ok(sql.clone())
         }
-        SourceSpec::Csv { .. } => Err(SourceError::BadIdentifier("csv".into())),
+        SourceSpec::Csv { .. } | SourceSpec::Xlsx { .. } => {
+            Err(SourceError::BadIdentifier("csv".into()))
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 //! server prints why the test is skipped (unless `REQUIRE_POSTGRES=1` / `REQUIRE_MYSQL=1`).
 
 mod input;
+mod office;
 mod pace;
 mod rows;
 mod runs;

@@ -336,7 +336,7 @@ fn classifier_marks_active_only_success_about_the_asked_key() {
 /// gives itself) and lines only go up.
 fn read_and_check(input: &[u8]) -> Result<usize, TestCaseError> {
     let mut items = Vec::new();
-    let _ = read_items(input, "fuzz.csv", |item| {
+    let _ = read_items(input, "fuzz.csv", &Default::default(), |item| {
         items.push(item);
         true
     });
@@ -535,7 +535,7 @@ fn csv_reader_reads_back_what_a_csv_writer_wrote() {
                 }
             }
             let mut got: Vec<Expected> = Vec::new();
-            let done = read_items(text.as_bytes(), "fuzz.csv", |item| {
+            let done = read_items(text.as_bytes(), "fuzz.csv", &Default::default(), |item| {
                 got.push(match item {
                     Item::Key {
                         seq,
