@@ -223,6 +223,10 @@ mod tests {
             .await
             .expect("the limit resolves on the second signal");
         assert!(second.elapsed() < Duration::from_secs(5));
-        assert_eq!(shutdown.signal(), Some(Signal::Interrupt), "the first decides");
+        assert_eq!(
+            shutdown.signal(),
+            Some(Signal::Interrupt),
+            "the first decides"
+        );
     }
 }

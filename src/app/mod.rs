@@ -78,10 +78,7 @@ pub enum AppError {
     Signals(#[source] std::io::Error),
     /// A signal ended the command while it was still waiting.
     #[error("stopped by {signal} while {doing}")]
-    Stopped {
-        signal: Signal,
-        doing: &'static str,
-    },
+    Stopped { signal: Signal, doing: &'static str },
     /// The command line could not be validated (the validating thread failed).
     #[error("cannot validate the command line: {0}")]
     Validation(String),

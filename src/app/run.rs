@@ -12,18 +12,21 @@ use crate::exit::ExitStatus;
 use crate::notify::{Notice, Notifier};
 use crate::payple::PaypleClient;
 use crate::pipeline;
+use crate::report::ReportError;
 use crate::report::deliver::{ReportShape, RunEnding, notify_run, write_run_report};
 use crate::report::export::write_metrics;
 use crate::report::metrics;
 use crate::report::output::ReportFormat;
 use crate::report::xlsx::EXCEL_MAX_ROWS;
-use crate::report::ReportError;
 use crate::settings::{BatchSettings, NotifySettings, PaypleSettings, RunSettings};
 use crate::shutdown::Shutdown;
 use crate::source::SourceSpec;
 use crate::store::{RunState, Store};
 
-pub(super) async fn run(settings: RunSettings, shutdown: &Shutdown) -> Result<ExitStatus, AppError> {
+pub(super) async fn run(
+    settings: RunSettings,
+    shutdown: &Shutdown,
+) -> Result<ExitStatus, AppError> {
     let RunSettings { batch, payple } = settings;
     let result = started(&batch, &payple, shutdown).await;
     if let Err(error) = &result

@@ -13,7 +13,12 @@ pub(super) async fn simulate(
     shutdown: &Shutdown,
 ) -> Result<ExitStatus, AppError> {
     let config = sim_config(&settings)?;
-    simulator::serve(config, settings.addr, shutdown.stop.clone().cancelled_owned()).await?;
+    simulator::serve(
+        config,
+        settings.addr,
+        shutdown.stop.clone().cancelled_owned(),
+    )
+    .await?;
     Ok(ExitStatus::Success)
 }
 

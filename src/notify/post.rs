@@ -86,10 +86,9 @@ impl Notifier {
     /// others); failures are logged (host only) and counted, and so are the webhooks still
     /// waiting when the cut comes.
     pub async fn send(&self, body: &Value) -> Delivery {
-        let sent = futures::future::join_all(
-            self.config.urls.iter().map(|url| self.send_one(url, body)),
-        )
-        .await;
+        let sent =
+            futures::future::join_all(self.config.urls.iter().map(|url| self.send_one(url, body)))
+                .await;
         let delivered = sent.iter().filter(|ok| **ok).count() as u32;
         Delivery {
             sent: delivered,
