@@ -223,6 +223,62 @@ async fn sigterm_with_two_hanging_webhooks_exits_within_the_grace() {
     set.close().await;
 }
 
+/// A long grace, two hanging webhooks, SIGTERM then SIGINT once the run has completed and
+/// is notifying: the second signal ends the notification at once; the run's own exit (0)
+/// stands, and the metrics count both webhooks as not reached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_ends_a_hanging_notification_at_once() {
+    let (silent, trickle) = (silent_webhook().await, trickling_webhook().await);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let metrics = dir.path().join("metrics.prom");
+    let set = Scenario::new()
+        .keys(20, "second-signal-notify")
+        .args(&[
+            "--shutdown-grace",
+            "60",
+            "--notify",
+            &silent,
+            "--notify",
+            &trickle,
+            "--notify-on",
+            "always",
+            "--metrics-file",
+            metrics.to_str().expect("utf-8"),
+        ])
+        .start()
+        .await;
+    let mut child = set.spawn(&[]);
+    // The run is over when the metrics file is there: the job is notifying.
+    let waiting = Instant::now();
+    while !metrics.exists() {
+        assert!(
+            waiting.elapsed() < Duration::from_secs(30),
+            "no metrics file"
+        );
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the run ended ({status}) before notifying");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    let pid = child.id().expect("child pid");
+    kill("TERM", pid);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let signalled = Instant::now();
+    kill("INT", pid);
+    let out = helpers::wait_output(child, Duration::from_secs(90)).await;
+    let took = signalled.elapsed();
+    eprintln!("figures: second signal while notifying: exit after {took:?}");
+    assert_exit(&out, 0);
+    assert!(took < Duration::from_secs(3), "exiting took {took:?}");
+    assert_eq!(set.run_record().await.state, RunState::Completed);
+    let text = std::fs::read_to_string(&metrics).expect("metrics");
+    assert!(
+        text.contains("payple_reconcile_notify_failures 2"),
+        "{text}"
+    );
+    set.close().await;
+}
+
 /// A Payple that authenticates (through the simulator) and answers every lookup 503 with
 /// `Retry-After: 100`.
 #[derive(Clone)]
