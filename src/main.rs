@@ -31,7 +31,11 @@ fn main() -> std::process::ExitCode {
         .enable_all()
         .build()
         .expect("the async runtime starts");
-    runtime.block_on(run())
+    let status = runtime.block_on(run());
+    // A reader still blocked on a pipe, a FIFO or a credential file when a signal ended
+    // the command never returns: exit without waiting for it.
+    runtime.shutdown_background();
+    status
 }
 
 async fn run() -> std::process::ExitCode {

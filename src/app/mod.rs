@@ -20,6 +20,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use secrecy::ExposeSecret;
 use serde::Serialize;
+use tokio::time::Instant;
 
 use crate::cli::Cli;
 use crate::domain::mask_payer_id;
@@ -29,6 +30,7 @@ use crate::pipeline::RunError;
 use crate::report::ReportError;
 use crate::report::select::open_store;
 use crate::settings::{self, ConfigError, PaypleSettings, PaypleTarget, ProcessEnv, Settings};
+use crate::shutdown::{Shutdown, Signal};
 use crate::simulator::{self, Partner, SimConfig, SimError, SimHandle};
 use crate::source::SourceError;
 use crate::store::{Store, StoreError};
@@ -74,6 +76,12 @@ pub enum AppError {
     },
     #[error("cannot listen for signals: {0}")]
     Signals(#[source] std::io::Error),
+    /// A signal ended the command while it was still waiting.
+    #[error("stopped by {signal} while {doing}")]
+    Stopped { signal: Signal, doing: &'static str },
+    /// The command line could not be validated (the validating thread failed).
+    #[error("cannot validate the command line: {0}")]
+    Validation(String),
     /// The HTTP client for notifications could not be built.
     #[error(transparent)]
     Notify(crate::notify::NotifyError),
@@ -91,23 +99,27 @@ impl AppError {
             | Self::Simulate(_) => ExitStatus::Config,
             Self::Payple(e) if e.is_configuration() => ExitStatus::Config,
             Self::Run(e) => e.exit_status(),
+            Self::Stopped { signal, .. } => signal.exit_status(),
             Self::Report(e) => e.exit_status(),
             Self::Payple(_)
             | Self::AfterRun(_)
             | Self::StartSimulator(_)
             | Self::SimulatorUrl { .. }
             | Self::Signals(_)
+            | Self::Validation(_)
             | Self::Notify(_) => ExitStatus::Internal,
         }
     }
 }
 
 /// Runs the parsed command line: validates it, runs the subcommand, logs an error, and
-/// returns the exit status.
+/// returns the exit status. Signals are listened for from the start: a signal while the
+/// configuration is read (a `--cust-key-file` FIFO with no writer) ends the command at
+/// once, and [`Shutdown::backstop`] bounds every command after a signal.
 pub async fn execute(cli: Cli) -> ExitStatus {
-    let result = match settings::from_cli(cli, &ProcessEnv) {
-        Ok(settings) => dispatch(settings).await,
-        Err(e) => Err(e.into()),
+    let result = match Shutdown::listen() {
+        Ok(shutdown) => validated(cli, &shutdown).await,
+        Err(e) => Err(AppError::Signals(e)),
     };
     result.unwrap_or_else(|error| {
         tracing::error!("{error}");
@@ -115,6 +127,65 @@ pub async fn execute(cli: Cli) -> ExitStatus {
         print_json(&ErrorLine::new(status, &error));
         status
     })
+}
+
+/// Validates the command line on a blocking thread (it may read files), then runs it.
+async fn validated(cli: Cli, shutdown: &Shutdown) -> Result<ExitStatus, AppError> {
+    let told = failure_webhooks(&cli);
+    let parsing = tokio::task::spawn_blocking(move || settings::from_cli(cli, &ProcessEnv));
+    let parsed = tokio::select! {
+        parsed = parsing => parsed.map_err(|e| AppError::Validation(e.to_string()))?,
+        () = shutdown.stop.cancelled() => {
+            let signal = shutdown.signal().unwrap_or(Signal::Terminate);
+            return Err(AppError::Stopped { signal, doing: "reading the configuration" });
+        }
+    };
+    let settings = match parsed {
+        Ok(settings) => settings,
+        Err(e) => {
+            if let Some(n) = told {
+                let error = AppError::Config(e);
+                let limit = shutdown.end_limit(std::time::Duration::ZERO, Instant::now());
+                run::notify_failed(&n, error.exit_status(), error.to_string(), limit).await;
+                return Err(error);
+            }
+            return Err(e.into());
+        }
+    };
+    let grace = match &settings {
+        Settings::Run(s) => Some(s.batch.shutdown_grace),
+        Settings::Simulate(_) => Some(std::time::Duration::ZERO),
+        // The other commands write nothing a signal could leave half-done: they end at once.
+        _ => None,
+    };
+    let stopped = async {
+        let signal = match grace {
+            Some(grace) => shutdown.backstop(grace).await,
+            None => {
+                shutdown.stop.cancelled().await;
+                shutdown.signal().unwrap_or(Signal::Terminate)
+            }
+        };
+        AppError::Stopped {
+            signal,
+            doing: "waiting after the signal",
+        }
+    };
+    tokio::select! {
+        result = dispatch(settings, shutdown) => result,
+        stopped = stopped => Err(stopped),
+    }
+}
+
+/// The webhooks a `run` whose configuration is refused tells, when `--notify` (or
+/// `PAYPLE_NOTIFY_URL`) itself is valid; none for a dry run or another command.
+fn failure_webhooks(cli: &Cli) -> Option<settings::NotifySettings> {
+    match &cli.command {
+        crate::cli::Command::Run(args) if !args.dry_run => {
+            settings::notify_settings(&args.notify, args.notify_on).ok()?
+        }
+        _ => None,
+    }
 }
 
 /// The line a command that ends without its own output prints on stdout.
@@ -148,11 +219,11 @@ pub fn usage_error(e: &clap::Error) -> ExitStatus {
     ExitStatus::Config
 }
 
-async fn dispatch(settings: Settings) -> Result<ExitStatus, AppError> {
+async fn dispatch(settings: Settings, shutdown: &Shutdown) -> Result<ExitStatus, AppError> {
     match settings {
-        Settings::Run(s) => run::run(*s).await,
+        Settings::Run(s) => run::run(*s, shutdown).await,
         Settings::Lookup(s) => lookup::lookup(*s).await,
-        Settings::Simulate(s) => simulate::simulate(*s).await,
+        Settings::Simulate(s) => simulate::simulate(*s, shutdown).await,
         Settings::Migrate(s) => migrate::migrate(s).await,
         Settings::Report(s) => report::report(s).await,
         Settings::Changes(s) => changes::changes(s).await,

@@ -1,7 +1,10 @@
 //! `notify`: sends a run's notification again by hand (e.g. to try a webhook), whatever
-//! `--notify-on` would decide; a webhook not reached fails the command.
+//! `--notify-on` would decide; a webhook not reached fails the command, and a message
+//! every webhook took is told by one JSON line on stdout.
 
-use super::{AppError, with_store};
+use serde::Serialize;
+
+use super::{AppError, print_json, with_store};
 use crate::exit::ExitStatus;
 use crate::notify::{Notifier, NotifyOn};
 use crate::report::ReportError;
@@ -35,7 +38,21 @@ pub(super) async fn notify(settings: NotifyCmdSettings) -> Result<ExitStatus, Ap
                 total: delivery.sent + delivery.failed,
             });
         }
+        print_json(&Notified {
+            notified: true,
+            run_id: run.id,
+            webhooks: delivery.sent,
+        });
         Ok(())
     })
     .await
+}
+
+/// What `notify` prints when every webhook took the message.
+#[derive(Debug, Serialize)]
+struct Notified {
+    notified: bool,
+    run_id: i64,
+    /// The webhooks that took the message.
+    webhooks: u32,
 }

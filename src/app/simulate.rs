@@ -8,10 +8,17 @@ use std::time::Duration;
 
 use crate::simulator::{self, Episode, Faults, KeyBook, SimConfig, SimError};
 
-pub(super) async fn simulate(settings: SimulateSettings) -> Result<ExitStatus, AppError> {
+pub(super) async fn simulate(
+    settings: SimulateSettings,
+    shutdown: &Shutdown,
+) -> Result<ExitStatus, AppError> {
     let config = sim_config(&settings)?;
-    let shutdown = Shutdown::listen().map_err(AppError::Signals)?;
-    simulator::serve(config, settings.addr, shutdown.stop.cancelled_owned()).await?;
+    simulator::serve(
+        config,
+        settings.addr,
+        shutdown.stop.clone().cancelled_owned(),
+    )
+    .await?;
     Ok(ExitStatus::Success)
 }
 

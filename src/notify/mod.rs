@@ -321,6 +321,9 @@ fn detail_lines(notice: &Notice) -> Vec<String> {
             c.new_keys,
             c.missing_keys
         )),
+        None if notice.state != "completed" => {
+            lines.push("*Changes:* not compared: the run did not complete".to_owned());
+        }
         None => lines.push("*Changes:* no previous completed run to compare with".to_owned()),
     }
     if let Some(report) = &notice.report {

@@ -1,11 +1,14 @@
 //! Posting a message to the webhooks: a bounded timeout per attempt, a few attempts with
 //! doubling pauses for answers that may pass (5xx, 429, 408, timeouts, refused
-//! connections), no redirects. Failures are logged with the host only and counted.
+//! connections), no redirects. Failures are logged with the host only and counted. Every
+//! webhook is posted to at once, and a cut (the end of the shutdown grace) abandons those
+//! still waiting.
 
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 
 use super::{NotifyError, WebhookUrl};
 
@@ -40,6 +43,8 @@ pub fn retryable_status(status: StatusCode) -> bool {
 pub struct Notifier {
     client: reqwest::Client,
     config: NotifierConfig,
+    /// Cancelled when sending must stop (the shutdown grace is over).
+    cut: Option<CancellationToken>,
 }
 
 /// One failed attempt, without the URL.
@@ -59,7 +64,17 @@ impl Notifier {
             .user_agent(concat!("payple-reconcile/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(NotifyError::Client)?;
-        Ok(Self { client, config })
+        Ok(Self {
+            client,
+            config,
+            cut: None,
+        })
+    }
+
+    /// The same notifier, abandoning whatever is still being sent when `cut` is cancelled.
+    pub fn cut_by(mut self, cut: CancellationToken) -> Self {
+        self.cut = Some(cut);
+        self
     }
 
     /// Whether any webhook is configured.
@@ -67,20 +82,39 @@ impl Notifier {
         self.config.urls.is_empty()
     }
 
-    /// Posts `body` to every webhook; failures are logged (host only) and counted.
+    /// Posts `body` to every webhook at once (a webhook that hangs does not hold up the
+    /// others); failures are logged (host only) and counted, and so are the webhooks still
+    /// waiting when the cut comes.
     pub async fn send(&self, body: &Value) -> Delivery {
-        let mut delivery = Delivery::default();
-        for url in &self.config.urls {
-            if self.send_one(url, body).await {
-                delivery.sent += 1;
-            } else {
-                delivery.failed += 1;
-            }
+        let sent =
+            futures::future::join_all(self.config.urls.iter().map(|url| self.send_one(url, body)))
+                .await;
+        let delivered = sent.iter().filter(|ok| **ok).count() as u32;
+        Delivery {
+            sent: delivered,
+            failed: sent.len() as u32 - delivered,
         }
-        delivery
     }
 
+    /// One webhook, abandoned at the cut.
     async fn send_one(&self, url: &WebhookUrl, body: &Value) -> bool {
+        let Some(cut) = &self.cut else {
+            return self.deliver(url, body).await;
+        };
+        tokio::select! {
+            biased;
+            _ = cut.cancelled() => {
+                tracing::error!(
+                    host = url.host(),
+                    "notification not delivered: abandoned at the end of the shutdown grace"
+                );
+                false
+            }
+            sent = self.deliver(url, body) => sent,
+        }
+    }
+
+    async fn deliver(&self, url: &WebhookUrl, body: &Value) -> bool {
         let attempts = self.config.attempts.max(1);
         let mut pause = self.config.backoff;
         for attempt in 1..=attempts {

@@ -188,3 +188,50 @@ fn durations_read_like_a_person_would_say_them() {
     assert_eq!(human_duration(845.0), "14 min 5 s");
     assert_eq!(human_duration(7380.0), "2 h 3 min");
 }
+
+#[test]
+fn a_run_that_did_not_complete_is_not_compared() {
+    let interrupted = Notice {
+        state: "interrupted".to_owned(),
+        exit_code: Some(143),
+        changes: None,
+        ..notice()
+    };
+    let lines = detail_lines(&interrupted).join("\n");
+    assert!(
+        lines.contains("not compared: the run did not complete"),
+        "{lines}"
+    );
+    assert!(!lines.contains("no previous completed run"), "{lines}");
+}
+
+#[tokio::test]
+async fn the_cut_abandons_webhooks_still_waiting() {
+    // Accepts connections and never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut sockets = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            sockets.push(socket);
+        }
+    });
+    let url = WebhookUrl::parse(&format!("http://{addr}/hook/a")).unwrap();
+    let config = NotifierConfig {
+        urls: vec![url.clone(), url],
+        timeout: std::time::Duration::from_secs(30),
+        attempts: 3,
+        backoff: std::time::Duration::from_secs(1),
+    };
+    let cut = tokio_util::sync::CancellationToken::new();
+    let notifier = Notifier::new(config).unwrap().cut_by(cut.clone());
+    let started = std::time::Instant::now();
+    let body = json_body(&notice());
+    let (delivery, ()) = tokio::join!(notifier.send(&body), async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        cut.cancel();
+    });
+    assert_eq!(delivery, Delivery { sent: 0, failed: 2 });
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    held.abort();
+}

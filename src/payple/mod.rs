@@ -344,9 +344,11 @@ impl PaypleClient {
                 Next::Retry(delay) => delay,
             };
             tracing::debug!(key = %id, attempt = attempts, ?delay, "retrying");
+            // A spent outage budget wakes the sleep too: no sleep outlives the budget.
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => return Ok(None),
+                _ = self.unavailable.cancelled() => return Ok(None),
                 _ = tokio::time::sleep(delay.min(MAX_RETRY_DELAY)) => {}
             }
         }
@@ -493,6 +495,7 @@ impl PaypleClient {
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => return None,
+                _ = self.unavailable.cancelled() => return None,
                 _ = tokio::time::sleep_until(until.into()) => {}
             }
         }

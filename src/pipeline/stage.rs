@@ -72,11 +72,9 @@ pub async fn stage(
     let mut rejected = 0i64;
     let mut keys = Vec::with_capacity(SORT_ROWS);
     let mut staging = store.staging(run_id, shard.index);
-    while let Some(chunk) = items.recv().await {
-        if shutdown.stop.is_cancelled() {
-            return Err(RunError::Interrupted);
-        }
-        let chunk = chunk?;
+    // A pipe that stays open or a FIFO with no writer blocks its reader, not this loop.
+    while let Some(chunk) = source::next_or_stop(&mut items, &shutdown.stop).await {
+        let chunk = chunk.ok_or(RunError::Interrupted)??;
         let mut rejected_rows = Vec::new();
         for item in &chunk {
             match item {

@@ -58,6 +58,8 @@ pub struct RunEnding {
     pub duration_secs: Option<f64>,
     /// Where the report was written.
     pub report: Option<String>,
+    /// Why the run failed, when it did.
+    pub error: Option<String>,
 }
 
 /// Builds run `run`'s notice and, if `on` says it is worth it, posts it. `None` when
@@ -76,6 +78,12 @@ pub async fn notify_run(
     }
     if let Some(secs) = ending.duration_secs {
         notice.duration_secs = Some(secs);
+    }
+    if let Some(error) = ending.error {
+        // A failed run is told by its error; what it left behind is no change.
+        notice.error = Some(error);
+        notice.changes = None;
+        notice.newly_gone.clear();
     }
     if !notify::should_send(on, &notice) {
         tracing::info!(run_id = run.id, "nothing worth a notification");

@@ -6,19 +6,25 @@ use super::ReportError;
 use super::changes::{ChangeKind, ChangeStream, PAGE_ROWS};
 use super::xlsx::duration_secs;
 use crate::notify::{ChangeCounts, GoneKey, KeyCounts, NEWLY_GONE_SHOWN, Notice};
-use crate::store::{RunRecord, Store};
+use crate::store::{RunRecord, RunState, Store};
 
 /// The notice about `run` (its counts as the run record holds them), compared with the
-/// completed run before it; `report` is where the report was written, if anywhere.
+/// completed run before it when `run` completed (a failed or interrupted run did not read
+/// every key: its missing rows are no change); `report` is where the report was written,
+/// if anywhere.
 pub async fn load(
     store: &Store,
     run: &RunRecord,
     report: Option<String>,
 ) -> Result<Notice, ReportError> {
-    let previous = store
-        .completed_run_before(run.id)
-        .await
-        .map_err(ReportError::store(run.id))?;
+    let previous = if run.state == RunState::Completed {
+        store
+            .completed_run_before(run.id)
+            .await
+            .map_err(ReportError::store(run.id))?
+    } else {
+        None
+    };
     let (changes, newly_gone) = match &previous {
         Some(previous) => {
             let (counts, gone) = count_changes(store, previous.id, run.id).await?;

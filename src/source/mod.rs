@@ -207,6 +207,23 @@ impl SourceError {
 /// A reader's output: chunks of items in order, or the error that ended it.
 pub type ItemReceiver = mpsc::Receiver<Result<Vec<Item>, SourceError>>;
 
+/// The next chunk from a reader, or `Some(None)` as soon as `stop` is cancelled: a reader
+/// blocked on a pipe that stays open, a FIFO with no writer or a slow database is left
+/// behind (its thread ends with the process). `None` when the reader is done.
+pub async fn next_or_stop(
+    items: &mut ItemReceiver,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Option<Option<Result<Vec<Item>, SourceError>>> {
+    if stop.is_cancelled() {
+        return Some(None);
+    }
+    tokio::select! {
+        biased;
+        () = stop.cancelled() => Some(None),
+        chunk = items.recv() => chunk.map(Some),
+    }
+}
+
 /// Starts reading `spec` in the background. `source_db` is the database a table or query
 /// source reads from.
 pub fn open(spec: &SourceSpec, source_db: Option<sqlx::AnyPool>) -> ItemReceiver {

@@ -7,6 +7,7 @@ mod faults;
 mod front_door;
 mod helpers;
 mod notify;
+mod notify_failures;
 mod operations;
 mod outage;
 mod payple;

@@ -16,6 +16,7 @@ mod crashes;
 mod database;
 mod expiry;
 mod fuzz;
+mod grace;
 mod pushback;
 mod secrets;
 mod storm;
