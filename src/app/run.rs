@@ -9,6 +9,7 @@ use crate::exit::ExitStatus;
 use crate::notify::{Notice, Notifier};
 use crate::payple::PaypleClient;
 use crate::pipeline;
+use crate::pushgateway::{self, PushTarget};
 use crate::report::deliver::{ReportShape, RunEnding, notify_run, write_run_report};
 use crate::report::export::write_metrics;
 use crate::report::metrics;
@@ -97,10 +98,16 @@ async fn batch_run(
         let error = end.error.as_ref().map(ToString::to_string);
         notify_failed(n, exit, error).await;
     }
+    if end.summary.is_none()
+        && let Some(target) = &batch.metrics_push
+    {
+        let text = pushgateway::exit_code_body(exit.code());
+        pushgateway::push_counted(target, text, shutdown, batch.shutdown_grace).await;
+    }
     if let Some(summary) = &end.summary {
         log_summary(summary);
         print_json(summary);
-        for error in after_run(batch, &store, summary).await {
+        for error in after_run(batch, &store, summary, shutdown).await {
             tracing::error!("{error}");
             if exit == ExitStatus::Success {
                 exit = error.exit_status();
@@ -129,10 +136,16 @@ fn log_summary(summary: &RunSummary) {
 }
 
 /// What `run` does when it ends: the report (`--report`, CSV or a workbook by its
-/// extension), the notification (`--notify`), then the metrics file (`--metrics-file`,
-/// counting undelivered notifications). Returns what failed; an undelivered
-/// notification is logged and counted, never returned.
-async fn after_run(batch: &BatchSettings, store: &Store, summary: &RunSummary) -> Vec<AppError> {
+/// extension), the notification (`--notify`), then the metrics: pushed (`--metrics-push`)
+/// and written (`--metrics-file`, counting undelivered notifications and failed pushes).
+/// Returns what failed; an undelivered notification or a failed push is logged and
+/// counted, never returned.
+async fn after_run(
+    batch: &BatchSettings,
+    store: &Store,
+    summary: &RunSummary,
+    shutdown: &Shutdown,
+) -> Vec<AppError> {
     let mut failed = Vec::new();
     let mut written = None;
     if let Some(path) = &batch.report {
@@ -163,23 +176,70 @@ async fn after_run(batch: &BatchSettings, store: &Store, summary: &RunSummary) -
         Some(n) => Some(notify_after(n, store, summary, written).await),
         None => None,
     };
+    if batch.metrics_file.is_none() && batch.metrics_push.is_none() {
+        return failed;
+    }
+    // The run's own end: an "already completed" answer is about an earlier night.
+    let ended = match store.run(summary.run_id).await {
+        Ok(run) => run
+            .and_then(|r| r.finished_at)
+            .and_then(|t| metrics::unix_seconds(&t)),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the run's end time; using now");
+            None
+        }
+    };
+    let mut extras = metrics::Extras {
+        notify_failures,
+        newly_gone: newly_gone(store, summary).await,
+        push_failures: None,
+    };
+    if let Some(target) = &batch.metrics_push {
+        extras.push_failures =
+            Some(push_metrics(target, summary, ended, &extras, batch, shutdown).await);
+    }
     if let Some(path) = &batch.metrics_file {
-        // The run's own end: an "already completed" answer is about an earlier night.
-        let ended = match store.run(summary.run_id).await {
-            Ok(run) => run
-                .and_then(|r| r.finished_at)
-                .and_then(|t| metrics::unix_seconds(&t)),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the run's end time; using now");
-                None
-            }
-        };
-        match write_metrics(path, summary, ended, notify_failures) {
+        match write_metrics(path, summary, ended, &extras) {
             Ok(()) => tracing::debug!(output = %path.display(), "metrics written"),
             Err(e) => failed.push(AppError::AfterRun(e)),
         }
     }
     failed
+}
+
+/// Keys gone since the previous completed run, for a run that completed; `None` when
+/// there is nothing to compare (or it cannot be read, which is logged).
+async fn newly_gone(store: &Store, summary: &RunSummary) -> Option<u64> {
+    if summary.state != RunState::Completed.as_str() {
+        return None;
+    }
+    let run = store.run(summary.run_id).await.ok().flatten()?;
+    match crate::report::notice::load(store, &run, None).await {
+        Ok(notice) => notice.changes.map(|c| c.newly_gone),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot count the newly gone keys for the metrics");
+            None
+        }
+    }
+}
+
+/// Pushes the run's metrics (`--metrics-push`); the last success time only when this
+/// invocation ran and succeeded (an "already completed" answer ran nothing). Returns the
+/// failed pushes.
+async fn push_metrics(
+    target: &PushTarget,
+    summary: &RunSummary,
+    ended: Option<f64>,
+    extras: &metrics::Extras,
+    batch: &BatchSettings,
+    shutdown: &Shutdown,
+) -> u64 {
+    let ended = ended.unwrap_or_else(|| chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+    let mut m = metrics::from_summary(summary, ended, None);
+    extras.apply(&mut m);
+    let ran_now = summary.auth_calls > 0 || summary.checked_now > 0;
+    let text = pushgateway::body(&m, ran_now && metrics::succeeded(summary));
+    pushgateway::push_counted(target, text, shutdown, batch.shutdown_grace).await
 }
 
 /// Sends the notification about a run that ended; returns the webhooks it did not reach
