@@ -11,6 +11,7 @@
 
 mod leases;
 mod metrics;
+mod pushgateway;
 mod run_keys;
 mod samples;
 mod shards;

@@ -1,0 +1,308 @@
+//! `--metrics-push` against the real Prometheus Pushgateway (Debian's
+//! `prometheus-pushgateway`), started here on a free loopback port with its own persistence
+//! file. Where the binary is absent the tests say so and pass, unless
+//! `REQUIRE_PUSHGATEWAY=1` (CI sets it) makes that a failure.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use payple_reconcile::simulator::Faults;
+
+use crate::helpers::{Scenario, TestDb};
+
+const LAST_SUCCESS: &str = "payple_reconcile_last_success_timestamp_seconds";
+const EXIT_CODE: &str = "payple_reconcile_run_exit_code";
+
+/// A Pushgateway process on loopback, killed when dropped.
+struct Pushgateway {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Pushgateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The Pushgateway binary: `PUSHGATEWAY_BIN`, or Debian's name on PATH.
+fn binary() -> Option<PathBuf> {
+    if let Ok(bin) = std::env::var("PUSHGATEWAY_BIN") {
+        return Some(PathBuf::from(bin));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .flat_map(|dir| ["prometheus-pushgateway", "pushgateway"].map(|n| dir.join(n)))
+        .find(|p| p.is_file())
+}
+
+fn http_client() -> reqwest::Client {
+    payple_reconcile::http::client_builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("an HTTP client")
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local addr").port()
+}
+
+impl Pushgateway {
+    /// Starts one, or `None` (with the reason printed) when there is no binary and
+    /// `REQUIRE_PUSHGATEWAY` is not `1`.
+    async fn start() -> Option<Self> {
+        let Some(bin) = binary() else {
+            assert!(
+                std::env::var("REQUIRE_PUSHGATEWAY").as_deref() != Ok("1"),
+                "REQUIRE_PUSHGATEWAY=1 but no prometheus-pushgateway on PATH (or PUSHGATEWAY_BIN)"
+            );
+            eprintln!(
+                "skipping: no prometheus-pushgateway on PATH; set REQUIRE_PUSHGATEWAY=1 to fail instead"
+            );
+            return None;
+        };
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let child = Command::new(&bin)
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg(format!(
+                "--persistence.file={}",
+                dir.path().join("pushgateway.data").display()
+            ))
+            .arg("--log.level=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+        let gateway = Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        };
+        let client = http_client();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = client
+                .get(format!("{}/-/ready", gateway.url))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ready {
+                return Some(gateway);
+            }
+            assert!(Instant::now() < deadline, "the Pushgateway never got ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Every sample the Pushgateway serves: (name, labels) -> value.
+    async fn samples(&self) -> BTreeMap<(String, BTreeMap<String, String>), f64> {
+        let text = http_client()
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("body");
+        parse(&text)
+    }
+}
+
+/// Prometheus text format, as the Pushgateway writes it (label values without escapes).
+fn parse(text: &str) -> BTreeMap<(String, BTreeMap<String, String>), f64> {
+    let mut out = BTreeMap::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (series, value) = line.rsplit_once(' ').expect("a value");
+        let (name, labels) = match series.split_once('{') {
+            Some((name, rest)) => (name, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        let labels = labels
+            .split(',')
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let (k, v) = l.split_once('=').expect("label=value");
+                (k.to_owned(), v.trim_matches('"').to_owned())
+            })
+            .collect();
+        out.insert((name.to_owned(), labels), value.parse().expect("a number"));
+    }
+    out
+}
+
+/// The value of `name` in the group whose labels include `group` (job excepted).
+fn value_in(
+    samples: &BTreeMap<(String, BTreeMap<String, String>), f64>,
+    name: &str,
+    group: &[(&str, &str)],
+) -> Option<f64> {
+    samples
+        .iter()
+        .find(|((n, labels), _)| {
+            n == name
+                && labels.get("job").map(String::as_str) == Some("payple_reconcile")
+                && group
+                    .iter()
+                    .all(|(k, v)| labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|(_, v)| *v)
+}
+
+/// The unix time a stored run ended.
+fn finished(run: &payple_reconcile::store::RunRecord) -> f64 {
+    let at = run.finished_at.as_deref().expect("the run finished");
+    payple_reconcile::report::metrics::unix_seconds(at).expect("an RFC 3339 time")
+}
+
+/// A successful run, then a run whose keys all fail: the Pushgateway keeps the first run's
+/// last-success time and shows the second run's exit code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_run_keeps_the_last_success_and_shows_its_exit_code() {
+    let Some(gateway) = Pushgateway::start().await else {
+        return;
+    };
+    let push = ["--metrics-push", gateway.url.as_str()];
+    let good = Scenario::new()
+        .keys(6, "push-good")
+        .args(&["--rate", "0"])
+        .args(&push)
+        .run()
+        .await;
+    good.expect_exit(0);
+    let first_end = finished(&good.run_record().await);
+    let samples = gateway.samples().await;
+    assert_eq!(value_in(&samples, EXIT_CODE, &[]), Some(0.0), "{samples:?}");
+    let pushed = value_in(&samples, LAST_SUCCESS, &[]).expect("the last success is pushed");
+    assert!((pushed - first_end).abs() < 0.01, "{pushed} vs {first_end}");
+    assert_eq!(
+        value_in(&samples, "payple_reconcile_keys", &[("status", "failed")]),
+        Some(0.0)
+    );
+    good.close().await;
+
+    // Every lookup answered HTTP 500 and a one-second outage budget: Payple is
+    // unavailable, the run stops (exit 4) and is no success.
+    let bad = Scenario::new()
+        .keys(4, "push-bad")
+        .faults(Faults {
+            error_rate: 1.0,
+            ..Faults::none()
+        })
+        .args(&["--rate", "0", "--max-attempts", "1", "--outage-budget", "1"])
+        .args(&push)
+        .run()
+        .await;
+    let code = bad.out.status.code().expect("an exit code");
+    assert_ne!(code, 0, "{}", bad.stderr());
+    let samples = gateway.samples().await;
+    assert_eq!(
+        value_in(&samples, EXIT_CODE, &[]),
+        Some(f64::from(code)),
+        "{samples:?}"
+    );
+    assert_eq!(
+        value_in(&samples, LAST_SUCCESS, &[]),
+        Some(pushed),
+        "a failed run must not move the last success"
+    );
+    bad.close().await;
+}
+
+/// A sharded run pushes one group per shard index (stable across runs, unlike a pod
+/// name), each with its own exit code. The run succeeds when its last shard completes it:
+/// that shard's group carries the last success (alerts take the maximum over shards).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sharded_run_pushes_one_group_per_shard() {
+    let Some(gateway) = Pushgateway::start().await else {
+        return;
+    };
+    let setup = Scenario::new()
+        .keys(10, "push-shards")
+        .on(TestDb::sqlite())
+        .args(&["--rate", "0", "--run-key", "night-1"])
+        .args(&["--metrics-push", gateway.url.as_str()])
+        .args(&["--metrics-instance", "kr-prod"])
+        .start()
+        .await;
+    for shard in ["0/2", "1/2"] {
+        let out = setup.output(&["--shard", shard]).await;
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let samples = gateway.samples().await;
+    for shard in ["0", "1"] {
+        let group = [("instance", "kr-prod"), ("shard", shard)];
+        assert_eq!(
+            value_in(&samples, EXIT_CODE, &group),
+            Some(0.0),
+            "{samples:?}"
+        );
+        assert!(value_in(&samples, "push_time_seconds", &group).is_some());
+    }
+    // Shard 0 ended first: the shared run was still running, no success yet.
+    let group = |shard| [("instance", "kr-prod"), ("shard", shard)];
+    assert_eq!(value_in(&samples, LAST_SUCCESS, &group("0")), None);
+    let completed = finished(&setup.run_record().await);
+    let pushed = value_in(&samples, LAST_SUCCESS, &group("1")).expect("shard 1 completed the run");
+    assert!((pushed - completed).abs() < 0.01, "{pushed} vs {completed}");
+    let groups = samples
+        .keys()
+        .filter(|(n, l)| {
+            n == "push_time_seconds" && l.get("job").map(String::as_str) == Some("payple_reconcile")
+        })
+        .count();
+    assert_eq!(groups, 2, "{samples:?}");
+    setup.close().await;
+}
+
+/// A Pushgateway that is down costs the run nothing but a counted failure: same exit code,
+/// same results, a bounded delay, the failure in the metrics file, and no URL in the logs.
+/// Needs no Pushgateway binary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pushgateway_that_is_down_is_only_a_counted_failure() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let metrics = dir.path().join("payple_reconcile.prom");
+    // Nothing listens on this port once the listener is dropped.
+    let url = format!("http://127.0.0.1:{}/SECRET-prefix", free_port());
+    let ran = Scenario::new()
+        .keys(5, "push-down")
+        .args(&["--rate", "0"])
+        .args(&["--metrics-push", url.as_str()])
+        .args(&["--metrics-file", metrics.to_str().expect("utf-8 path")])
+        .env("RUST_LOG", "info")
+        .run()
+        .await;
+    ran.expect_exit(0);
+    let summary = ran.summary();
+    assert_eq!(summary["failed"], 0, "{summary}");
+    assert_eq!(
+        summary["active"].as_i64().unwrap_or(0) + summary["gone"].as_i64().unwrap_or(0),
+        5
+    );
+    assert!(ran.took < Duration::from_secs(30), "took {:?}", ran.took);
+    let stderr = ran.stderr();
+    assert!(stderr.contains("metrics not pushed"), "{stderr}");
+    assert!(stderr.contains("3 attempt(s)"), "{stderr}");
+    assert!(!stderr.contains("SECRET"), "{stderr}");
+    let text = std::fs::read_to_string(&metrics).expect("the metrics file is written");
+    assert!(
+        text.contains("\npayple_reconcile_metrics_push_failures 1\n"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("\n{EXIT_CODE} 0\n")), "{text}");
+    ran.close().await;
+}
