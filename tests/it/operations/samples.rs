@@ -320,7 +320,8 @@ fn dockerfile_is_multi_stage_and_runs_unprivileged() {
     assert_eq!(froms[1], "FROM debian:bookworm-slim");
     // The builder's Debian matches the runtime's, or the binary may need a newer glibc.
     assert!(froms[0].contains("bookworm"), "{}", froms[0]);
-    assert!(text.contains("cargo build --release --locked"));
+    assert!(text.contains("cargo build --profile dist --locked"));
+    assert!(text.contains("target/dist/payple-reconcile"));
     assert!(text.contains("ca-certificates"));
     assert!(text.contains("COPY --from=builder"));
     let user = lines
