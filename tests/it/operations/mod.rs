@@ -16,6 +16,7 @@ mod run_keys;
 mod samples;
 mod shards;
 mod storage;
+mod systemd;
 
 use std::time::Duration;
 
