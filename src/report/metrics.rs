@@ -153,7 +153,7 @@ pub fn render(m: &RunMetrics) -> String {
     metric(
         &mut out,
         EXIT_CODE,
-        "Exit code of the last run (0 all resolved, 2 some failed, 3 configuration, 1 internal).",
+        "Exit code of the last run (0 all resolved, 2 some failed, 3 configuration, 4 Payple unavailable, 1 internal).",
         &[("", m.exit_code.to_string())],
     );
     metric(
