@@ -213,8 +213,9 @@ enum Failure {
 }
 
 /// Pushes `text` to the target's group with `POST`: one attempt plus [`RETRIES`], each
-/// bounded by [`ATTEMPT_TIMEOUT`]. After a signal the push gets at most `grace` more
-/// (a second signal ends it at once); it never changes how the run ended.
+/// bounded by [`ATTEMPT_TIMEOUT`]. It ends at the latest `grace` after the first signal
+/// (which may have come during the run), at once at a second; it never changes how the
+/// run ended.
 pub async fn push(
     target: &PushTarget,
     text: String,
@@ -250,9 +251,10 @@ pub async fn push(
             }
         }
     };
+    // Within `grace` of the first signal, whether it came before the push or during it.
     let after_signal = async {
         shutdown.stop.cancelled().await;
-        tokio::time::sleep(grace).await;
+        tokio::time::sleep(shutdown.grace_left(grace)).await;
     };
     let result = tokio::select! {
         r = tries => r,
@@ -398,6 +400,17 @@ mod tests {
             exit_only.ends_with(&format!("\n{EXIT_CODE} 3\n")),
             "{exit_only}"
         );
+    }
+
+    #[test]
+    fn the_grace_counts_from_the_first_signal() {
+        let grace = Duration::from_secs(5);
+        let shutdown = Shutdown::default();
+        assert_eq!(shutdown.grace_left(grace), grace);
+        shutdown.trigger(crate::shutdown::Signal::Terminate);
+        let left = shutdown.grace_left(grace);
+        assert!(left <= grace && left > Duration::from_secs(4), "{left:?}");
+        assert_eq!(shutdown.grace_left(Duration::ZERO), Duration::ZERO);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Shutdown on SIGINT or SIGTERM: the first signal stops dispatching and lets in-flight
 //! lookups finish, a second one cuts the grace period short.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
@@ -32,6 +33,8 @@ pub struct Shutdown {
     /// Cancelled by a second signal: abandon in-flight work now.
     pub now: CancellationToken,
     signal: Arc<AtomicU8>,
+    /// When the first signal came.
+    at: Arc<OnceLock<Instant>>,
 }
 
 impl Shutdown {
@@ -65,6 +68,7 @@ impl Shutdown {
             .compare_exchange(0, code, Ordering::SeqCst, Ordering::SeqCst)
             .is_ok()
         {
+            let _ = self.at.set(Instant::now());
             tracing::warn!(
                 ?signal,
                 "stopping: no new lookups; waiting for those in flight"
@@ -74,6 +78,13 @@ impl Shutdown {
             tracing::warn!(?signal, "second signal: abandoning lookups in flight");
             self.now.cancel();
         }
+    }
+
+    /// How much of `grace` is left since the first signal (all of it before any signal).
+    pub fn grace_left(&self, grace: Duration) -> Duration {
+        self.at
+            .get()
+            .map_or(grace, |at| grace.saturating_sub(at.elapsed()))
     }
 
     /// The first signal received, if any.

@@ -306,3 +306,60 @@ async fn a_pushgateway_that_is_down_is_only_a_counted_failure() {
     assert!(text.contains(&format!("\n{EXIT_CODE} 0\n")), "{text}");
     ran.close().await;
 }
+
+/// A Pushgateway that accepts connections and never answers: SIGTERM during the push ends
+/// the process within `--shutdown-grace` (not after three 5 s attempts), with the run's
+/// own exit code and the failure counted. Needs no Pushgateway binary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_hanging_push_ends_within_the_grace() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let (accepted, mut first) = tokio::sync::mpsc::channel::<()>(8);
+    let hole = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+            let _ = accepted.try_send(());
+        }
+    });
+    let dir = tempfile::tempdir().expect("temp dir");
+    let metrics = dir.path().join("payple_reconcile.prom");
+    let setup = Scenario::new()
+        .keys(3, "push-hang")
+        .args(&["--rate", "0", "--shutdown-grace", "2"])
+        .args(&["--metrics-push", url.as_str()])
+        .args(&["--metrics-file", metrics.to_str().expect("utf-8 path")])
+        .start()
+        .await;
+    let child = setup.spawn(&[]);
+    tokio::time::timeout(Duration::from_secs(60), first.recv())
+        .await
+        .expect("the push reaches the Pushgateway")
+        .expect("accepted");
+    let signalled = Instant::now();
+    super::send(&child, libc::SIGTERM);
+    let out = crate::helpers::wait_output(child, Duration::from_secs(60)).await;
+    let took = signalled.elapsed();
+    // Three attempts would take 15 s; the grace is 2 s (bound generous for a shared machine).
+    assert!(
+        took < Duration::from_secs(9),
+        "ended {took:?} after SIGTERM"
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("shutdown grace ran out"), "{stderr}");
+    let text = std::fs::read_to_string(&metrics).expect("the metrics file is written");
+    assert!(
+        text.contains("\npayple_reconcile_metrics_push_failures 1\n"),
+        "{text}"
+    );
+    hole.abort();
+    setup.close().await;
+}
