@@ -29,6 +29,13 @@ pub(super) async fn run(settings: RunSettings) -> Result<ExitStatus, AppError> {
     } else {
         batch_run(&batch, Arc::new(client), &shutdown).await
     };
+    // A run that could not even open its databases still tells the Pushgateway its exit.
+    if let (Err(error), Some(target)) = (&result, &batch.metrics_push)
+        && !batch.dry_run
+    {
+        let text = pushgateway::exit_code_body(error.exit_status().code());
+        pushgateway::push_counted(target, text, &shutdown, batch.shutdown_grace).await;
+    }
     if let Some(sim) = sim {
         sim.shutdown().await;
     }

@@ -363,3 +363,42 @@ async fn sigterm_during_a_hanging_push_ends_within_the_grace() {
     hole.abort();
     setup.close().await;
 }
+
+/// A run that cannot open its results database (exit 3, no summary) still pushes its exit
+/// code; the earlier run's other metrics and last success stay as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_without_a_database_pushes_its_exit_code_only() {
+    let Some(gateway) = Pushgateway::start().await else {
+        return;
+    };
+    let good = Scenario::new()
+        .keys(3, "push-nodb")
+        .args(&["--rate", "0", "--metrics-push", gateway.url.as_str()])
+        .run()
+        .await;
+    good.expect_exit(0);
+    let before = gateway.samples().await;
+    let last_success = value_in(&before, LAST_SUCCESS, &[]).expect("pushed");
+
+    // Nothing listens on this port: the database cannot be opened.
+    let refused = format!("postgres://postgres@127.0.0.1:{}/none", free_port());
+    let mut cmd = crate::helpers::command(&good.sim.url());
+    cmd.args(["run", "--database-url", refused.as_str()])
+        .args(["--csv", good.csv_arg()])
+        .args(["--metrics-push", gateway.url.as_str()]);
+    let out = crate::helpers::output_of(cmd).await;
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = gateway.samples().await;
+    assert_eq!(value_in(&after, EXIT_CODE, &[]), Some(3.0), "{after:?}");
+    assert_eq!(value_in(&after, LAST_SUCCESS, &[]), Some(last_success));
+    assert_eq!(
+        value_in(&after, "payple_reconcile_lookups", &[]),
+        value_in(&before, "payple_reconcile_lookups", &[])
+    );
+    good.close().await;
+}
