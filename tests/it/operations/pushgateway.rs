@@ -402,3 +402,44 @@ async fn a_run_without_a_database_pushes_its_exit_code_only() {
     );
     good.close().await;
 }
+
+/// The push URL is a secret: `--help` names the variable but never shows its value, and a
+/// refused URL (plain http off loopback) stops the run with exit 3 before any lookup, the
+/// error naming the flag and the host only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_push_url_is_a_secret_checked_before_any_lookup() {
+    const SECRET: &str = "SECRET-push-token";
+    let mut cmd = crate::helpers::command("http://127.0.0.1:9");
+    cmd.env(
+        "PAYPLE_METRICS_PUSH_URL",
+        format!("https://push.example/{SECRET}"),
+    )
+    .args(["run", "--help"]);
+    let out = crate::helpers::output_of(cmd).await;
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("PAYPLE_METRICS_PUSH_URL"), "{help}");
+    assert!(help.contains("--metrics-instance"), "{help}");
+    assert!(!help.contains(SECRET), "{help}");
+
+    let ran = Scenario::new()
+        .keys(3, "push-refused")
+        .env(
+            "PAYPLE_METRICS_PUSH_URL",
+            &format!("http://push.example:9091/{SECRET}"),
+        )
+        .run()
+        .await;
+    ran.expect_exit(3);
+    let shown = format!(
+        "{}{}",
+        String::from_utf8_lossy(&ran.out.stdout),
+        ran.stderr()
+    );
+    assert!(shown.contains("--metrics-push"), "{shown}");
+    assert!(shown.contains("push.example"), "{shown}");
+    assert!(!shown.contains(SECRET), "{shown}");
+    assert_eq!(ran.sim.stats().lookups, 0);
+    assert_eq!(ran.sim.stats().auth_calls, 0);
+    ran.close().await;
+}
