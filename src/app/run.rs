@@ -10,7 +10,7 @@ use crate::notify::{Notice, Notifier};
 use crate::payple::PaypleClient;
 use crate::pipeline;
 use crate::pushgateway::{self, PushTarget};
-use crate::report::deliver::{ReportShape, RunEnding, notify_run, write_run_report};
+use crate::report::deliver::{ReportShape, RunEnding, send_notice, write_run_report};
 use crate::report::export::write_metrics;
 use crate::report::metrics;
 use crate::report::output::ReportFormat;
@@ -176,12 +176,16 @@ async fn after_run(
             Err(e) => failed.push(AppError::AfterRun(e)),
         }
     }
-    let notify_failures = match &batch.notify {
+    // The notice counts the newly gone keys: the metrics reuse its count.
+    let (notify_failures, counted_gone) = match &batch.notify {
         // A run key that had already completed, with nothing to re-check: nothing ran
         // (not even the partner auth every real run starts with), nothing to tell.
-        Some(_) if summary.auth_calls == 0 && summary.checked_now == 0 => Some(0),
-        Some(n) => Some(notify_after(n, store, summary, written).await),
-        None => None,
+        Some(_) if summary.auth_calls == 0 && summary.checked_now == 0 => (Some(0), None),
+        Some(n) => {
+            let (failed, gone) = notify_after(n, store, summary, written).await;
+            (Some(failed), gone)
+        }
+        None => (None, None),
     };
     if batch.metrics_file.is_none() && batch.metrics_push.is_none() {
         return failed;
@@ -198,7 +202,10 @@ async fn after_run(
     };
     let mut extras = metrics::Extras {
         notify_failures,
-        newly_gone: newly_gone(store, summary).await,
+        newly_gone: match counted_gone {
+            Some(gone) if summary.state == RunState::Completed.as_str() => Some(gone),
+            _ => newly_gone(store, summary).await,
+        },
         push_failures: None,
     };
     if let Some(target) = &batch.metrics_push {
@@ -250,42 +257,48 @@ async fn push_metrics(
 }
 
 /// Sends the notification about a run that ended; returns the webhooks it did not reach
-/// (all of them when the message could not be built).
+/// (all of them when the message could not be built), and the keys newly gone that the
+/// notice counted (`None` when there was nothing to compare or it was not read).
 async fn notify_after(
     n: &NotifySettings,
     store: &Store,
     summary: &RunSummary,
     report: Option<String>,
-) -> u64 {
+) -> (u64, Option<u64>) {
     let urls = n.notifier.urls.len() as u64;
     let notifier = match Notifier::new(n.notifier.clone()) {
         Ok(notifier) => notifier,
         Err(e) => {
             tracing::error!("{e}");
-            return urls;
+            return (urls, None);
         }
     };
+    let run = match store.run(summary.run_id).await {
+        Ok(Some(run)) => run,
+        Ok(None) => return (urls, None),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the run for its notification");
+            return (urls, None);
+        }
+    };
+    let notice = match crate::report::notice::load(store, &run, report.clone()).await {
+        Ok(notice) => notice,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the notification");
+            return (urls, None);
+        }
+    };
+    let newly_gone = notice.changes.map(|c| c.newly_gone);
     let ending = RunEnding {
         exit_code: Some(i64::from(summary.exit_code)),
         duration_secs: Some(summary.duration_secs),
         report,
     };
-    let run = match store.run(summary.run_id).await {
-        Ok(Some(run)) => run,
-        Ok(None) => return urls,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot read the run for its notification");
-            return urls;
-        }
+    let failed = match send_notice(&notifier, n.format, n.on, notice, ending).await {
+        Some(delivery) => u64::from(delivery.failed),
+        None => 0,
     };
-    match notify_run(store, &notifier, n.format, n.on, &run, ending).await {
-        Ok(Some(delivery)) => u64::from(delivery.failed),
-        Ok(None) => 0,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot build the notification");
-            urls
-        }
-    }
+    (failed, newly_gone)
 }
 
 /// Tells the webhooks about a run that could not start or end (no summary).

@@ -304,6 +304,16 @@ async fn a_pushgateway_that_is_down_is_only_a_counted_failure() {
         "{text}"
     );
     assert!(text.contains(&format!("\n{EXIT_CODE} 0\n")), "{text}");
+    // The first run had no run before it to compare with: no newly gone count. A second
+    // run of the same keys finds none newly gone.
+    assert!(!text.contains("payple_reconcile_keys_newly_gone"), "{text}");
+    let again = ran.output(&["--rerun", "--run-key", "second"]).await;
+    assert_eq!(again.status.code(), Some(0));
+    let text = std::fs::read_to_string(&metrics).expect("the metrics file is rewritten");
+    assert!(
+        text.contains("\npayple_reconcile_keys_newly_gone 0\n"),
+        "{text}"
+    );
     ran.close().await;
 }
 
