@@ -285,6 +285,20 @@ pub struct RunArgs {
     /// Write Prometheus text-format metrics here at the end (node_exporter textfile).
     #[arg(long, value_name = "PATH")]
     pub metrics_file: Option<PathBuf>,
+    /// Push the run's metrics to this Prometheus Pushgateway (its base URL; https, or
+    /// http on loopback) at the end of every run, job `payple_reconcile`. A secret: only
+    /// the host is ever logged.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "PAYPLE_METRICS_PUSH_URL",
+        hide_env_values = true
+    )]
+    pub metrics_push: Option<String>,
+    /// With --metrics-push: an `instance` label for the group (stable across runs, e.g.
+    /// the site); sharded runs add `shard`.
+    #[arg(long, value_name = "NAME", requires = "metrics_push")]
+    pub metrics_instance: Option<String>,
     /// Store no payer name or phone mask.
     #[arg(long)]
     pub omit_pii: bool,

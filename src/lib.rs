@@ -10,6 +10,7 @@
 //! - [`domain`]: billing keys, statuses, outcomes, key details and the run summary, parsed
 //!   once at the boundary.
 //! - [`notify`]: run notifications to webhooks (Slack-compatible or JSON); a leaf.
+//! - [`pushgateway`]: a run's metrics pushed to a Prometheus Pushgateway; a leaf.
 //! - [`payple`]: the Payple client: partner auth, the shared token, lookups, retries, the
 //!   code book and the run's health gate (circuit breaker, outage budget); the documented
 //!   test partner.
@@ -39,6 +40,7 @@ pub mod notify;
 pub mod payple;
 pub mod pipeline;
 pub mod private_file;
+pub mod pushgateway;
 pub mod report;
 pub mod settings;
 pub mod shutdown;

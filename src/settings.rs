@@ -23,6 +23,7 @@ use crate::payple::health::HealthConfig;
 use crate::payple::{
     ClientConfig, LIVE_ORIGIN, Rate, TEST_CST_ID, TEST_CUST_KEY, TEST_ORIGIN, TEST_REFERER,
 };
+use crate::pushgateway::{PushError, PushTarget};
 use crate::report::output::ReportFormat;
 use crate::report::{ReportError, RunSelector, parse_statuses};
 use crate::source::columns::ColumnNames;
@@ -423,6 +424,8 @@ pub struct BatchSettings {
     pub notify: Option<NotifySettings>,
     pub shard: Shard,
     pub metrics_file: Option<PathBuf>,
+    /// `--metrics-push`: where the run's metrics are pushed, and under which group.
+    pub metrics_push: Option<PushTarget>,
     pub omit_pii: bool,
     pub write_batch: usize,
     /// `None`: every key, in input order.
@@ -600,12 +603,27 @@ pub fn batch_settings(args: &RunArgs, env: &dyn Env) -> Result<BatchSettings, Co
         notify: notify_settings(&args.notify, args.notify_on)?,
         shard,
         metrics_file: args.metrics_file.clone(),
+        metrics_push: metrics_push(args, shard)?,
         omit_pii: args.omit_pii,
         write_batch: args.write_batch,
         budget,
         due,
         timezone,
     })
+}
+
+/// `--metrics-push` and `--metrics-instance`; a sharded run's group names its shard index.
+fn metrics_push(args: &RunArgs, shard: Shard) -> Result<Option<PushTarget>, ConfigError> {
+    let Some(url) = &args.metrics_push else {
+        return Ok(None);
+    };
+    let shard = (!shard.is_whole()).then_some(shard.index);
+    PushTarget::new(url, args.metrics_instance.as_deref(), shard)
+        .map(Some)
+        .map_err(|e| match e {
+            PushError::BadInstance(_) => invalid("--metrics-instance", e.to_string()),
+            _ => invalid("--metrics-push", e.to_string()),
+        })
 }
 
 /// `--recheck-failed [RUN_ID|latest]` and `--all-failed`: the keys come from the run, so

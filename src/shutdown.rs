@@ -157,6 +157,12 @@ impl Shutdown {
         self.signal().unwrap_or(Signal::Terminate)
     }
 
+    /// How much of `grace` is left since the first signal (all of it before any signal).
+    pub fn grace_left(&self, grace: Duration) -> Duration {
+        self.signalled_at()
+            .map_or(grace, |at| grace.saturating_sub(at.elapsed()))
+    }
+
     /// The first signal received, if any.
     pub fn signal(&self) -> Option<Signal> {
         match self.signal.load(Ordering::SeqCst) {

@@ -12,10 +12,12 @@ use crate::exit::ExitStatus;
 use crate::notify::{Notice, Notifier};
 use crate::payple::PaypleClient;
 use crate::pipeline;
+use crate::pushgateway::{self, PushTarget};
 use crate::report::ReportError;
-use crate::report::deliver::{ReportShape, RunEnding, notify_run, write_run_report};
+use crate::report::deliver::{ReportShape, RunEnding, send_notice, write_run_report};
 use crate::report::export::write_metrics;
 use crate::report::metrics;
+use crate::report::notice;
 use crate::report::output::ReportFormat;
 use crate::report::xlsx::EXCEL_MAX_ROWS;
 use crate::settings::{BatchSettings, NotifySettings, PaypleSettings, RunSettings};
@@ -58,6 +60,13 @@ async fn started(
     } else {
         batch_run(batch, Arc::new(client), shutdown).await
     };
+    // A run that could not even open its databases still tells the Pushgateway its exit.
+    if let (Err(error), Some(target)) = (&result, &batch.metrics_push)
+        && !batch.dry_run
+    {
+        let text = pushgateway::exit_code_body(error.exit_status().code());
+        pushgateway::push_counted(target, text, &shutdown, batch.shutdown_grace).await;
+    }
     if let Some(sim) = sim {
         sim.shutdown().await;
     }
@@ -137,6 +146,12 @@ async fn batch_run(
         let limit = shutdown.end_limit(batch.shutdown_grace, Instant::now());
         notify_failed(n, exit, error, limit).await;
     }
+    if end.summary.is_none()
+        && let Some(target) = &batch.metrics_push
+    {
+        let text = pushgateway::exit_code_body(exit.code());
+        pushgateway::push_counted(target, text, shutdown, batch.shutdown_grace).await;
+    }
     if let Some(summary) = &end.summary {
         log_summary(summary);
         print_json(summary);
@@ -169,10 +184,12 @@ fn log_summary(summary: &RunSummary) {
 }
 
 /// What `run` does when it ends: the report (`--report`, CSV or a workbook by its
-/// extension), the metrics file (`--metrics-file`), then the notification (`--notify`),
-/// and the metrics file again with the notifications not delivered. After a signal all
-/// of it gets what is left of the grace ([`Shutdown::end_limit`]). Returns what failed;
-/// an undelivered notification is logged and counted, never returned.
+/// extension), the metrics file (`--metrics-file`), the notification (`--notify`), the
+/// push (`--metrics-push`; before the notification when a signal came), and the metrics
+/// file again with the notifications not delivered and the pushes that failed. After a
+/// signal all of it gets what is left of the grace ([`Shutdown::end_limit`]). Returns
+/// what failed; an undelivered notification or a failed push is logged and counted,
+/// never returned.
 async fn after_run(
     batch: &BatchSettings,
     store: &Store,
@@ -197,32 +214,55 @@ async fn after_run(
             },
         }
     }
+    // A run key that had already completed, with nothing to re-check: nothing ran (not
+    // even the partner auth every real run starts with), nothing to tell.
+    let ran_now = summary.auth_calls > 0 || summary.checked_now > 0;
+    // The notice is built once: the metrics reuse its count of newly gone keys.
+    let notice = match &batch.notify {
+        Some(_) if ran_now => tokio::select! {
+            biased;
+            () = cut.cancelled() => None,
+            notice = load_notice(store, summary, written.clone()) => notice,
+        },
+        _ => None,
+    };
+    let wants_metrics = batch.metrics_file.is_some() || batch.metrics_push.is_some();
+    let mut extras = metrics::Extras::default();
+    let ended = if wants_metrics {
+        extras.newly_gone = match &notice {
+            Some(n) if summary.state == RunState::Completed.as_str() => {
+                n.changes.as_ref().map(|c| c.newly_gone)
+            }
+            _ => newly_gone(store, summary).await,
+        };
+        run_ended(store, summary).await
+    } else {
+        None
+    };
     // Before any notification: a webhook that hangs must not cost the metrics.
     if let Some(path) = &batch.metrics_file
-        && let Err(e) = metrics_file(store, summary, path, None).await
+        && let Err(e) = write_metrics(path, summary, ended, &extras)
     {
         failed.push(AppError::AfterRun(e));
     }
-    let notify_failures = match &batch.notify {
-        // A run key that had already completed, with nothing to re-check: nothing ran
-        // (not even the partner auth every real run starts with), nothing to tell.
-        Some(_) if summary.auth_calls == 0 && summary.checked_now == 0 => Some(0),
-        Some(n) => {
-            let urls = n.notifier.urls.len() as u64;
-            tokio::select! {
-                biased;
-                failures = notify_after(n, store, summary, written, error, cut) => Some(failures),
-                () = cut.cancelled() => {
-                    tracing::error!("notification not sent: the shutdown grace is over");
-                    Some(urls)
-                }
-            }
-        }
+    // After a signal the push goes first too: the message may not get its turn.
+    let push_first = shutdown.signal().is_some();
+    if push_first && let Some(target) = &batch.metrics_push {
+        extras.push_failures =
+            Some(push_metrics(target, summary, ended, &extras, batch, shutdown, cut).await);
+    }
+    extras.notify_failures = match &batch.notify {
+        Some(_) if !ran_now => Some(0),
+        Some(n) => Some(notify_after(n, summary, notice, written, error, cut).await),
         None => None,
     };
+    if !push_first && let Some(target) = &batch.metrics_push {
+        extras.push_failures =
+            Some(push_metrics(target, summary, ended, &extras, batch, shutdown, cut).await);
+    }
     if let Some(path) = &batch.metrics_file
-        && batch.notify.is_some()
-        && let Err(e) = metrics_file(store, summary, path, notify_failures).await
+        && (batch.notify.is_some() || batch.metrics_push.is_some())
+        && let Err(e) = write_metrics(path, summary, ended, &extras)
     {
         failed.push(AppError::AfterRun(e));
     }
@@ -253,15 +293,10 @@ async fn run_report(
     Ok(())
 }
 
-/// Writes the metrics file (`notify_failures`: the webhooks not reached, once known).
-async fn metrics_file(
-    store: &Store,
-    summary: &RunSummary,
-    path: &std::path::Path,
-    notify_failures: Option<u64>,
-) -> Result<(), ReportError> {
-    // The run's own end: an "already completed" answer is about an earlier night.
-    let ended = match store.run(summary.run_id).await {
+/// The run's own end, in Unix seconds: an "already completed" answer is about an earlier
+/// night. `None` (metrics then say now) when it cannot be read, which is logged.
+async fn run_ended(store: &Store, summary: &RunSummary) -> Option<f64> {
+    match store.run(summary.run_id).await {
         Ok(run) => run
             .and_then(|r| r.finished_at)
             .and_then(|t| metrics::unix_seconds(&t)),
@@ -269,23 +304,90 @@ async fn metrics_file(
             tracing::warn!(error = %e, "cannot read the run's end time; using now");
             None
         }
+    }
+}
+
+/// Keys gone since the previous completed run, for a run that completed; `None` when
+/// there is nothing to compare (or it cannot be read, which is logged).
+async fn newly_gone(store: &Store, summary: &RunSummary) -> Option<u64> {
+    if summary.state != RunState::Completed.as_str() {
+        return None;
+    }
+    let run = store.run(summary.run_id).await.ok().flatten()?;
+    match notice::load(store, &run, None).await {
+        Ok(notice) => notice.changes.map(|c| c.newly_gone),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot count the newly gone keys for the metrics");
+            None
+        }
+    }
+}
+
+/// Pushes the run's metrics (`--metrics-push`); the last success time only when this
+/// invocation ran and succeeded (an "already completed" answer ran nothing). Returns the
+/// failed pushes; `cut` abandons the push (counted as failed).
+async fn push_metrics(
+    target: &PushTarget,
+    summary: &RunSummary,
+    ended: Option<f64>,
+    extras: &metrics::Extras,
+    batch: &BatchSettings,
+    shutdown: &Shutdown,
+    cut: &CancellationToken,
+) -> u64 {
+    let ended = ended.unwrap_or_else(|| chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+    let mut m = metrics::from_summary(summary, ended, None);
+    extras.apply(&mut m);
+    let ran_now = summary.auth_calls > 0 || summary.checked_now > 0;
+    let text = pushgateway::body(&m, ran_now && metrics::succeeded(summary));
+    tokio::select! {
+        biased;
+        () = cut.cancelled() => {
+            tracing::error!("metrics not pushed: the shutdown grace is over");
+            1
+        }
+        failures = pushgateway::push_counted(target, text, shutdown, batch.shutdown_grace) => failures,
+    }
+}
+
+/// The notice about run `summary` (with where its report went); `None` when it cannot be
+/// read or built, which is logged.
+async fn load_notice(
+    store: &Store,
+    summary: &RunSummary,
+    report: Option<String>,
+) -> Option<Notice> {
+    let run = match store.run(summary.run_id).await {
+        Ok(Some(run)) => run,
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the run for its notification");
+            return None;
+        }
     };
-    write_metrics(path, summary, ended, notify_failures)?;
-    tracing::debug!(output = %path.display(), "metrics written");
-    Ok(())
+    match notice::load(store, &run, report).await {
+        Ok(notice) => Some(notice),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the notification");
+            None
+        }
+    }
 }
 
 /// Sends the notification about a run that ended; returns the webhooks it did not reach
 /// (all of them when the message could not be built). `cut` abandons the sending.
 async fn notify_after(
     n: &NotifySettings,
-    store: &Store,
     summary: &RunSummary,
+    notice: Option<Notice>,
     report: Option<String>,
     error: Option<String>,
     cut: &CancellationToken,
 ) -> u64 {
     let urls = n.notifier.urls.len() as u64;
+    let Some(notice) = notice else {
+        return urls;
+    };
     let notifier = match Notifier::new(n.notifier.clone()) {
         Ok(notifier) => notifier.cut_by(cut.clone()),
         Err(e) => {
@@ -299,20 +401,14 @@ async fn notify_after(
         report,
         error,
     };
-    let run = match store.run(summary.run_id).await {
-        Ok(Some(run)) => run,
-        Ok(None) => return urls,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot read the run for its notification");
-            return urls;
-        }
-    };
-    match notify_run(store, &notifier, n.format, n.on, &run, ending).await {
-        Ok(Some(delivery)) => u64::from(delivery.failed),
-        Ok(None) => 0,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot build the notification");
+    tokio::select! {
+        biased;
+        () = cut.cancelled() => {
+            tracing::error!("notification not sent: the shutdown grace is over");
             urls
+        }
+        delivery = send_notice(&notifier, n.format, n.on, notice, ending) => {
+            delivery.map_or(0, |d| u64::from(d.failed))
         }
     }
 }

@@ -11,7 +11,7 @@ use super::notice;
 use super::output::ReportFormat;
 use super::xlsx::{XlsxOptions, write_workbook_file};
 use crate::domain::KeyStatus;
-use crate::notify::{self, Delivery, Notifier, NotifyFormat, NotifyOn};
+use crate::notify::{self, Delivery, Notice, Notifier, NotifyFormat, NotifyOn};
 use crate::store::{RunRecord, Store};
 
 /// What a report looks like.
@@ -72,7 +72,19 @@ pub async fn notify_run(
     run: &RunRecord,
     ending: RunEnding,
 ) -> Result<Option<Delivery>, ReportError> {
-    let mut notice = notice::load(store, run, ending.report).await?;
+    let notice = notice::load(store, run, ending.report.clone()).await?;
+    Ok(send_notice(notifier, format, on, notice, ending).await)
+}
+
+/// Posts a notice already loaded ([`notice::load`]) if `on` says it is worth it, with the
+/// run's ending; `None` when nothing was worth sending.
+pub async fn send_notice(
+    notifier: &Notifier,
+    format: NotifyFormat,
+    on: NotifyOn,
+    mut notice: Notice,
+    ending: RunEnding,
+) -> Option<Delivery> {
     if let Some(code) = ending.exit_code {
         notice.exit_code = Some(code);
     }
@@ -86,8 +98,8 @@ pub async fn notify_run(
         notice.newly_gone.clear();
     }
     if !notify::should_send(on, &notice) {
-        tracing::info!(run_id = run.id, "nothing worth a notification");
-        return Ok(None);
+        tracing::info!(run_id = notice.run_id, "nothing worth a notification");
+        return None;
     }
-    Ok(Some(notifier.send(&notify::body(format, &notice)).await))
+    Some(notifier.send(&notify::body(format, &notice)).await)
 }

@@ -70,13 +70,13 @@ pub async fn export_run<W: Write>(
 /// Writes the metrics file for `summary` atomically, keeping the previous last-success time
 /// when this run did not succeed. `ended`: when the run ended (Unix seconds; an "already
 /// completed" answer is about a night that ended earlier), now if unknown.
-/// `notify_failures`: the webhooks the run's notification did not reach (`None`: no
-/// notification configured).
+/// `extras`: what the run's end adds (undelivered notifications, newly gone keys, failed
+/// pushes).
 pub fn write_metrics(
     path: &Path,
     summary: &RunSummary,
     ended: Option<f64>,
-    notify_failures: Option<u64>,
+    extras: &metrics::Extras,
 ) -> Result<(), ReportError> {
     let previous = match std::fs::read_to_string(path) {
         Ok(text) => Some(text),
@@ -88,6 +88,6 @@ pub fn write_metrics(
     };
     let ended = ended.unwrap_or_else(|| chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
     let mut m = metrics::from_summary(summary, ended, previous.as_deref());
-    m.notify_failures = notify_failures;
+    extras.apply(&mut m);
     write_atomic(path, metrics::render(&m).as_bytes())
 }

@@ -13,9 +13,11 @@ use crate::store::StatusCounts;
 
 /// The metric that must survive runs that did not succeed.
 pub const LAST_SUCCESS: &str = "payple_reconcile_last_success_timestamp_seconds";
+/// The exit code of the last run.
+pub const EXIT_CODE: &str = "payple_reconcile_run_exit_code";
 
 /// What the metrics file says about one run.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct RunMetrics {
     pub duration_secs: f64,
     pub keys: StatusCounts,
@@ -26,6 +28,26 @@ pub struct RunMetrics {
     pub last_success: Option<f64>,
     /// Notifications that could not be delivered; `None` when none are configured.
     pub notify_failures: Option<u64>,
+    /// Keys gone since the previous completed run; `None` when there is none to compare.
+    pub newly_gone: Option<u64>,
+    /// Pushes to the Pushgateway that failed; `None` when none is configured.
+    pub push_failures: Option<u64>,
+}
+
+/// What the end of a run adds to its summary's metrics: notifications, changes, pushes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Extras {
+    pub notify_failures: Option<u64>,
+    pub newly_gone: Option<u64>,
+    pub push_failures: Option<u64>,
+}
+
+impl Extras {
+    pub fn apply(&self, m: &mut RunMetrics) {
+        m.notify_failures = self.notify_failures;
+        m.newly_gone = self.newly_gone;
+        m.push_failures = self.push_failures;
+    }
 }
 
 /// Whether a run counts as a success for alerting: it completed and no key is `failed`
@@ -59,6 +81,8 @@ pub fn from_summary(summary: &RunSummary, ended: f64, previous: Option<&str>) ->
         exit_code: summary.exit_code,
         last_success,
         notify_failures: None,
+        newly_gone: None,
+        push_failures: None,
     }
 }
 
@@ -128,8 +152,8 @@ pub fn render(m: &RunMetrics) -> String {
     );
     metric(
         &mut out,
-        "payple_reconcile_run_exit_code",
-        "Exit code of the last run (0 all resolved, 2 some failed, 3 configuration, 1 internal).",
+        EXIT_CODE,
+        "Exit code of the last run (0 all resolved, 2 some failed, 3 configuration, 4 Payple unavailable, 1 internal).",
         &[("", m.exit_code.to_string())],
     );
     metric(
@@ -143,6 +167,22 @@ pub fn render(m: &RunMetrics) -> String {
             &mut out,
             "payple_reconcile_notify_failures",
             "Run notifications of the last run that could not be delivered (after retries).",
+            &[("", failures.to_string())],
+        );
+    }
+    if let Some(gone) = m.newly_gone {
+        metric(
+            &mut out,
+            "payple_reconcile_keys_newly_gone",
+            "Keys active in the previous completed run and gone in the last run.",
+            &[("", gone.to_string())],
+        );
+    }
+    if let Some(failures) = m.push_failures {
+        metric(
+            &mut out,
+            "payple_reconcile_metrics_push_failures",
+            "Pushes of the last run's metrics to the Pushgateway that failed (after retries).",
             &[("", failures.to_string())],
         );
     }

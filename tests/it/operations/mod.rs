@@ -11,10 +11,12 @@
 
 mod leases;
 mod metrics;
+mod pushgateway;
 mod run_keys;
 mod samples;
 mod shards;
 mod storage;
+mod systemd;
 
 use std::time::Duration;
 

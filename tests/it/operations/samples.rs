@@ -18,7 +18,7 @@ fn sample(path: &str) -> PathBuf {
         .join(path)
 }
 
-fn read_sample(path: &str) -> String {
+pub(super) fn read_sample(path: &str) -> String {
     std::fs::read_to_string(sample(path)).unwrap_or_else(|e| panic!("samples/{path}: {e}"))
 }
 
@@ -110,7 +110,8 @@ fn assert_pod_credentials(pod: &Value, secret: &Value, args: &[String]) {
             assert!(e.get("value").is_none(), "{name} must not be inline: {e}");
         }
     }
-    for name in ["PAYPLE_CST_ID", "DATABASE_URL"] {
+    // The Pushgateway URL is a secret too (--metrics-push): a pod's metrics must be pushed.
+    for name in ["PAYPLE_CST_ID", "DATABASE_URL", "PAYPLE_METRICS_PUSH_URL"] {
         let e = var(name).unwrap_or_else(|| panic!("no {name}"));
         let r = &e["valueFrom"]["secretKeyRef"];
         assert_eq!(r["name"], secret_name, "{name}");
@@ -233,6 +234,9 @@ fn kubernetes_samples_parse_and_have_the_required_fields() {
             "{key} is not a placeholder: {value}"
         );
     }
+    let push = str_at(&secret, "/stringData/metrics-push-url");
+    payple_reconcile::pushgateway::PushUrl::parse(push)
+        .unwrap_or_else(|e| panic!("metrics-push-url {push:?} is refused: {e}"));
 
     // The CronJob.
     let cron = yaml("k8s/cronjob.yaml");
@@ -320,7 +324,8 @@ fn dockerfile_is_multi_stage_and_runs_unprivileged() {
     assert_eq!(froms[1], "FROM debian:bookworm-slim");
     // The builder's Debian matches the runtime's, or the binary may need a newer glibc.
     assert!(froms[0].contains("bookworm"), "{}", froms[0]);
-    assert!(text.contains("cargo build --release --locked"));
+    assert!(text.contains("cargo build --profile dist --locked"));
+    assert!(text.contains("target/dist/payple-reconcile"));
     assert!(text.contains("ca-certificates"));
     assert!(text.contains("COPY --from=builder"));
     let user = lines
@@ -445,7 +450,7 @@ fn checked_cron_command(text: &str) -> String {
 }
 
 /// The environment file the line sources: placeholders for every secret. Returns its text.
-fn checked_env_example() -> String {
+pub(super) fn checked_env_example() -> String {
     let example = read_sample("payple-reconcile.env.example");
     let vars: BTreeMap<&str, &str> = example
         .lines()
@@ -478,7 +483,7 @@ fn checked_env_example() -> String {
 }
 
 /// A SQLite source database with `ids` in `billing_keys`; returns its URL.
-async fn billing_keys_source(root: &Path, ids: &[String]) -> String {
+pub(super) async fn billing_keys_source(root: &Path, ids: &[String]) -> String {
     let source_url = format!("sqlite://{}?mode=rwc", root.join("billing.db").display());
     sqlx::any::install_default_drivers();
     let pool = sqlx::AnyPool::connect(&source_url)
@@ -501,7 +506,12 @@ async fn billing_keys_source(root: &Path, ids: &[String]) -> String {
 }
 
 /// The example env file with test values for the simulator and the two databases.
-fn test_env_file(example: &str, sim: &SimHandle, results_url: &str, source_url: &str) -> String {
+pub(super) fn test_env_file(
+    example: &str,
+    sim: &SimHandle,
+    results_url: &str,
+    source_url: &str,
+) -> String {
     let test_values = BTreeMap::from([
         ("PAYPLE_CST_ID", simulator::TEST_CST_ID.to_owned()),
         ("PAYPLE_CUST_KEY", simulator::TEST_CUST_KEY.to_owned()),
