@@ -401,14 +401,15 @@ async fn notify_after(
         report,
         error,
     };
+    // The notifier itself stops at the cut, naming each webhook it did not reach.
     tokio::select! {
         biased;
+        delivery = send_notice(&notifier, n.format, n.on, notice, ending) => {
+            delivery.map_or(0, |d| u64::from(d.failed))
+        }
         () = cut.cancelled() => {
             tracing::error!("notification not sent: the shutdown grace is over");
             urls
-        }
-        delivery = send_notice(&notifier, n.format, n.on, notice, ending) => {
-            delivery.map_or(0, |d| u64::from(d.failed))
         }
     }
 }
