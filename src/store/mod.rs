@@ -16,6 +16,7 @@
 mod checks;
 mod coverage;
 mod leases;
+mod open;
 mod recheck;
 pub mod reports;
 mod runs;
@@ -116,6 +117,16 @@ pub enum StoreError {
         #[source]
         source: sqlx::migrate::MigrateError,
     },
+    #[error(
+        "migration {version} of the {dialect} results schema is marked unfinished: a process \
+         stopped part-way through it, and the schema may be half-changed; restore the database \
+         from its backup (docs/safety.md)"
+    )]
+    MigrationUnfinished { dialect: &'static str, version: i64 },
+    #[error("cannot take the migration lock: {0}")]
+    MigrationLock(String),
+    #[error("the SQLite results file {path} {problem}")]
+    UnsafeFile { path: String, problem: String },
     #[error("the {dialect} results database does not take writes (read-only?): {source}")]
     ReadOnly {
         dialect: &'static str,
@@ -391,8 +402,21 @@ impl Store {
     /// that the database takes writes: a read-only one is a configuration error found
     /// before any lookup, not a failure at the first result.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
+        Self::open_until(url, &tokio_util::sync::CancellationToken::new()).await
+    }
+
+    /// [`Self::open`], giving up waiting for another process's migrations when `stop` is
+    /// cancelled.
+    pub async fn open_until(
+        url: &str,
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> Result<Self, StoreError> {
         let store = Self::connect(url).await?;
-        store.migrate_serialised().await?;
+        if store.dialect == Dialect::MySql {
+            open::with_mysql_migration_lock(&store.pool, stop, || store.migrate()).await?;
+        } else {
+            store.migrate_serialised().await?;
+        }
         store.check_writable().await?;
         Ok(store)
     }
@@ -492,7 +516,7 @@ impl Store {
             .map_err(connect_error)?
             .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1));
         if dialect == Dialect::Sqlite {
-            create_private_sqlite_file(&url).map_err(connect_error)?;
+            open::prepare_sqlite_file(&url)?;
         }
         // A server that refuses connections is reported within seconds: sqlx would keep
         // trying for the whole acquire timeout.
@@ -528,10 +552,7 @@ impl Store {
         migrator
             .run(&self.pool)
             .await
-            .map_err(|source| StoreError::Migrate {
-                dialect: self.dialect.name(),
-                source,
-            })
+            .map_err(|source| open::migrate_error(self.dialect.name(), source))
     }
 
     pub async fn close(&self) {
@@ -566,25 +587,6 @@ async fn why_no_connection(options: &AnyConnectOptions) -> sqlx::Error {
         Err(_) => sqlx::Error::Configuration(
             format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()).into(),
         ),
-    }
-}
-
-/// Creates a missing SQLite database file readable by its owner only (0600), before SQLite
-/// creates it with the umask's mode; SQLite gives its `-wal` and `-shm` files the mode of
-/// the database file. An existing file and a read-only URL are left alone.
-fn create_private_sqlite_file(url: &str) -> Result<(), sqlx::Error> {
-    if url.contains(":memory:") || url.contains("mode=ro") || url.contains("mode=memory") {
-        return Ok(());
-    }
-    let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)?;
-    let path = options.get_filename();
-    if path.as_os_str().is_empty() || path.exists() {
-        return Ok(());
-    }
-    match crate::private_file::create(path) {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(sqlx::Error::Io(e)),
     }
 }
 
