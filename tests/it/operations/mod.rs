@@ -9,6 +9,7 @@
 //! arguments are validated by the binary's own parser and settings. The crontab line is
 //! executed as cron would (with the paths moved into a temporary folder).
 
+mod hardening;
 mod leases;
 mod metrics;
 mod run_keys;
