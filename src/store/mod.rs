@@ -749,6 +749,13 @@ mod tests {
             .await
             .expect("table");
         old.close().await.expect("close");
+        // Made by another program under the umask: private before the job will use it.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            dir.path().join("old.db"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .expect("chmod");
 
         let store = Store::open(&url).await.expect("open");
         assert_eq!(pragma(&store, "page_size").await, 4096);
