@@ -10,6 +10,7 @@
 //! executed as cron would (with the paths moved into a temporary folder).
 
 mod hardening;
+mod hardening_text;
 mod leases;
 mod metrics;
 mod run_keys;

@@ -1,0 +1,84 @@
+//! Issue 26, the smaller items: the workbook's Summary sheet keeps the top card companies
+//! and banks plus one "other" row, `summary` and the text tables never pass stored control
+//! or bidi characters to the terminal, and a SQLite results file deleted mid-run fails the
+//! run (exit 1) instead of ending it as a success.
+
+use std::path::Path;
+
+use calamine::{Data, Reader, Xlsx, open_workbook};
+use serde_json::json;
+
+use crate::helpers::{Scenario, key_file};
+
+// ---- the Summary sheet: top names plus "other" ------------------------------------------
+
+/// The rows of the workbook's Summary sheet, first two columns as text / numbers.
+fn summary_sheet(path: &Path) -> Vec<Vec<Data>> {
+    let mut book: Xlsx<_> = open_workbook(path).expect("open the workbook");
+    let range = book.worksheet_range("Summary").expect("a Summary sheet");
+    range.rows().map(<[Data]>::to_vec).collect()
+}
+
+fn cell_text(cell: Option<&Data>) -> String {
+    match cell {
+        Some(Data::String(s)) => s.clone(),
+        _ => String::new(),
+    }
+}
+
+/// The (name, keys) rows under a heading of the Summary sheet, up to the next heading.
+fn block(rows: &[Vec<Data>], heading: &str) -> Vec<(String, f64)> {
+    let start = rows
+        .iter()
+        .position(|r| cell_text(r.first()) == heading)
+        .unwrap_or_else(|| panic!("no {heading:?} heading"));
+    rows[start + 1..]
+        .iter()
+        .map_while(|r| match r.get(1) {
+            Some(Data::Float(n)) => Some((cell_text(r.first()), *n)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// 100 active card keys: 40 share one card company, the other 60 each have a name of
+/// their own. The sheet lists the top 30 names (the 40, then 29 of the single ones, by
+/// name) and one "other" row for the 31 remaining names, instead of 61 rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_summary_sheet_lists_the_top_names_and_one_other_row() {
+    let books = tempfile::tempdir().expect("temp dir");
+    let ids: Vec<String> = (0..100).map(|i| format!("HtNames{i:015}")).collect();
+    let lines: Vec<serde_json::Value> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let name = if i < 40 {
+                "신한카드".to_owned()
+            } else {
+                format!("Card company {i:03}")
+            };
+            json!({"payer_id": id, "kind": "card", "card_name": name,
+                   "card_mask": "4518-****-****-1234"})
+        })
+        .collect();
+    let book = key_file(books.path(), "names.jsonl", &lines);
+    let report = books.path().join("night.xlsx");
+    let report_arg = report.to_str().expect("utf-8 path");
+    let ran = Scenario::new()
+        .ids(&ids)
+        .book(book)
+        .args(&["--rate", "0", "--report", report_arg])
+        .run()
+        .await;
+    ran.expect_exit(0);
+    let rows = summary_sheet(&report);
+    let cards = block(&rows, "Active card keys per card company");
+    assert_eq!(cards.len(), 31, "30 names and one other row: {cards:?}");
+    assert_eq!(cards[0], ("신한카드".to_owned(), 40.0));
+    assert_eq!(cards[1], ("Card company 040".to_owned(), 1.0));
+    assert_eq!(cards[29], ("Card company 068".to_owned(), 1.0));
+    assert_eq!(cards[30], ("other (31 names)".to_owned(), 31.0));
+    let total: f64 = cards.iter().map(|(_, n)| n).sum();
+    assert_eq!(total, 100.0, "every active key counted once");
+    ran.close().await;
+}
