@@ -8,7 +8,7 @@ use std::path::Path;
 use calamine::{Data, Reader, Xlsx, open_workbook};
 use serde_json::json;
 
-use crate::helpers::{Scenario, key_file};
+use crate::helpers::{self, Scenario, assert_exit, key_file, output_of};
 
 // ---- the Summary sheet: top names plus "other" ------------------------------------------
 
@@ -80,5 +80,72 @@ async fn the_summary_sheet_lists_the_top_names_and_one_other_row() {
     assert_eq!(cards[30], ("other (31 names)".to_owned(), 31.0));
     let total: f64 = cards.iter().map(|(_, n)| n).sum();
     assert_eq!(total, 100.0, "every active key counted once");
+    ran.close().await;
+}
+
+// ---- stored text on the terminal -------------------------------------------------------
+
+/// Characters that must never reach a terminal from stored text: C0 and C1 controls
+/// (except the newlines that end lines) and the bidirectional formatting characters.
+fn dangerous(c: char) -> bool {
+    (c.is_control() && c != '\n')
+        || matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// A stored run key, card company and bank carrying ESC sequences, a C1 CSI, a
+/// right-to-left override and an isolate: `summary` prints each as a visible `\u{..}`
+/// escape, and no control or bidi character reaches stdout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn summary_shows_stored_controls_and_bidi_as_visible_escapes() {
+    let ran = Scenario::new()
+        .keys(12, "neutral")
+        .args(&["--rate", "0"])
+        .run()
+        .await;
+    ran.expect_exit(0);
+    let run = ran.run_record().await;
+    let hostile_key = "night\u{1b}]0;owned\u{7}\u{1b}[2J\u{9b}31m\u{202E}gpj.exe";
+    let hostile_card = "\u{1b}[31m신한\u{2066}카드\u{2069}";
+    let hostile_bank = "bank\u{202D}\u{85}\u{0}";
+    sqlx::query("UPDATE reconcile_runs SET run_key = ?, source = ? WHERE id = ?")
+        .bind(hostile_key)
+        .bind("csv\u{1b}[8m")
+        .bind(run.id)
+        .execute(ran.store.pool())
+        .await
+        .expect("plant the run key");
+    for (column, value) in [("card_name", hostile_card), ("bank_name", hostile_bank)] {
+        let pay_type = if column == "card_name" {
+            "card"
+        } else {
+            "transfer"
+        };
+        let sql =
+            format!("UPDATE billing_key_checks SET {column} = ? WHERE run_id = ? AND pay_type = ?");
+        let planted = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(value)
+            .bind(run.id)
+            .bind(pay_type)
+            .execute(ran.store.pool())
+            .await
+            .expect("plant a name");
+        assert!(planted.rows_affected() > 0, "no {pay_type} key to name");
+    }
+    let mut cmd = helpers::command(&ran.sim.url());
+    cmd.args(["summary", "--database-url", &ran.db.url]);
+    let out = output_of(cmd).await;
+    assert_exit(&out, 0);
+    let text = String::from_utf8(out.stdout.clone()).expect("utf-8 stdout");
+    let bad: Vec<char> = text.chars().filter(|c| dangerous(*c)).collect();
+    assert!(bad.is_empty(), "{bad:?} reached the terminal:\n{text}");
+    assert!(
+        text.contains(r"(key night\u{1b}]0;owned\u{7}\u{1b}[2J\u{9b}31m\u{202e}gpj.exe)"),
+        "{text}"
+    );
+    assert!(
+        text.contains(r"\u{1b}[31m신한\u{2066}카드\u{2069}"),
+        "{text}"
+    );
+    assert!(text.contains(r"bank\u{202d}\u{85}\u{0}"), "{text}");
     ran.close().await;
 }
