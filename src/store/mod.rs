@@ -11,12 +11,13 @@
 //! subject in `runs` (runs, shards, staging), `checks` (result rows), `leases`, `reports`
 //! (what the finance reports read), `recheck` (failed keys made pending again), `coverage`
 //! (budgeted runs' priority queue, latest results across partial runs, coverage) and
-//! `writer` (the single batching writer).
+//! `writer` (the single batching writer); `presence` notices a SQLite file deleted mid-run.
 
 mod checks;
 mod coverage;
 mod leases;
 mod open;
+mod presence;
 mod recheck;
 pub mod reports;
 mod runs;
@@ -127,6 +128,12 @@ pub enum StoreError {
     MigrationLock(String),
     #[error("the SQLite results file {path} {problem}")]
     UnsafeFile { path: String, problem: String },
+    #[error(
+        "the SQLite results file {path} {what} while the run was writing to it: the results \
+         written since went to a file no path reaches; restore the file and run again with \
+         --resume, or start the run again"
+    )]
+    FileVanished { path: String, what: String },
     #[error("the {dialect} results database does not take writes (read-only?): {source}")]
     ReadOnly {
         dialect: &'static str,
@@ -395,6 +402,8 @@ pub const MAX_ROWS_PER_STATEMENT: usize = 1000;
 pub struct Store {
     pool: AnyPool,
     dialect: Dialect,
+    /// The SQLite file opened (`None` for a server or an in-memory database).
+    file: Option<std::sync::Arc<presence::FileIdentity>>,
 }
 
 impl Store {
@@ -526,7 +535,17 @@ impl Store {
         )
         .await;
         match pool {
-            Ok(Ok(pool)) => Ok(Self { pool, dialect }),
+            Ok(Ok(pool)) => {
+                let file = match dialect {
+                    Dialect::Sqlite => open::opened_file(&url)?.map(std::sync::Arc::new),
+                    _ => None,
+                };
+                Ok(Self {
+                    pool,
+                    dialect,
+                    file,
+                })
+            }
             Ok(Err(sqlx::Error::PoolTimedOut)) | Err(_) => {
                 Err(connect_error(why_no_connection(&connect_options).await))
             }
@@ -536,6 +555,13 @@ impl Store {
 
     pub fn dialect(&self) -> Dialect {
         self.dialect
+    }
+
+    /// `Ok` while the SQLite file opened is still at its path (always for a server).
+    pub fn check_file(&self) -> Result<(), StoreError> {
+        self.file
+            .as_deref()
+            .map_or(Ok(()), presence::FileIdentity::check)
     }
 
     pub fn pool(&self) -> &AnyPool {

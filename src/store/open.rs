@@ -105,6 +105,21 @@ pub fn judge_folder(mode: u32) -> Result<(), Unsafe> {
     Ok(())
 }
 
+/// What the store opened at a SQLite URL's path (`None` in memory), to notice later that
+/// it was deleted or replaced ([`super::presence`]).
+pub(super) fn opened_file(url: &str) -> Result<Option<super::presence::FileIdentity>, StoreError> {
+    let connect = |source| StoreError::Connect {
+        dialect: "sqlite",
+        source,
+    };
+    let Some(path) = sqlite_path(url).map_err(connect)? else {
+        return Ok(None);
+    };
+    super::presence::FileIdentity::of(&path)
+        .map(Some)
+        .map_err(|e| connect(sqlx::Error::Io(e)))
+}
+
 /// The file of a SQLite URL, or `None` for an in-memory database.
 fn sqlite_path(url: &str) -> Result<Option<PathBuf>, sqlx::Error> {
     if url.contains(":memory:") || url.contains("mode=memory") {

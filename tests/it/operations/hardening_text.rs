@@ -4,11 +4,15 @@
 //! run (exit 1) instead of ending it as a success.
 
 use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
 
 use calamine::{Data, Reader, Xlsx, open_workbook};
 use serde_json::json;
 
-use crate::helpers::{self, Scenario, assert_exit, key_file, output_of};
+use crate::helpers::{
+    self, Scenario, assert_exit, key_file, output_of, stderr_of, wait_for_rows, wait_output,
+};
 
 // ---- the Summary sheet: top names plus "other" ------------------------------------------
 
@@ -148,4 +152,48 @@ async fn summary_shows_stored_controls_and_bidi_as_visible_escapes() {
     );
     assert!(text.contains(r"bank\u{202d}\u{85}\u{0}"), "{text}");
     ran.close().await;
+}
+
+// ---- a results file that disappears ----------------------------------------------------
+
+/// `run` at 5 lookups a second; once results are on disk the SQLite file and its side
+/// files are deleted. The run ends with exit 1, naming the file, not with exit 0 and a
+/// summary saying everything was checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_results_file_deleted_mid_run_fails_the_run() {
+    let set = Scenario::new()
+        .keys(40, "vanish")
+        .args(&["--rate", "5", "--concurrency", "1"])
+        .start()
+        .await;
+    let db = set.db.url.trim_start_matches("sqlite://").to_owned();
+    let db = db.split('?').next().expect("a path").to_owned();
+    let mut child = set.spawn(&[]);
+    wait_for_rows(
+        &set.store,
+        3,
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        &mut child,
+    )
+    .await;
+    for suffix in ["", "-wal", "-shm"] {
+        let path = format!("{db}{suffix}");
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("delete {path}: {e}"),
+        }
+    }
+    let out: Output = wait_output(child, Duration::from_secs(60)).await;
+    assert_exit(&out, 1);
+    let err = stderr_of(&out);
+    assert!(err.contains(&db), "the error names the file: {err}");
+    assert!(
+        err.contains("was deleted while the run was writing"),
+        "{err}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains(r#""state":"completed""#), "{stdout}");
+    set.store.close().await;
 }
