@@ -258,6 +258,10 @@ pub struct RunArgs {
     /// nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// A source with no valid key is expected (e.g. a new merchant): finish with nothing
+    /// checked instead of stopping with exit 3.
+    #[arg(long)]
+    pub allow_empty_source: bool,
     /// Seconds in-flight lookups get to finish after SIGTERM/SIGINT.
     #[arg(long, default_value_t = 20, value_name = "SECS")]
     pub shutdown_grace: u64,

@@ -417,6 +417,8 @@ pub struct BatchSettings {
     /// `--all-failed`: a re-check takes every failed key, not only transient failures.
     pub all_failed: bool,
     pub dry_run: bool,
+    /// `--allow-empty-source`: a source with no valid key is not an error.
+    pub allow_empty_source: bool,
     pub shutdown_grace: Duration,
     pub progress_interval: Duration,
     pub report: Option<PathBuf>,
@@ -596,6 +598,7 @@ pub fn batch_settings(args: &RunArgs, env: &dyn Env) -> Result<BatchSettings, Co
         recheck,
         all_failed: args.all_failed,
         dry_run: args.dry_run,
+        allow_empty_source: args.allow_empty_source,
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
         progress_interval: Duration::from_secs(args.progress_interval.max(1)),
         report: args.report.clone(),

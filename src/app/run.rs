@@ -115,7 +115,17 @@ async fn batch_run(
     client: Arc<PaypleClient>,
     shutdown: &Shutdown,
 ) -> Result<ExitStatus, AppError> {
-    let store = Store::open(&batch.database_url).await?;
+    let store = match Store::open_until(&batch.database_url, &shutdown.stop).await {
+        Ok(store) => store,
+        // Stopped while another process was migrating: the signal's exit code.
+        Err(e) if shutdown.signal().is_some() => {
+            tracing::error!("{e}");
+            return Ok(shutdown
+                .signal()
+                .map_or(ExitStatus::Config, |s| s.exit_status()));
+        }
+        Err(e) => return Err(e.into()),
+    };
     // The source has its own read-only connection, even when it is the results database.
     let source_db = if reads_database(batch) {
         match source_pool(batch).await {

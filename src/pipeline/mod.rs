@@ -499,8 +499,16 @@ impl RunContext<'_> {
             {
                 return Err(SourceError::StdinNotResumable(run_id).into());
             }
-            let staged =
-                stage::stage(store, run_id, shard, spec, source_db.clone(), self.shutdown).await?;
+            let staged = stage::stage(
+                store,
+                run_id,
+                shard,
+                spec,
+                source_db.clone(),
+                self.shutdown,
+                self.settings.allow_empty_source,
+            )
+            .await?;
             tracing::info!(
                 run_id,
                 keys = staged.keys,

@@ -66,9 +66,12 @@ pub async fn stage(
     spec: &SourceSpec,
     source_db: Option<sqlx::AnyPool>,
     shutdown: &Shutdown,
+    allow_empty: bool,
 ) -> Result<Staged, RunError> {
     let mut items = source::open(spec, source_db);
     let mut valid_read = 0i64;
+    // Valid keys of every shard: an empty shard of a non-empty source is fine.
+    let mut source_keys = 0u64;
     let mut rejected = 0i64;
     let mut keys = Vec::with_capacity(SORT_ROWS);
     let mut staging = store.staging(run_id, shard.index);
@@ -76,6 +79,10 @@ pub async fn stage(
     while let Some(chunk) = source::next_or_stop(&mut items, &shutdown.stop).await {
         let chunk = chunk.ok_or(RunError::Interrupted)??;
         let mut rejected_rows = Vec::new();
+        source_keys += chunk
+            .iter()
+            .filter(|i| matches!(i, Item::Key { .. }))
+            .count() as u64;
         for item in &chunk {
             match item {
                 Item::Key {
@@ -103,6 +110,13 @@ pub async fn stage(
         }
     }
     valid_read += stage_sorted(&mut staging, &mut keys).await?;
+    if source_keys == 0 && !allow_empty {
+        // Not committed: the run stays unstaged and fails; nothing looks like a night.
+        return Err(SourceError::NoKeys {
+            what: spec.describe(),
+        }
+        .into());
+    }
     staging.commit().await?;
     let (keys, duplicates) = store.mark_staged(run_id, shard.index, valid_read).await?;
     Ok(Staged {
@@ -210,6 +224,7 @@ mod tests {
             spec,
             None,
             &Shutdown::default(),
+            true,
         )
         .await
     }

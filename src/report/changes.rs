@@ -390,7 +390,8 @@ impl<W: Write> ChangeWriter<W> {
 
     /// A text table under a `title` line.
     pub fn table(mut out: W, title: &str) -> io::Result<Self> {
-        writeln!(out, "{title}")?;
+        // The title carries stored times: shown, never obeyed by the terminal.
+        writeln!(out, "{}", super::neutral::terminal(title))?;
         Ok(Self::Table {
             out,
             held: Vec::new(),

@@ -1,6 +1,9 @@
-//! Cell text made harmless for a spreadsheet: control characters become spaces,
-//! bidirectional formatting characters are dropped (they can make a cell read backwards),
-//! and a leading formula character is escaped as in the CSV ([`super::csv::escape_formula`]).
+//! Stored text made harmless before it is shown: in a spreadsheet cell ([`neutralise`]:
+//! control characters become spaces, bidirectional formatting characters are dropped, a
+//! leading formula character is escaped as in the CSV, [`super::csv::escape_formula`]), and
+//! on a terminal ([`terminal`]: each control or bidirectional formatting character is shown
+//! as a visible `\u{..}` escape, so an escape sequence or a right-to-left override in a
+//! stored run key or name is seen, never obeyed).
 
 use std::borrow::Cow;
 
@@ -13,6 +16,32 @@ fn is_bidi_control(c: char) -> bool {
         c,
         '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
     )
+}
+
+/// Whether a terminal could act on `c`: C0 and C1 controls (ESC, BEL, CSI U+009B, NEL,
+/// newlines, tabs, DEL), the bidirectional formatting characters, and the Unicode line and
+/// paragraph separators.
+fn is_terminal_unsafe(c: char) -> bool {
+    c.is_control() || is_bidi_control(c) || matches!(c, '\u{2028}' | '\u{2029}')
+}
+
+/// `text` as a terminal may show it: every character a terminal could act on is written
+/// as a Rust-style escape (`ESC[31m` becomes `\u{1b}[31m`, U+202E becomes `\u{202e}`);
+/// anything else, Hangul included, is unchanged. For one line of stored text: a newline
+/// in it is escaped too.
+pub fn terminal(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(is_terminal_unsafe) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if is_terminal_unsafe(c) {
+            out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// `cell` with control characters (newlines, tabs, escapes) replaced by a space and
@@ -62,5 +91,24 @@ mod tests {
         assert_eq!(neutralise("\t=1"), " =1");
         // Hiding the formula behind a bidi control does not help.
         assert_eq!(neutralise("\u{202E}=1+2"), "'=1+2");
+    }
+
+    #[test]
+    fn terminal_text_shows_controls_and_bidi_as_escapes() {
+        for safe in ["", "홍길동상사", "2026-11-27", "a b", "back\\slash"] {
+            assert!(matches!(terminal(safe), Cow::Borrowed(s) if s == safe));
+        }
+        assert_eq!(terminal("a\u{1b}[31mb"), r"a\u{1b}[31mb");
+        assert_eq!(terminal("\u{1b}]0;t\u{7}"), r"\u{1b}]0;t\u{7}");
+        assert_eq!(terminal("x\u{9b}2J\u{85}\u{7f}"), r"x\u{9b}2J\u{85}\u{7f}");
+        assert_eq!(terminal("abc\u{202E}fdp.exe"), r"abc\u{202e}fdp.exe");
+        assert_eq!(
+            terminal("\u{2066}x\u{2069}\u{200F}\u{61C}"),
+            r"\u{2066}x\u{2069}\u{200f}\u{61c}"
+        );
+        assert_eq!(
+            terminal("one\ntwo\r\t\u{2028}"),
+            r"one\u{a}two\u{d}\u{9}\u{2028}"
+        );
     }
 }

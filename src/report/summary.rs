@@ -4,6 +4,7 @@
 
 use super::ReportError;
 use super::csv::kst_label;
+use super::neutral::terminal;
 use super::table;
 use crate::domain::KeyStatus;
 use crate::store::reports::{GroupCount, Grouping};
@@ -91,7 +92,7 @@ fn coverage(c: &Coverage, as_of: &str) -> String {
     rows.push(vec!["never".to_owned(), never.to_string(), share(never, n)]);
     let mut out = format!(
         "coverage of the source's {n} keys as of {}\n",
-        kst_label(as_of)
+        terminal(&kst_label(as_of))
     );
     out.push_str(&table::render(
         &["checked within", "keys", "share"],
@@ -102,7 +103,7 @@ fn coverage(c: &Coverage, as_of: &str) -> String {
         .oldest_check
         .as_deref()
         .map_or_else(|| "none".to_owned(), kst_label);
-    out.push_str(&format!("oldest check: {oldest}\n"));
+    out.push_str(&format!("oldest check: {}\n", terminal(&oldest)));
     out
 }
 
@@ -119,12 +120,14 @@ pub fn render(s: &Summary) -> String {
         .as_deref()
         .map(|k| format!(" (key {k})"))
         .unwrap_or_default();
-    let mut out = format!(
-        "run {}{key}: {}, started {}{finished}\n\n",
+    // The run key and times are stored text: shown, never obeyed by the terminal.
+    let line = format!(
+        "run {}{key}: {}, started {}{finished}",
         run.id,
         run.state.as_str(),
         kst_label(&run.started_at),
     );
+    let mut out = format!("{}\n\n", terminal(&line));
     let total = s.counts.total();
     let mut rows: Vec<Vec<String>> = KeyStatus::ALL
         .iter()

@@ -1,5 +1,6 @@
 //! Plain-text tables for a terminal: columns padded by display width (Hangul and other
-//! wide characters take two cells), control characters made harmless.
+//! wide characters take two cells), control and bidi characters shown as visible escapes
+//! ([`super::neutral::terminal`]).
 
 /// Columns between cells.
 const GAP: &str = "  ";
@@ -33,9 +34,9 @@ fn char_width(c: char) -> usize {
 }
 
 /// A cell as a terminal may show it: control characters (newlines, escape sequences)
-/// and bidirectional overrides become spaces.
+/// and bidirectional overrides become visible `\u{..}` escapes.
 pub fn clean(cell: &str) -> String {
-    super::neutral::strip_controls(cell).into_owned()
+    super::neutral::terminal(cell).into_owned()
 }
 
 /// Column widths and alignment, fitted to a header and some rows; rows printed later
@@ -141,8 +142,8 @@ mod tests {
     fn control_characters_cannot_reach_the_terminal() {
         let layout = Layout::fit(&["a", "b"], &[], &[false, false]);
         assert_eq!(
-            layout.line(&["x\x1b[31m", "two\nlines"]),
-            "x [31m  two lines"
+            layout.line(&["x\x1b[31m", "two\nlines\u{202E}"]),
+            r"x\u{1b}[31m  two\u{a}lines\u{202e}"
         );
     }
 }

@@ -6,15 +6,23 @@ use sqlx::{AnyPool, AssertSqlSafe, Row};
 
 use super::{CHUNK, SourceError, SourceSpec, validate_identifier};
 
-/// The SQL that reads keys and their dates: the table's key and date columns, or the
-/// query as given (the date column is then found by name).
-pub fn due_sql(spec: &SourceSpec, column: &str) -> Result<String, SourceError> {
+/// The SQL that reads keys and their dates: the table's key column and its date column
+/// read as text (a `DATE`, `DATETIME` or `TIMESTAMP` column as well as `YYYY-MM-DD` text:
+/// the `Any` driver decodes no date types), or the query as given (the date column is
+/// then found by name, and must be text). `scheme` is the source URL's (`mysql`, …).
+pub fn due_sql(spec: &SourceSpec, column: &str, scheme: &str) -> Result<String, SourceError> {
     let column = validate_identifier(column)?;
+    // MySQL/MariaDB cast to CHAR; SQLite and PostgreSQL to TEXT. Kept under its own name.
+    let text = if matches!(scheme, "mysql" | "mariadb") {
+        "CHAR"
+    } else {
+        "TEXT"
+    };
     match spec {
         SourceSpec::Table {
             table, id_column, ..
         } => Ok(format!(
-            "SELECT {}, {column} FROM {}",
+            "SELECT {}, CAST({column} AS {text}) AS {column} FROM {}",
             validate_identifier(id_column)?,
             validate_identifier(table)?
         )),
@@ -45,7 +53,8 @@ where
             source,
         })
     };
-    let sql = due_sql(spec, column).map_err(E::from)?;
+    let scheme = pool.connect_options().database_url.scheme().to_owned();
+    let sql = due_sql(spec, column, &scheme).map_err(E::from)?;
     let mut rows = sqlx::query(AssertSqlSafe(sql)).fetch(pool);
     let mut chunk = Vec::with_capacity(CHUNK);
     let mut read = 0u64;
@@ -78,13 +87,20 @@ mod tests {
             ref_column: Some("customer_ref".into()),
         };
         assert_eq!(
-            due_sql(&table, "next_charge").unwrap(),
-            "SELECT payer_id, next_charge FROM billing_keys"
+            due_sql(&table, "next_charge", "postgres").unwrap(),
+            "SELECT payer_id, CAST(next_charge AS TEXT) AS next_charge FROM billing_keys"
         );
-        assert!(due_sql(&table, "x; DROP TABLE y").is_err());
+        assert_eq!(
+            due_sql(&table, "next_charge", "mysql").unwrap(),
+            "SELECT payer_id, CAST(next_charge AS CHAR) AS next_charge FROM billing_keys"
+        );
+        assert!(due_sql(&table, "x; DROP TABLE y", "sqlite").is_err());
         let query = SourceSpec::Query {
             sql: "SELECT k, due FROM t".into(),
         };
-        assert_eq!(due_sql(&query, "due").unwrap(), "SELECT k, due FROM t");
+        assert_eq!(
+            due_sql(&query, "due", "sqlite").unwrap(),
+            "SELECT k, due FROM t"
+        );
     }
 }

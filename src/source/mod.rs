@@ -176,6 +176,11 @@ pub enum SourceError {
     BadValue { what: String, row: i64 },
     #[error("the source query is refused: {0}")]
     NotReadOnly(String),
+    #[error(
+        "source {what} holds no valid billing key: stopping rather than reporting an empty \
+         night (pass --allow-empty-source if that is expected)"
+    )]
+    NoKeys { what: String },
     #[error("source {what}: the database refused a write: the key source is read-only ({reason})")]
     WriteRefused { what: String, reason: String },
     #[error(

@@ -4,7 +4,10 @@
 //! # Architecture
 //! Two layers. [`check_query`] is a pure look at the SQL: one statement, starting with
 //! `SELECT`, `WITH`, `VALUES` or `TABLE`, so the common mistakes get a clear refusal before
-//! anything is sent. The database enforces the rest: SQLite is opened read-only with
+//! anything is sent; inside that statement, [`side_effect`] refuses what writes files or
+//! state although it reads (`INTO OUTFILE`/`DUMPFILE`/`@var`, `FOR UPDATE` locks, `:=`
+//! assignments, functions such as `GET_LOCK`, `LOAD_FILE`, `pg_advisory_lock`,
+//! `nextval`). The database enforces the rest: SQLite is opened read-only with
 //! `PRAGMA query_only = ON`; PostgreSQL and MySQL/MariaDB sessions are set read-only and
 //! every read runs inside `START TRANSACTION READ ONLY`, rolled back at the end. A write that
 //! slips past the first layer (e.g. a data-modifying `WITH`) is refused by the second.
@@ -33,7 +36,10 @@ pub fn check_query(sql: &str) -> Result<(), SourceError> {
         [one] => {
             let first = first_word(one).to_ascii_uppercase();
             if READING.contains(&first.as_str()) {
-                Ok(())
+                match side_effect(one) {
+                    Some(found) => refuse(format!("a source query only reads; this one {found}")),
+                    None => Ok(()),
+                }
             } else {
                 refuse(format!(
                     "a source query must be one SELECT (or WITH … SELECT) statement; it \
@@ -46,6 +52,152 @@ pub fn check_query(sql: &str) -> Result<(), SourceError> {
             many.len()
         )),
     }
+}
+
+/// Words that write, lock or create even inside a SELECT (MariaDB's `SELECT … INTO
+/// OUTFILE`, PostgreSQL's `SELECT … INTO table`, `FOR UPDATE`, a data-modifying `WITH`).
+const WRITING_WORDS: [(&str, &str); 14] = [
+    (
+        "INTO",
+        "writes its result somewhere (INTO OUTFILE, DUMPFILE, a variable or a table)",
+    ),
+    (
+        "OUTFILE",
+        "writes a file on the database server (INTO OUTFILE)",
+    ),
+    (
+        "DUMPFILE",
+        "writes a file on the database server (INTO DUMPFILE)",
+    ),
+    ("UPDATE", "updates or locks rows (UPDATE, FOR UPDATE)"),
+    ("SHARE", "locks rows (FOR SHARE, LOCK IN SHARE MODE)"),
+    ("LOCK", "locks rows or tables"),
+    ("INSERT", "inserts rows"),
+    ("DELETE", "deletes rows"),
+    ("MERGE", "merges rows"),
+    ("TRUNCATE", "truncates a table"),
+    ("DROP", "drops something"),
+    ("CREATE", "creates something"),
+    ("ALTER", "alters something"),
+    ("CALL", "calls a procedure"),
+];
+
+/// Functions with effects beyond reading: locks, files, sequences, sessions, sleeps.
+const EFFECT_FUNCTIONS: [&str; 34] = [
+    "GET_LOCK",
+    "RELEASE_LOCK",
+    "RELEASE_ALL_LOCKS",
+    "LOAD_FILE",
+    "SLEEP",
+    "BENCHMARK",
+    "NEXTVAL",
+    "SETVAL",
+    "LASTVAL",
+    "SYS_EXEC",
+    "SYS_EVAL",
+    "PG_ADVISORY_LOCK",
+    "PG_ADVISORY_LOCK_SHARED",
+    "PG_ADVISORY_XACT_LOCK",
+    "PG_ADVISORY_XACT_LOCK_SHARED",
+    "PG_TRY_ADVISORY_LOCK",
+    "PG_TRY_ADVISORY_XACT_LOCK",
+    "PG_SLEEP",
+    "PG_SLEEP_FOR",
+    "PG_SLEEP_UNTIL",
+    "PG_READ_FILE",
+    "PG_READ_BINARY_FILE",
+    "PG_LS_DIR",
+    "PG_NOTIFY",
+    "PG_TERMINATE_BACKEND",
+    "PG_CANCEL_BACKEND",
+    "PG_RELOAD_CONF",
+    "SET_CONFIG",
+    "LO_IMPORT",
+    "LO_EXPORT",
+    "LO_UNLINK",
+    "DBLINK",
+    "DBLINK_EXEC",
+    "LOAD_EXTENSION",
+];
+
+/// What in one reading statement would write a file or change state, if anything: a word
+/// of [`WRITING_WORDS`], a function of [`EFFECT_FUNCTIONS`], a `:=` assignment, or
+/// `NEXT VALUE FOR`. Quoted text and quoted identifiers are not looked at.
+pub fn side_effect(statement: &str) -> Option<String> {
+    let mut words: Vec<String> = Vec::new();
+    let mut chars = statement.chars().peekable();
+    let mut word = String::new();
+    let end_word = |word: &mut String, words: &mut Vec<String>| {
+        if !word.is_empty() {
+            words.push(std::mem::take(word).to_ascii_uppercase());
+        }
+    };
+    let mut calls = Vec::new();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' | '"' | '`' => {
+                end_word(&mut word, &mut words);
+                let mut escaped = false;
+                for q in chars.by_ref() {
+                    if q == '\\' && c == '\'' {
+                        escaped = !escaped;
+                        continue;
+                    }
+                    if q == c && !escaped {
+                        break;
+                    }
+                    escaped = false;
+                }
+                words.push(String::new());
+            }
+            ':' if chars.peek() == Some(&'=') => {
+                return Some("assigns a variable (:=)".to_owned());
+            }
+            c if c.is_alphanumeric() || c == '_' || c == '$' => word.push(c),
+            '(' => {
+                if !word.is_empty() {
+                    calls.push(word.to_ascii_uppercase());
+                }
+                end_word(&mut word, &mut words);
+            }
+            c if c.is_whitespace() => {
+                end_word(&mut word, &mut words);
+                // `f (x)` calls f too.
+                let mut look = chars.clone();
+                while look.peek().is_some_and(|n| n.is_whitespace()) {
+                    look.next();
+                }
+                if look.peek() == Some(&'(')
+                    && let Some(last) = words.last()
+                    && !last.is_empty()
+                {
+                    calls.push(last.clone());
+                }
+            }
+            _ => end_word(&mut word, &mut words),
+        }
+    }
+    end_word(&mut word, &mut words);
+    for (found, why) in WRITING_WORDS {
+        if words.iter().any(|w| w == found) {
+            return Some(format!("{why}: found {found}"));
+        }
+    }
+    for call in &calls {
+        if EFFECT_FUNCTIONS.contains(&call.as_str()) {
+            return Some(format!(
+                "calls {call}(), which has effects beyond reading (a lock, a file, a sequence, \
+                 a session or a sleep)"
+            ));
+        }
+    }
+    if words
+        .windows(3)
+        .any(|w| w[0] == "NEXT" && w[1] == "VALUE" && w[2] == "FOR")
+    {
+        return Some("advances a sequence (NEXT VALUE FOR)".to_owned());
+    }
+    None
 }
 
 /// The statements of `sql` (text between `;` outside quotes and comments), empty ones
@@ -193,6 +345,10 @@ mod tests {
             "(SELECT 1)",
             "-- keys\nSELECT 1 /* ; DROP TABLE x */",
             "SELECT 'a -- not a comment; DROP' FROM t",
+            "SELECT payer_id FROM billing_keys WHERE note <> 'INTO OUTFILE' AND x = 'a\\'b'",
+            "SELECT `update`, \"into\" FROM t WHERE deleted_at IS NULL",
+            "SELECT REPLACE(payer_id, ' ', '') FROM t WHERE a = ':='",
+            "SELECT payer_id, customer_ref FROM billing_keys WHERE lock_state = 0",
         ] {
             assert!(check_query(sql).is_ok(), "{sql}");
         }
@@ -211,6 +367,21 @@ mod tests {
             "PRAGMA query_only = OFF",
             "INSERT INTO t SELECT 1",
             "/* hi */ delete from t",
+            "SELECT payer_id FROM billing_keys INTO OUTFILE '/tmp/keys.txt'",
+            "SELECT payer_id FROM billing_keys INTO DUMPFILE '/tmp/k'",
+            "select payer_id into @k from billing_keys limit 1",
+            "SELECT payer_id INTO new_table FROM billing_keys",
+            "SELECT payer_id FROM billing_keys FOR UPDATE",
+            "SELECT payer_id FROM billing_keys LOCK IN SHARE MODE",
+            "SELECT payer_id FROM billing_keys FOR SHARE",
+            "SELECT @n := @n + 1, payer_id FROM billing_keys",
+            "SELECT payer_id, GET_LOCK('x', 10) FROM billing_keys",
+            "SELECT LOAD_FILE('/etc/passwd')",
+            "SELECT payer_id FROM billing_keys WHERE pg_advisory_lock (1) IS NULL",
+            "SELECT nextval('s'), payer_id FROM billing_keys",
+            "SELECT NEXT VALUE FOR s",
+            "SELECT payer_id, SLEEP(5) FROM billing_keys",
+            "WITH d AS (DELETE FROM t RETURNING payer_id) SELECT payer_id FROM d",
             "",
             " ; ",
         ] {

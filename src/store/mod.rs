@@ -11,11 +11,13 @@
 //! subject in `runs` (runs, shards, staging), `checks` (result rows), `leases`, `reports`
 //! (what the finance reports read), `recheck` (failed keys made pending again), `coverage`
 //! (budgeted runs' priority queue, latest results across partial runs, coverage) and
-//! `writer` (the single batching writer).
+//! `writer` (the single batching writer); `presence` notices a SQLite file deleted mid-run.
 
 mod checks;
 mod coverage;
 mod leases;
+mod open;
+mod presence;
 mod recheck;
 pub mod reports;
 mod runs;
@@ -116,6 +118,22 @@ pub enum StoreError {
         #[source]
         source: sqlx::migrate::MigrateError,
     },
+    #[error(
+        "migration {version} of the {dialect} results schema is marked unfinished: a process \
+         stopped part-way through it, and the schema may be half-changed; restore the database \
+         from its backup (docs/safety.md)"
+    )]
+    MigrationUnfinished { dialect: &'static str, version: i64 },
+    #[error("cannot take the migration lock: {0}")]
+    MigrationLock(String),
+    #[error("the SQLite results file {path} {problem}")]
+    UnsafeFile { path: String, problem: String },
+    #[error(
+        "the SQLite results file {path} {what} while the run was writing to it: the results \
+         written since went to a file no path reaches; restore the file and run again with \
+         --resume, or start the run again"
+    )]
+    FileVanished { path: String, what: String },
     #[error("the {dialect} results database does not take writes (read-only?): {source}")]
     ReadOnly {
         dialect: &'static str,
@@ -384,6 +402,8 @@ pub const MAX_ROWS_PER_STATEMENT: usize = 1000;
 pub struct Store {
     pool: AnyPool,
     dialect: Dialect,
+    /// The SQLite file opened (`None` for a server or an in-memory database).
+    file: Option<std::sync::Arc<presence::FileIdentity>>,
 }
 
 impl Store {
@@ -391,8 +411,21 @@ impl Store {
     /// that the database takes writes: a read-only one is a configuration error found
     /// before any lookup, not a failure at the first result.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
+        Self::open_until(url, &tokio_util::sync::CancellationToken::new()).await
+    }
+
+    /// [`Self::open`], giving up waiting for another process's migrations when `stop` is
+    /// cancelled.
+    pub async fn open_until(
+        url: &str,
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> Result<Self, StoreError> {
         let store = Self::connect(url).await?;
-        store.migrate_serialised().await?;
+        if store.dialect == Dialect::MySql {
+            open::with_mysql_migration_lock(&store.pool, stop, || store.migrate()).await?;
+        } else {
+            store.migrate_serialised().await?;
+        }
         store.check_writable().await?;
         Ok(store)
     }
@@ -492,7 +525,7 @@ impl Store {
             .map_err(connect_error)?
             .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1));
         if dialect == Dialect::Sqlite {
-            create_private_sqlite_file(&url).map_err(connect_error)?;
+            open::prepare_sqlite_file(&url)?;
         }
         // A server that refuses connections is reported within seconds: sqlx would keep
         // trying for the whole acquire timeout.
@@ -502,7 +535,17 @@ impl Store {
         )
         .await;
         match pool {
-            Ok(Ok(pool)) => Ok(Self { pool, dialect }),
+            Ok(Ok(pool)) => {
+                let file = match dialect {
+                    Dialect::Sqlite => open::opened_file(&url)?.map(std::sync::Arc::new),
+                    _ => None,
+                };
+                Ok(Self {
+                    pool,
+                    dialect,
+                    file,
+                })
+            }
             Ok(Err(sqlx::Error::PoolTimedOut)) | Err(_) => {
                 Err(connect_error(why_no_connection(&connect_options).await))
             }
@@ -512,6 +555,13 @@ impl Store {
 
     pub fn dialect(&self) -> Dialect {
         self.dialect
+    }
+
+    /// `Ok` while the SQLite file opened is still at its path (always for a server).
+    pub fn check_file(&self) -> Result<(), StoreError> {
+        self.file
+            .as_deref()
+            .map_or(Ok(()), presence::FileIdentity::check)
     }
 
     pub fn pool(&self) -> &AnyPool {
@@ -528,10 +578,7 @@ impl Store {
         migrator
             .run(&self.pool)
             .await
-            .map_err(|source| StoreError::Migrate {
-                dialect: self.dialect.name(),
-                source,
-            })
+            .map_err(|source| open::migrate_error(self.dialect.name(), source))
     }
 
     pub async fn close(&self) {
@@ -566,25 +613,6 @@ async fn why_no_connection(options: &AnyConnectOptions) -> sqlx::Error {
         Err(_) => sqlx::Error::Configuration(
             format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()).into(),
         ),
-    }
-}
-
-/// Creates a missing SQLite database file readable by its owner only (0600), before SQLite
-/// creates it with the umask's mode; SQLite gives its `-wal` and `-shm` files the mode of
-/// the database file. An existing file and a read-only URL are left alone.
-fn create_private_sqlite_file(url: &str) -> Result<(), sqlx::Error> {
-    if url.contains(":memory:") || url.contains("mode=ro") || url.contains("mode=memory") {
-        return Ok(());
-    }
-    let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)?;
-    let path = options.get_filename();
-    if path.as_os_str().is_empty() || path.exists() {
-        return Ok(());
-    }
-    match crate::private_file::create(path) {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(sqlx::Error::Io(e)),
     }
 }
 
@@ -747,6 +775,13 @@ mod tests {
             .await
             .expect("table");
         old.close().await.expect("close");
+        // Made by another program under the umask: private before the job will use it.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            dir.path().join("old.db"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .expect("chmod");
 
         let store = Store::open(&url).await.expect("open");
         assert_eq!(pragma(&store, "page_size").await, 4096);

@@ -157,7 +157,13 @@ async fn write_sorted(
     stats: &mut WriterStats,
 ) -> Result<(), WriterError> {
     rows.sort_unstable();
-    write_isolating(store, run_id, &rows, config, stats).await
+    write_isolating(store, run_id, &rows, config, stats).await?;
+    // A SQLite file deleted under the run takes these rows into an unreachable inode.
+    store.check_file().map_err(|source| WriterError {
+        lost: rows.len(),
+        stats: Box::new(*stats),
+        source,
+    })
 }
 
 /// Gives the pages a written batch freed back to the system. A batch's buffers (its

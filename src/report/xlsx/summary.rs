@@ -1,6 +1,7 @@
 //! The Summary sheet: the run (id, state, times in KST, source, duration, exit code), keys
 //! per status, per card company and per bank, a pie chart of the status split and a
-//! column chart of active / gone / failed across the last completed runs.
+//! column chart of active / gone / failed across the last completed runs. The card and
+//! bank tables show the [`TOP_NAMES`] names with the most keys and one "other" row.
 
 use rust_xlsxwriter::{Chart, ChartDataLabel, Workbook, Worksheet, XlsxError};
 
@@ -16,6 +17,10 @@ use crate::store::{RunRecord, Store};
 
 /// Completed runs the trend chart shows.
 pub const TREND_RUNS: i64 = 14;
+
+/// Card companies (and banks) the sheet names; the rest share one "other" row, so a
+/// source with thousands of unusual names still gives a sheet of a few dozen rows.
+pub const TOP_NAMES: usize = 30;
 
 /// The sheet's name (charts refer to it).
 const NAME: &str = "Summary";
@@ -183,17 +188,35 @@ fn groups_block(c: &mut Cursor<'_>, rows: &[GroupCount], empty: &str) -> Result<
         c.row += 1;
         return Ok(());
     }
-    for g in rows {
-        let name = g
-            .name
-            .as_deref()
-            .filter(|n| !n.trim().is_empty())
-            .unwrap_or("(not reported)");
-        c.text(0, name)?;
-        c.number(1, g.keys as f64)?;
+    for (name, keys) in top_names(rows, TOP_NAMES) {
+        c.text(0, &name)?;
+        c.number(1, keys as f64)?;
         c.row += 1;
     }
     Ok(())
+}
+
+/// The first `top` groups (the store gives them by count, most first) by name, then one
+/// `other (N names)` row adding up the rest; every key is counted once.
+pub fn top_names(rows: &[GroupCount], top: usize) -> Vec<(String, i64)> {
+    let mut out: Vec<(String, i64)> = rows
+        .iter()
+        .take(top)
+        .map(|g| {
+            let name = g
+                .name
+                .as_deref()
+                .filter(|n| !n.trim().is_empty())
+                .unwrap_or("(not reported)");
+            (name.to_owned(), g.keys)
+        })
+        .collect();
+    let rest = rows.get(top..).unwrap_or_default();
+    if !rest.is_empty() {
+        let keys = rest.iter().map(|g| g.keys).sum();
+        out.push((format!("other ({} names)", rest.len()), keys));
+    }
+    out
 }
 
 /// The trend table: run, started (KST), active, gone, failed. Its (first, last) data
@@ -282,5 +305,35 @@ mod tests {
         );
         assert_eq!(duration_secs("2026-11-26T17:00:00Z", None), None);
         assert_eq!(duration_secs("x", Some("2026-11-26T17:00:00Z")), None);
+    }
+
+    fn group(name: Option<&str>, keys: i64) -> GroupCount {
+        GroupCount {
+            name: name.map(str::to_owned),
+            keys,
+        }
+    }
+
+    #[test]
+    fn the_top_names_and_one_other_row() {
+        let rows = [
+            group(Some("신한카드"), 9),
+            group(None, 5),
+            group(Some("BC카드"), 3),
+            group(Some("x"), 2),
+            group(Some("y"), 1),
+        ];
+        assert_eq!(
+            top_names(&rows, 2),
+            [
+                ("신한카드".to_owned(), 9),
+                ("(not reported)".to_owned(), 5),
+                ("other (3 names)".to_owned(), 6),
+            ]
+        );
+        // No "other" row when every name fits.
+        assert_eq!(top_names(&rows, 5).len(), 5);
+        assert_eq!(top_names(&rows, 9).len(), 5);
+        assert!(top_names(&[], 30).is_empty());
     }
 }

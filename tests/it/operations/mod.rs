@@ -9,6 +9,8 @@
 //! arguments are validated by the binary's own parser and settings. The crontab line is
 //! executed as cron would (with the paths moved into a temporary folder).
 
+mod hardening;
+mod hardening_text;
 mod leases;
 mod metrics;
 mod pushgateway;
