@@ -89,6 +89,10 @@ async fn a_sqlite_database_of_the_previous_release_upgrades_in_place() {
     let dir = tempfile::tempdir().expect("temp dir");
     let db = dir.path().join("results.db");
     std::fs::copy(fixture("results.db"), &db).expect("fixture copied");
+    // The previous release left its file 0644 under umask 022; this release refuses a file
+    // others may read (docs/safety.md), so the upgrade starts with `chmod 600`.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600)).expect("chmod 600");
     let url = format!("sqlite://{}", db.display());
     assert_outputs_intact(&url, "sqlite", dir.path());
     next_night_runs(&url, dir.path()).await;
