@@ -72,47 +72,7 @@ impl Store {
                 url.push(if url.contains('?') { '&' } else { '?' });
                 url.push_str("mode=rwc");
             }
-            options = options.after_connect(|conn, _meta| {
-                Box::pin(async move {
-                    use sqlx::Executor;
-                    // A new file gets 32 KiB pages; a file that already has pages keeps
-                    // its size (SQLite ignores the pragma then). At a million random keys
-                    // each result batch touches most pages of the key indexes: with 4 KiB
-                    // pages that was ~17,000 pages a batch, each read, written to the WAL
-                    // and checkpointed by its own system calls: 28,700-30,300 lookups/s
-                    // with 17-19 s of system CPU; with 32 KiB pages, 33,500-35,700 with
-                    // 13-14 s (README, Performance). Set first: it must precede the first
-                    // write.
-                    conn.execute("PRAGMA page_size = 32768").await?;
-                    conn.execute("PRAGMA journal_mode = WAL").await?;
-                    conn.execute("PRAGMA busy_timeout = 30000").await?;
-                    conn.execute("PRAGMA synchronous = NORMAL").await?;
-                    // Memory stays bounded however many keys a run holds: 6 MiB of page
-                    // cache per connection (measured at 1,000,000 keys: 16 MiB gave an
-                    // 82 MiB peak RSS, the pool's connections each filling theirs; 8 MiB
-                    // with 32 KiB pages up to 63 MiB), and a 16 MiB process-wide soft
-                    // limit. Bounded, not minimal: with 1 MiB (and a 3 MiB limit) a
-                    // 500-row batch, which dirties ~1,000 index pages, spilled to the WAL
-                    // mid-transaction and re-read its B-tree pages through the kernel,
-                    // ~20 pread/pwrite calls per lookup (perf: pagerStress, subjournal
-                    // writes, readDbPage).
-                    conn.execute("PRAGMA cache_size = -6144").await?;
-                    conn.execute("PRAGMA soft_heap_limit = 16777216").await?;
-                    // Checkpoint every 16 MiB of WAL (on disk) rather than 4 MiB: an index
-                    // page written by several batches in between is copied to the
-                    // database once. In pages of the file's own size.
-                    let page_size: i64 = sqlx::query_scalar("PRAGMA page_size")
-                        .fetch_one(&mut *conn)
-                        .await?;
-                    let pages = WAL_CHECKPOINT_BYTES / page_size.max(512);
-                    // A number computed here, not input: nothing to escape.
-                    let checkpoint = format!("PRAGMA wal_autocheckpoint = {pages}");
-                    sqlx::query(AssertSqlSafe(checkpoint))
-                        .execute(&mut *conn)
-                        .await?;
-                    Ok(())
-                })
-            });
+            options = options.after_connect(|conn, _meta| Box::pin(tune_sqlite(conn)));
         }
         let connect_error = |source| StoreError::Connect {
             dialect: dialect.name(),
@@ -183,6 +143,31 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How much WAL a SQLite file gathers before it is checkpointed.
 pub(super) const WAL_CHECKPOINT_BYTES: i64 = 16 * 1024 * 1024;
+
+/// SQLite's per-connection tuning: 32 KiB pages on a new file, WAL, a 6 MiB page cache and
+/// a 16 MiB heap limit, a checkpoint every 16 MiB of WAL. Why these values: the measured
+/// runs in docs/performance.md.
+async fn tune_sqlite(conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
+    use sqlx::Executor;
+    // The page size must precede the first write; a file with pages keeps its size.
+    conn.execute("PRAGMA page_size = 32768").await?;
+    conn.execute("PRAGMA journal_mode = WAL").await?;
+    conn.execute("PRAGMA busy_timeout = 30000").await?;
+    conn.execute("PRAGMA synchronous = NORMAL").await?;
+    conn.execute("PRAGMA cache_size = -6144").await?;
+    conn.execute("PRAGMA soft_heap_limit = 16777216").await?;
+    // The checkpoint interval is counted in pages of the file's own size.
+    let page_size: i64 = sqlx::query_scalar("PRAGMA page_size")
+        .fetch_one(&mut *conn)
+        .await?;
+    let pages = WAL_CHECKPOINT_BYTES / page_size.max(512);
+    // A number computed here, not input: nothing to escape.
+    let checkpoint = format!("PRAGMA wal_autocheckpoint = {pages}");
+    sqlx::query(AssertSqlSafe(checkpoint))
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
 
 /// Why connecting timed out: one direct attempt, whose error names the cause (connection
 /// refused, unknown host, authentication) where the pool only says it timed out.
