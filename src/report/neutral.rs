@@ -1,10 +1,18 @@
 //! Cell text made harmless for a spreadsheet: control characters become spaces,
 //! bidirectional formatting characters are dropped (they can make a cell read backwards),
-//! and a leading formula character is escaped as in the CSV ([`super::csv::escape_formula`]).
+//! and a leading formula character is escaped ([`escape_formula`], OWASP CSV injection);
+//! the CSV report and the workbook both write cells through it.
 
 use std::borrow::Cow;
 
-use super::csv::escape_formula;
+/// Escapes a cell a spreadsheet would read as a formula (it begins with `=`, `+`, `-`,
+/// `@`, a tab or a carriage return) by prefixing a single quote (OWASP CSV injection).
+pub fn escape_formula(cell: &str) -> Cow<'_, str> {
+    match cell.chars().next() {
+        Some('=' | '+' | '-' | '@' | '\t' | '\r') => Cow::Owned(format!("'{cell}")),
+        _ => Cow::Borrowed(cell),
+    }
+}
 
 /// Whether `c` is a Unicode bidirectional formatting character (embeddings, overrides,
 /// isolates, directional marks).
@@ -62,5 +70,34 @@ mod tests {
         assert_eq!(neutralise("\t=1"), " =1");
         // Hiding the formula behind a bidi control does not help.
         assert_eq!(neutralise("\u{202E}=1+2"), "'=1+2");
+    }
+
+    #[test]
+    fn formula_cells_are_escaped_and_others_left_alone() {
+        for risky in [
+            "=1+2",
+            "+82",
+            "-5",
+            "@SUM(A1)",
+            "\tx",
+            "\rx",
+            "=HYPERLINK(\"x\")",
+        ] {
+            assert_eq!(escape_formula(risky), format!("'{risky}"), "{risky:?}");
+        }
+        for safe in [
+            "",
+            "CUST-1",
+            "4518-****-****-1234",
+            "신한카드",
+            " =x",
+            "'=x",
+            "#5",
+        ] {
+            assert!(
+                matches!(escape_formula(safe), Cow::Borrowed(s) if s == safe),
+                "{safe:?}"
+            );
+        }
     }
 }
