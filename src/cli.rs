@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::exit::EXIT_CODES_HELP;
+use crate::exit;
 use crate::telemetry::LogFormat;
 
 const CREDENTIALS_HELP: &str = "\
@@ -17,7 +17,7 @@ Credentials come from the environment only, never from flags:
 
 /// Checks stored Payple billing keys (PCD_PAYER_ID) and records which still work.
 #[derive(Debug, Parser)]
-#[command(name = "payple-reconcile", version, after_help = EXIT_CODES_HELP)]
+#[command(name = "payple-reconcile", version, after_help = exit::help_text())]
 pub struct Cli {
     /// Log line format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "PAYPLE_LOG_FORMAT", hide_env_values = true)]
@@ -32,10 +32,10 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// The nightly batch: read keys, look each up, write results.
-    #[command(after_help = format!("{CREDENTIALS_HELP}\n\n{EXIT_CODES_HELP}"))]
+    #[command(after_help = format!("{CREDENTIALS_HELP}\n\n{}", exit::help_text()))]
     Run(Box<RunArgs>),
     /// Look a few keys up now and print one JSON object per key on stdout.
-    #[command(after_help = format!("{CREDENTIALS_HELP}\n\n{EXIT_CODES_HELP}"))]
+    #[command(after_help = format!("{CREDENTIALS_HELP}\n\n{}", exit::help_text()))]
     Lookup(LookupArgs),
     /// Serve a Payple simulator on loopback (tests, demos, benchmarks).
     Simulate(SimulateArgs),

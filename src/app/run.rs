@@ -65,7 +65,7 @@ async fn started(
         && !batch.dry_run
     {
         let text = pushgateway::exit_code_body(error.exit_status().code());
-        pushgateway::push_counted(target, text, &shutdown, batch.shutdown_grace).await;
+        pushgateway::push_counted(target, text, shutdown, batch.shutdown_grace).await;
     }
     if let Some(sim) = sim {
         sim.shutdown().await;

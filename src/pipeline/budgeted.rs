@@ -11,7 +11,7 @@ use crate::settings::BatchSettings;
 use crate::source::{self, SourceError, SourceSpec};
 use crate::store::{Store, retrying};
 
-use super::RunError;
+use super::error::RunError;
 
 /// Reads the due dates (with `--due-column`) and fills the run's priority queue for this
 /// shard (once: a resumed run keeps its queue).

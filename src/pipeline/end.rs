@@ -1,13 +1,16 @@
 //! How a run ends: the pure decision of its final state and exit status
-//! ([`conclude`]), and the summary printed on stdout ([`summary_of`]).
+//! ([`conclude`]), the summary printed on stdout ([`summary_of`]), and recording the end
+//! of a shard ([`RunEnd`], what `run` returns).
 
 use std::time::Duration;
 
-use super::RunError;
+use super::context::RunContext;
+use super::error::RunError;
+use crate::budget::BudgetStop;
 use crate::domain::RunSummary;
 use crate::exit::ExitStatus;
 use crate::shutdown::Signal;
-use crate::store::{RunRecord, RunState, StatusCounts};
+use crate::store::{RunRecord, RunState, StatusCounts, retrying};
 
 /// How the work on a run ended.
 #[derive(Debug)]
@@ -115,6 +118,115 @@ pub fn summary_of(
         keys_checked: run.counts.active + run.counts.gone + run.counts.failed,
         budget_stop: None,
         note: None,
+    }
+}
+
+/// The result of `run`: a summary, or an error with the run it left behind.
+#[derive(Debug)]
+pub struct RunEnd {
+    pub exit: ExitStatus,
+    pub summary: Option<RunSummary>,
+    pub error: Option<RunError>,
+}
+
+/// How the work on a run ended, and the keys this process checked.
+pub(super) struct Driven {
+    pub(super) checked: u64,
+    pub(super) outcome: Outcome,
+    /// A budget ended the lookups with keys left unchecked.
+    pub(super) budget_stop: Option<BudgetStop>,
+}
+
+impl RunEnd {
+    pub(super) fn new(outcome: Outcome, exit: ExitStatus, summary: Option<RunSummary>) -> Self {
+        Self {
+            exit,
+            summary,
+            error: outcome.into_error(),
+        }
+    }
+}
+
+impl RunContext<'_> {
+    /// Records how the shard ended and builds the summary; [`conclude`] decides the state
+    /// and the exit status.
+    pub(super) async fn finish(&self, run_id: i64, driven: Driven) -> RunEnd {
+        let Driven {
+            checked,
+            outcome,
+            budget_stop,
+        } = driven;
+        let budget_stop = budget_stop.filter(|_| matches!(outcome, Outcome::Finished));
+        let signal = self.shutdown.signal();
+        let (state, exit) = conclude(&outcome, signal, Tally::Pending);
+        let unavailable = matches!(outcome, Outcome::Unavailable).then(|| {
+            format!(
+                "Payple was unavailable for the whole outage budget ({} s paused); the pending \
+                 keys are looked up by --resume {run_id} or the same --run-key",
+                self.client.outage_paused().as_secs()
+            )
+        });
+        let message = outcome
+            .error()
+            .map(ToString::to_string)
+            .or_else(|| unavailable.clone());
+        let (shard, client) = (self.settings.shard, &self.client);
+        let finished = retrying(|| {
+            self.store.finish_shard(
+                run_id,
+                shard.index,
+                state,
+                client.auth_calls(),
+                client.lookups(),
+                i32::from(exit.code()),
+                message.clone(),
+            )
+        })
+        .await;
+        let run = match finished {
+            Ok(run) => run,
+            Err(e) => {
+                tracing::error!(run_id, error = %e, "could not record the end of the run; it stays resumable");
+                let (_, exit) = conclude(&outcome, signal, Tally::Unrecorded);
+                let outcome = match outcome {
+                    Outcome::Failed(error) => Outcome::Failed(error),
+                    _ => Outcome::Failed(e.into()),
+                };
+                return RunEnd::new(outcome, exit, None);
+            }
+        };
+        if let Err(e) = self
+            .store
+            .record_coverage(run_id, budget_stop.map(BudgetStop::as_str))
+            .await
+        {
+            tracing::warn!(error = %e, "could not record the run's coverage");
+        }
+        // Failed or rejected keys anywhere in the run (a resume included) make exit code 2.
+        let (_, final_exit) = conclude(&outcome, signal, Tally::Recorded(&run.counts));
+        if final_exit != exit
+            && let Err(e) = self
+                .store
+                .set_exit_code(run_id, i32::from(final_exit.code()))
+                .await
+        {
+            tracing::warn!(error = %e, "could not record the exit code");
+        }
+        let elapsed = self.started.elapsed();
+        let mut summary = summary_of(
+            &run,
+            checked,
+            elapsed,
+            client.auth_calls(),
+            client.lookups(),
+            final_exit,
+        );
+        summary.budget_stop = budget_stop.map(BudgetStop::as_str);
+        if let Some(note) = unavailable {
+            tracing::warn!("{note}");
+            summary.note = Some(note);
+        }
+        RunEnd::new(outcome, final_exit, Some(summary))
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::shutdown::Shutdown;
 use crate::store::{Lease, Store, StoreError};
 
-use super::RunError;
+use super::error::RunError;
 
 /// How long a lease lives without a heartbeat: a crashed run on another machine blocks
 /// the next for this long.

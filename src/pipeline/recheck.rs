@@ -1,12 +1,12 @@
 //! Re-checking a run's failed keys (`run --recheck-failed`, or the same `--run-key` after a
 //! night with transient failures): which failures a new lookup may change (a pure decision
 //! over stored result codes, [`worth_rechecking`] and [`select`]), and the steps around it:
-//! which run a re-check is about, and its failed keys made pending again.
+//! the failed keys of a run a re-check takes, made pending again (which run a re-check is
+//! about is decided in [`super::plan`]).
 
-use super::{Plan, RunError};
+use super::error::RunError;
 use crate::payple::classify::{CodeBook, CodeClass, codes, is_transient_code};
-use crate::settings::RecheckRun;
-use crate::store::{FailedCode, FailedSelection, RunRecord, RunState, Store, StoreError, retrying};
+use crate::store::{FailedCode, FailedSelection, RunRecord, Store, StoreError, retrying};
 
 /// Which failed rows a re-check takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,60 +63,6 @@ pub fn select(failed: &[FailedCode], scope: Scope, book: &CodeBook) -> (FailedSe
         }
     }
     (selection, keys)
-}
-
-/// `--recheck-failed`: the run must exist, be completed and unsharded. With nothing to
-/// re-check the answer is a note (exit 0): the night needs no repair this command can make.
-pub(super) async fn plan(
-    store: &Store,
-    which: RecheckRun,
-    scope: Scope,
-    book: &CodeBook,
-) -> Result<Plan, RunError> {
-    let run = match which {
-        RecheckRun::Run(id) => store.run(id).await?.ok_or(RunError::NoSuchRun(id))?,
-        RecheckRun::Latest => store
-            .latest_runs(Some(RunState::Completed), 1)
-            .await?
-            .into_iter()
-            .next()
-            .ok_or_else(|| RunError::NotRecheckable("no run has completed yet".to_owned()))?,
-    };
-    let id = run.id;
-    match run.state {
-        RunState::Completed => {}
-        RunState::Running => {
-            return Err(RunError::NotRecheckable(format!(
-                "run {id} is still running (if its process died, continue it with --resume {id})"
-            )));
-        }
-        state => {
-            return Err(RunError::NotRecheckable(format!(
-                "run {id} is {}: continue it with --resume {id} first",
-                state.as_str()
-            )));
-        }
-    }
-    if run.shard_count > 1 {
-        return Err(RunError::NotRecheckable(format!(
-            "run {id} ran in {} shards: run its --run-key again in every shard to re-check it",
-            run.shard_count
-        )));
-    }
-    if let Some(selection) = selection(store, &run, scope, book).await? {
-        return Ok(Plan::Recheck(run, selection));
-    }
-    let note = match (run.counts.failed, scope) {
-        (0, _) => format!("run {id} has no failed keys: nothing to re-check"),
-        (n, Scope::Transient) => format!(
-            "run {id}: none of its {n} failed keys failed for a reason a new lookup may \
-             change; --all-failed re-checks them anyway"
-        ),
-        (n, Scope::AllFailed) => {
-            format!("run {id}: its {n} failed keys are not keys it set out to check")
-        }
-    };
-    Ok(Plan::Done(run, note))
 }
 
 /// The failed keys of `run` a re-check in `scope` takes, or `None` when there are none.

@@ -8,7 +8,7 @@ use crate::shutdown::Shutdown;
 use crate::source::{self, Item, SourceError, SourceSpec};
 use crate::store::{CheckRow, StagedKey, Staging, Store, now_text};
 
-use super::RunError;
+use super::error::RunError;
 
 /// What staging found.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

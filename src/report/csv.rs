@@ -1,10 +1,10 @@
 //! The finance CSV: one row per result row of a run, payer ids masked, times in KST and
 //! UTC, cells escaped against spreadsheet formula injection, RFC 4180 quoting.
 //!
-//! Rows are built by pure functions ([`report_row`], [`escape_formula`], [`kst_and_utc`]);
+//! Rows are built by pure functions ([`report_row`], [`kst_and_utc`]; cells are escaped by
+//! [`super::neutral`]);
 //! [`CsvOut`] and [`ReportWriter`] write them to any `impl Write`.
 
-use std::borrow::Cow;
 use std::io::{self, Write};
 
 use chrono::{DateTime, FixedOffset, Utc};
@@ -137,15 +137,6 @@ pub fn kst_label(stored: &str) -> String {
     }
 }
 
-/// Escapes a cell a spreadsheet would read as a formula (it begins with `=`, `+`, `-`,
-/// `@`, a tab or a carriage return) by prefixing a single quote (OWASP CSV injection).
-pub fn escape_formula(cell: &str) -> Cow<'_, str> {
-    match cell.chars().next() {
-        Some('=' | '+' | '-' | '@' | '\t' | '\r') => Cow::Owned(format!("'{cell}")),
-        _ => Cow::Borrowed(cell),
-    }
-}
-
 /// A CSV writer for finance: optional BOM, a header, every cell neutralised (no control
 /// or bidirectional characters) and formula-escaped,
 /// RFC 4180 quoting and CRLF line ends.
@@ -239,35 +230,6 @@ mod tests {
             result_msg: Some("회원조회 성공".to_owned()),
             attempts: 1,
             checked_at: "2026-11-26T17:05:03.123Z".to_owned(),
-        }
-    }
-
-    #[test]
-    fn formula_cells_are_escaped_and_others_left_alone() {
-        for risky in [
-            "=1+2",
-            "+82",
-            "-5",
-            "@SUM(A1)",
-            "\tx",
-            "\rx",
-            "=HYPERLINK(\"x\")",
-        ] {
-            assert_eq!(escape_formula(risky), format!("'{risky}"), "{risky:?}");
-        }
-        for safe in [
-            "",
-            "CUST-1",
-            "4518-****-****-1234",
-            "신한카드",
-            " =x",
-            "'=x",
-            "#5",
-        ] {
-            assert!(
-                matches!(escape_formula(safe), Cow::Borrowed(s) if s == safe),
-                "{safe:?}"
-            );
         }
     }
 

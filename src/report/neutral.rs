@@ -1,13 +1,20 @@
 //! Stored text made harmless before it is shown: in a spreadsheet cell ([`neutralise`]:
 //! control characters become spaces, bidirectional formatting characters are dropped, a
-//! leading formula character is escaped as in the CSV, [`super::csv::escape_formula`]), and
+//! leading formula character is escaped, [`escape_formula`], OWASP CSV injection), and
 //! on a terminal ([`terminal`]: each control or bidirectional formatting character is shown
 //! as a visible `\u{..}` escape, so an escape sequence or a right-to-left override in a
 //! stored run key or name is seen, never obeyed).
 
 use std::borrow::Cow;
 
-use super::csv::escape_formula;
+/// Escapes a cell a spreadsheet would read as a formula (it begins with `=`, `+`, `-`,
+/// `@`, a tab or a carriage return) by prefixing a single quote (OWASP CSV injection).
+pub fn escape_formula(cell: &str) -> Cow<'_, str> {
+    match cell.chars().next() {
+        Some('=' | '+' | '-' | '@' | '\t' | '\r') => Cow::Owned(format!("'{cell}")),
+        _ => Cow::Borrowed(cell),
+    }
+}
 
 /// Whether `c` is a Unicode bidirectional formatting character (embeddings, overrides,
 /// isolates, directional marks).
@@ -110,5 +117,34 @@ mod tests {
             terminal("one\ntwo\r\t\u{2028}"),
             r"one\u{a}two\u{d}\u{9}\u{2028}"
         );
+    }
+
+    #[test]
+    fn formula_cells_are_escaped_and_others_left_alone() {
+        for risky in [
+            "=1+2",
+            "+82",
+            "-5",
+            "@SUM(A1)",
+            "\tx",
+            "\rx",
+            "=HYPERLINK(\"x\")",
+        ] {
+            assert_eq!(escape_formula(risky), format!("'{risky}"), "{risky:?}");
+        }
+        for safe in [
+            "",
+            "CUST-1",
+            "4518-****-****-1234",
+            "신한카드",
+            " =x",
+            "'=x",
+            "#5",
+        ] {
+            assert!(
+                matches!(escape_formula(safe), Cow::Borrowed(s) if s == safe),
+                "{safe:?}"
+            );
+        }
     }
 }

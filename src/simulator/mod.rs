@@ -11,10 +11,14 @@
 //! [`start`] binds a loopback address (port 0 for an ephemeral one) and serves in a spawned
 //! task until [`SimHandle::shutdown`] (or until the handle is dropped).
 
+mod answer;
 pub mod faults;
 pub mod keys;
+mod php;
 mod server;
 pub mod standalone;
+mod state;
+mod tokens;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -193,7 +197,7 @@ pub struct SimStats {
 /// A running simulator. Dropping it stops the server too.
 pub struct SimHandle {
     addr: SocketAddr,
-    shared: Arc<server::Shared>,
+    shared: Arc<state::Shared>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
@@ -263,7 +267,7 @@ pub async fn start(config: SimConfig, addr: SocketAddr) -> Result<SimHandle, Sim
     let local = listener
         .local_addr()
         .map_err(|source| SimError::Bind { addr, source })?;
-    let shared = Arc::new(server::Shared::new(config, local, return_origin)?);
+    let shared = Arc::new(state::Shared::new(config, local, return_origin)?);
     let app = server::router(Arc::clone(&shared));
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {

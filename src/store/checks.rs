@@ -3,9 +3,12 @@
 
 use sqlx::Row;
 
-use super::{
-    CHECK_COLUMN_COUNT, CHECK_COLUMNS, CheckRecord, CheckRow, Dialect, MAX_ROWS_PER_STATEMENT,
-    StatusCounts, Store, StoreError, check_record, ctx,
+use super::connect::Store;
+use super::dialect::Dialect;
+use super::error::{StoreError, ctx};
+use super::records::{
+    CHECK_COLUMN_COUNT, CHECK_COLUMNS, CheckRecord, CheckRow, MAX_ROWS_PER_STATEMENT, StatusCounts,
+    check_record,
 };
 use crate::domain::{KeyDetails, KeyStatus, LookupOutcome, PayType};
 

@@ -8,9 +8,10 @@
 //! joined with `billing_key_latest`), so it scales with the index rather than with memory;
 //! lookups then page through the queue by position, as unbudgeted runs page by input order.
 
+use super::connect::Store;
+use super::error::{StoreError, ctx};
+use super::records::{CHECK_COLUMNS, CheckRecord, StagedKey, check_record};
 use sqlx::Row;
-
-use super::{CHECK_COLUMNS, CheckRecord, StagedKey, Store, StoreError, check_record, ctx};
 
 /// How recently the keys of a run's source were checked, as of a moment.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -108,7 +109,7 @@ impl Store {
         rows: &[(String, String)],
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(ctx("staging due dates"))?;
-        for chunk in rows.chunks(super::MAX_ROWS_PER_STATEMENT) {
+        for chunk in rows.chunks(super::records::MAX_ROWS_PER_STATEMENT) {
             let values = vec!["(?, ?, ?)"; chunk.len()].join(", ");
             let sql = self.dialect.insert_ignoring(
                 "run_key_due (run_id, payer_id, due_on)",
@@ -173,7 +174,7 @@ impl Store {
         let since = |days: i64| -> String {
             chrono::DateTime::parse_from_rfc3339(as_of)
                 .map(|t| t.with_timezone(&chrono::Utc) - chrono::Duration::days(days))
-                .map(super::fmt_time)
+                .map(super::records::fmt_time)
                 .unwrap_or_default()
         };
         let row = sqlx::query(self.sql(
@@ -246,7 +247,7 @@ impl Store {
             .map_err(ctx("reading latest results"))?;
         rows.iter()
             .map(|row| {
-                let at = super::CHECK_COLUMN_COUNT;
+                let at = super::records::CHECK_COLUMN_COUNT;
                 let status: Option<String> = row.try_get(3)?;
                 Ok(LatestRecord {
                     payer_id: row.try_get(at)?,
@@ -284,7 +285,7 @@ mod tests {
     #[test]
     fn latest_columns_follow_the_check_columns() {
         let cols = latest_columns();
-        assert_eq!(cols.len(), super::super::CHECK_COLUMN_COUNT);
+        assert_eq!(cols.len(), super::super::records::CHECK_COLUMN_COUNT);
         assert_eq!(cols[1], "c.payer_id");
         assert_eq!(cols[3], "c.status");
         assert_eq!(cols[18], "c.checked_at");

@@ -3,9 +3,10 @@
 
 use std::time::Duration;
 
+use super::connect::Store;
+use super::error::{StoreError, ctx};
+use super::records::{Lease, fmt_time};
 use sqlx::Row;
-
-use super::{Lease, Store, StoreError, ctx, fmt_time};
 
 impl Store {
     /// Takes the named lease for `ttl`, unless a live holder has it.

@@ -5,9 +5,9 @@
 //! The normal lookup loop then checks them like any pending key, and finishing the run
 //! recounts its rows; a re-check cut short is continued by `--resume` like any run.
 
+use super::connect::Store;
+use super::error::{StoreError, ctx};
 use sqlx::Row;
-
-use super::{Store, StoreError, ctx};
 
 /// Failed rows of a run that share one result code (`None`: no code recorded).
 #[derive(Debug, Clone, PartialEq, Eq)]

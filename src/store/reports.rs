@@ -4,8 +4,11 @@
 
 use sqlx::Row;
 
-use super::{CHECK_COLUMNS, CheckRecord, RUN_COLUMNS, RunRecord, Store, StoreError};
-use super::{check_record, ctx, run_record};
+use super::connect::Store;
+use super::error::{StoreError, ctx};
+use super::records::{
+    CHECK_COLUMNS, CheckRecord, RUN_COLUMNS, RunRecord, check_record, run_record,
+};
 use crate::domain::KeyStatus;
 
 /// What active keys are grouped by in a summary.

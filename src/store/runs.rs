@@ -1,13 +1,15 @@
 //! Runs and their shards: creating, joining, resuming and finishing a run, and the list
 //! of keys each shard set out to check (staging, pending pages).
 
+use super::connect::Store;
+use super::dialect::{Dialect, json_rows};
+use super::error::{StoreError, ctx};
+use super::records::{
+    MAX_ROWS_PER_STATEMENT, NewRun, RUN_COLUMNS, RunRecord, RunState, ShardRecord, StagedKey,
+    now_text, run_record, to_i64,
+};
 use sqlx::Row;
 use sqlx::any::AnyRow;
-
-use super::{
-    Dialect, MAX_ROWS_PER_STATEMENT, NewRun, RUN_COLUMNS, RunRecord, RunState, ShardRecord,
-    StagedKey, Store, StoreError, ctx, json_rows, now_text, run_record, to_i64,
-};
 
 impl Store {
     /// Creates a run in state `running` and returns its id.
@@ -516,7 +518,10 @@ impl Staging<'_> {
             return Ok(());
         }
         if store.dialect != Dialect::Sqlite {
-            return super::retrying(|| store.stage_keys(self.run_id, self.shard_index, keys)).await;
+            return super::error::retrying(|| {
+                store.stage_keys(self.run_id, self.shard_index, keys)
+            })
+            .await;
         }
         let (tx, written) = match &mut self.open {
             Some(open) => open,
@@ -555,13 +560,16 @@ impl Staging<'_> {
     /// Writes the result rows of rejected input rows. They go through the pool, on
     /// another connection, so the open transaction commits first: that connection would
     /// otherwise wait for this one's write lock.
-    pub async fn write_rejected(&mut self, rows: &[super::CheckRow]) -> Result<(), StoreError> {
+    pub async fn write_rejected(
+        &mut self,
+        rows: &[super::records::CheckRow],
+    ) -> Result<(), StoreError> {
         if rows.is_empty() {
             return Ok(());
         }
         self.commit().await?;
         let store = self.store;
-        super::retrying(|| store.insert_checks(self.run_id, rows)).await
+        super::error::retrying(|| store.insert_checks(self.run_id, rows)).await
     }
 
     /// Commits what is written so far (at the end of staging).

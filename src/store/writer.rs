@@ -13,7 +13,10 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::{CheckRow, PackedRow, Store, StoreError};
+use super::checks::PackedRow;
+use super::connect::Store;
+use super::error::StoreError;
+use super::records::CheckRow;
 use crate::domain::{FieldBound, LookupOutcome};
 
 /// The result code of a row the database refused on its own.

@@ -6,6 +6,7 @@ mod budget;
 mod faults;
 mod front_door;
 mod helpers;
+mod layout;
 mod notify;
 mod notify_failures;
 mod operations;
