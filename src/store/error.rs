@@ -76,9 +76,11 @@ impl StoreError {
                         | sqlx::Error::Protocol(_)
                 ) || matches!(source, sqlx::Error::Database(db) if db.code().is_some_and(|c| {
                     // PostgreSQL admin shutdown, connection failure, too many connections;
-                // MySQL server gone away.
+                    // MySQL server gone away; a deadlock or serialization failure, whose
+                    // transaction the server rolled back whole (two shards finishing at once).
                     c.starts_with("57P") || c.starts_with("08") || c == "53300"
                     || c == "2006" || c == "2013"
+                    || c == "40001" || c == "40P01" || c == "1213"
                 }))
             }
             _ => false,
