@@ -467,8 +467,16 @@ async fn empty_or_missing_sheets_and_non_workbooks_exit_3() {
         assert_eq!(ran.rows().await, 0, "{args:?}");
         ran.close().await;
     }
+    // A sheet with only its header is an empty source: a stop unless it is expected.
     let ran = Scenario::new()
         .args(&["--rate", "0", "--xlsx", book_arg, "--sheet", "header"])
+        .run()
+        .await;
+    ran.expect_exit(3);
+    ran.close().await;
+    let ran = Scenario::new()
+        .args(&["--rate", "0", "--xlsx", book_arg, "--sheet", "header"])
+        .args(&["--allow-empty-source"])
         .run()
         .await;
     ran.expect_exit(0);
