@@ -25,7 +25,7 @@ use std::time::Duration;
 use sqlx::AnyPool;
 use tokio_util::sync::CancellationToken;
 
-use super::StoreError;
+use super::error::StoreError;
 
 /// How long a process waits for another one's migrations before giving up.
 pub const MIGRATE_LOCK_WAIT: Duration = Duration::from_secs(120);

@@ -7,7 +7,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use super::StoreError;
+use super::error::StoreError;
 
 /// The file a SQLite store opened: its path and what it was (device, inode).
 #[derive(Debug, Clone, PartialEq, Eq)]
