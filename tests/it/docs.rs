@@ -30,11 +30,7 @@ const KEYS: usize = 20;
 fn keys_csv() -> String {
     let sample = std::fs::read_to_string(root().join("samples/payer_ids.csv"))
         .expect("read samples/payer_ids.csv");
-    let mut text: String = sample
-        .lines()
-        .take(KEYS + 1)
-        .collect::<Vec<_>>()
-        .join("\n");
+    let mut text: String = sample.lines().take(KEYS + 1).collect::<Vec<_>>().join("\n");
     text.push('\n');
     text
 }
@@ -190,7 +186,11 @@ fn doc_command(at: &str, line: &str) -> Result<DocCommand, String> {
             .ok_or_else(|| format!("{at}: unreadable `(exit N)` in `{comment}`"))?,
         None => 0,
     };
-    Ok(DocCommand { at: at.to_owned(), shell, exit })
+    Ok(DocCommand {
+        at: at.to_owned(),
+        shell,
+        exit,
+    })
 }
 
 /// Links `samples/` into a page's folder and writes `billing_keys` (the rows of `csv`) into
@@ -198,7 +198,10 @@ fn doc_command(at: &str, line: &str) -> Result<DocCommand, String> {
 async fn seed(dir: &Path, csv: &str) {
     std::os::unix::fs::symlink(root().join("samples"), dir.join("samples")).expect("link samples/");
     use sqlx::Connection;
-    let url = format!("sqlite://{}?mode=rwc", dir.join("payple-reconcile.db").display());
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.join("payple-reconcile.db").display()
+    );
     let mut conn = sqlx::SqliteConnection::connect(&url)
         .await
         .expect("create payple-reconcile.db");
@@ -281,11 +284,8 @@ async fn every_documented_command_runs_as_shown() {
         seed(dir, &csv).await;
         for command in &commands.run {
             eprintln!("docs: {}: {}", command.at, command.shell);
-            let mut child = tokio::process::Command::from(shell(
-                dir,
-                &setup.sim.url(),
-                &command.shell,
-            ));
+            let mut child =
+                tokio::process::Command::from(shell(dir, &setup.sim.url(), &command.shell));
             child.kill_on_drop(true);
             let child = child.spawn().expect("sh starts");
             let out: Output = wait_output(child, COMMAND_LIMIT).await;
@@ -333,17 +333,19 @@ fn commands_are_read_as_a_reader_would() {
         ```sh\n# not run by the docs test: needs the internet\ncurl https://example.com\n```\n\
         ```json\n{}\n```\n";
     let got = page_commands("P.md", page).expect("a readable page");
-    let shells: Vec<(&str, i32)> = got
-        .run
-        .iter()
-        .map(|c| (c.shell.as_str(), c.exit))
-        .collect();
+    let shells: Vec<(&str, i32)> = got.run.iter().map(|c| (c.shell.as_str(), c.exit)).collect();
     assert_eq!(
         shells,
         [
-            ("payple-reconcile run --simulator --csv samples/payer_ids.csv", 0),
+            (
+                "payple-reconcile run --simulator --csv samples/payer_ids.csv",
+                0
+            ),
             ("payple-reconcile run --resume", 3),
-            ("payple-reconcile --log-level warn lookup    --simulator KEY", 0),
+            (
+                "payple-reconcile --log-level warn lookup    --simulator KEY",
+                0
+            ),
         ]
     );
     assert_eq!(got.run[2].at, "P.md:4");
@@ -484,5 +486,8 @@ fn a_dangling_link_or_anchor_is_found() {
     let bad = dangling_links(&page, text);
     assert_eq!(bad.len(), 2, "{bad:?}");
     assert!(bad[0].contains("missing.md (no such file)"), "{bad:?}");
-    assert!(bad[1].contains("#no-such-heading (no such heading)"), "{bad:?}");
+    assert!(
+        bad[1].contains("#no-such-heading (no such heading)"),
+        "{bad:?}"
+    );
 }
