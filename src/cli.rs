@@ -56,7 +56,7 @@ pub enum Command {
 pub enum NotifyFormatArg {
     /// Slack-compatible incoming-webhook JSON (`text` and `blocks`).
     Slack,
-    /// A documented JSON document (see README).
+    /// A documented JSON document (see docs/reports.md).
     Json,
 }
 

@@ -113,7 +113,7 @@ pub enum NotifyFormat {
     /// Slack incoming-webhook JSON (`text` and `blocks`); also read by Mattermost and others.
     #[default]
     Slack,
-    /// This job's own JSON document (see README).
+    /// This job's own JSON document (see docs/reports.md).
     Json,
 }
 
@@ -235,7 +235,7 @@ pub fn body(format: NotifyFormat, notice: &Notice) -> Value {
     }
 }
 
-/// The json format: a versioned document (fields documented in README).
+/// The json format: a versioned document (fields documented in docs/reports.md).
 pub fn json_body(notice: &Notice) -> Value {
     json!({
         "type": "payple_reconcile.run",

@@ -74,7 +74,7 @@ pub enum CodeBookError {
     BadClass { code: String, value: String },
 }
 
-/// The defaults and where each came from (API.md's code table): README prints them.
+/// The defaults and where each came from (API.md's code table): docs/payple.md prints them.
 pub const DEFAULT_CODES: &[(&str, CodeClass, &str)] = &[
     (
         "SPAY0005",

@@ -38,10 +38,9 @@ pub fn rejected_row(item: &Item) -> Option<CheckRow> {
     })
 }
 
-/// Keys sorted and written together. Sorted, a run's new keys land on the key index
-/// page by page instead of one random page each: at 1,000,000 random keys staging took
-/// ~60 s in 500-key batches and ~16 s in sorted runs of 50,000 (a Python model of the
-/// same SQLite writes; see README, Performance). 50,000 keys hold ~5 MiB.
+/// Keys sorted and written together (~5 MiB): sorted, a run's new keys land on the key
+/// index page after page instead of one random page each (docs/performance.md, "Staging
+/// and write batches").
 const SORT_ROWS: usize = 50_000;
 
 /// Writes `keys` in key order and empties it; how many there were.

@@ -145,9 +145,9 @@ impl Store {
     /// Applies the embedded migrations of this dialect.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         let migrator = match self.dialect {
-            Dialect::Sqlite => sqlx::migrate!("./migrations/sqlite"),
-            Dialect::Postgres => sqlx::migrate!("./migrations/postgres"),
-            Dialect::MySql => sqlx::migrate!("./migrations/mysql"),
+            Dialect::Sqlite => sqlx_macros::migrate!("./migrations/sqlite"),
+            Dialect::Postgres => sqlx_macros::migrate!("./migrations/postgres"),
+            Dialect::MySql => sqlx_macros::migrate!("./migrations/mysql"),
         };
         migrator
             .run(&self.pool)

@@ -33,10 +33,9 @@ pub struct WriterConfig {
     pub attempts: u32,
 }
 
-/// Rows per transaction by default. Each row lands on a random page of the two key
-/// indexes; sorted, a large batch shares pages: at 1,000,000 random keys the rows took
-/// ~100 s to write in batches of 500 and ~35 s in batches of 20,000 (a Python model of
-/// the same SQLite writes; see README, Performance).
+/// Rows per transaction by default: each row lands on a random page of the two key
+/// indexes, and a large sorted batch shares those pages (docs/performance.md, "Staging and
+/// write batches").
 pub const BATCH_ROWS: usize = 16_384;
 
 /// Rows that may wait on the channel; the writer takes them while it writes.

@@ -3,6 +3,7 @@
 
 mod batch;
 mod budget;
+mod docs;
 mod faults;
 mod front_door;
 mod helpers;

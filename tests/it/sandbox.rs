@@ -26,7 +26,7 @@ fn sandbox_referer() -> Option<String> {
         eprintln!(
             "skipping the Payple sandbox contract test: set PAYPLE_SANDBOX=1 and \
              PAYPLE_SANDBOX_REFERER=https://your.registered.domain on a machine that can reach \
-             {TEST_ORIGIN} (see README, \"Before the first night\")"
+             {TEST_ORIGIN} (see docs/payple.md, \"Before the first night\")"
         );
         return None;
     }
@@ -117,7 +117,7 @@ async fn sandbox_auth_and_lookup_have_the_shape_the_client_parses() {
     assert!(
         book.class_of(&code).is_some(),
         "Payple answered {code} ({:?}), a code the default code book does not classify; \
-         map it in a --codes file (README, \"Result codes\")",
+         map it in a --codes file (docs/payple.md, \"Result codes\")",
         cause_of(&verdict, &book)
     );
 }
