@@ -225,6 +225,13 @@ async fn seed(dir: &Path, csv: &str) {
         .expect("insert a billing key");
     }
     conn.close().await.expect("close payple-reconcile.db");
+    // Private, as the job itself creates its results files: it refuses a readable one.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        dir.join("payple-reconcile.db"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .expect("chmod 600 payple-reconcile.db");
 }
 
 /// `sh -c LINE` in `dir`, with the binary first on PATH and Payple at `payple_url`.
