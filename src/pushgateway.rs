@@ -14,7 +14,6 @@
 //! [`LAST_SUCCESS`] out: the value a successful run pushed earlier stays untouched.
 
 use std::fmt;
-use std::net::IpAddr;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
@@ -74,7 +73,7 @@ impl PushUrl {
         };
         match url.scheme() {
             "https" => {}
-            "http" if is_loopback(&url) => {}
+            "http" if crate::http::is_loopback(&url) => {}
             "http" => return Err(refused("plain http only to a loopback address; use https")),
             _ => return Err(refused("the scheme must be https")),
         }
@@ -101,15 +100,6 @@ impl PushUrl {
 impl fmt::Debug for PushUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "PushUrl({} …)", self.host)
-    }
-}
-
-fn is_loopback(url: &url::Url) -> bool {
-    match url.host() {
-        Some(url::Host::Domain(d)) => d == "localhost",
-        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
-        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
-        None => false,
     }
 }
 
@@ -299,7 +289,7 @@ async fn attempt(client: &reqwest::Client, url: &str, text: &str) -> Result<(), 
         .send()
         .await
         // reqwest's errors name the URL: strip it, the URL is a secret.
-        .map_err(|e| Failure::Transient(describe(&e.without_url())))?;
+        .map_err(|e| Failure::Transient(crate::http::describe(&e.without_url())))?;
     let status = answer.status();
     if status.is_success() {
         return Ok(());
@@ -310,22 +300,6 @@ async fn attempt(client: &reqwest::Client, url: &str, text: &str) -> Result<(), 
     } else {
         Err(Failure::Final(why))
     }
-}
-
-/// An error and its causes on one line (without the URL).
-fn describe(e: &reqwest::Error) -> String {
-    let mut text = if e.is_timeout() {
-        "timed out".to_owned()
-    } else {
-        e.to_string()
-    };
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -10,7 +10,6 @@
 mod post;
 
 use std::fmt;
-use std::net::IpAddr;
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
@@ -59,7 +58,7 @@ impl WebhookUrl {
         }
         match url.scheme() {
             "https" => {}
-            "http" if is_loopback(&url) => {}
+            "http" if crate::http::is_loopback(&url) => {}
             "http" => return Err(refused("plain http only to a loopback address; use https")),
             _ => return Err(refused("the scheme must be https")),
         }
@@ -95,15 +94,6 @@ impl WebhookUrl {
 impl fmt::Debug for WebhookUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "WebhookUrl({} …)", self.host)
-    }
-}
-
-fn is_loopback(url: &url::Url) -> bool {
-    match url.host() {
-        Some(url::Host::Domain(d)) => d == "localhost",
-        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
-        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
-        None => false,
     }
 }
 

@@ -145,7 +145,7 @@ impl Notifier {
             .send()
             .await
             // reqwest's errors name the URL: strip it, the URL is a secret.
-            .map_err(|e| Failure::Transient(describe(&e.without_url())))?;
+            .map_err(|e| Failure::Transient(crate::http::describe(&e.without_url())))?;
         let status = answer.status();
         if status.is_success() {
             return Ok(());
@@ -157,20 +157,4 @@ impl Notifier {
             Err(Failure::Final(why))
         }
     }
-}
-
-/// An error and its causes on one line (without the URL).
-fn describe(e: &reqwest::Error) -> String {
-    let mut text = if e.is_timeout() {
-        "timed out".to_owned()
-    } else {
-        e.to_string()
-    };
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
