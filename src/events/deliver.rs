@@ -109,6 +109,17 @@ pub struct DeliveryCounts {
     pub seconds: f64,
 }
 
+impl DeliveryCounts {
+    /// The counts a run's summary, metrics and notification carry.
+    pub fn tally(&self) -> crate::domain::EventTally {
+        crate::domain::EventTally {
+            delivered: self.delivered,
+            pending: self.pending,
+            expired: self.expired,
+        }
+    }
+}
+
 /// What an answer means for the event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
