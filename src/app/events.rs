@@ -140,7 +140,12 @@ pub(super) async fn write_jsonl(
     }
     out.flush().map_err(ReportError::write(path))?;
     out.commit()?;
-    tracing::info!(since = before.id, run = after.id, events = count, "events written");
+    tracing::info!(
+        since = before.id,
+        run = after.id,
+        events = count,
+        "events written"
+    );
     Ok(())
 }
 

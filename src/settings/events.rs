@@ -36,7 +36,10 @@ pub fn events_settings(
 ) -> Result<Option<DeliveryConfig>, ConfigError> {
     let Some(url) = args.events_url.as_deref().filter(|u| !u.trim().is_empty()) else {
         if args.events_secret_file.is_some() {
-            return Err(invalid("--events-secret-file", "only with --events-url (PAYPLE_EVENTS_URL)"));
+            return Err(invalid(
+                "--events-secret-file",
+                "only with --events-url (PAYPLE_EVENTS_URL)",
+            ));
         }
         return Ok(None);
     };
@@ -65,7 +68,10 @@ pub fn events_settings(
         return Err(invalid("--events-concurrency", "must be within 1..=64"));
     }
     if !(args.events_timeout > 0.0 && args.events_timeout <= 300.0) {
-        return Err(invalid("--events-timeout", "must be within (0, 300] seconds"));
+        return Err(invalid(
+            "--events-timeout",
+            "must be within (0, 300] seconds",
+        ));
     }
     Ok(Some(DeliveryConfig {
         endpoint,

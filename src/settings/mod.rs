@@ -12,8 +12,8 @@
 pub mod changes;
 pub mod database;
 pub mod env;
-pub mod events;
 pub mod error;
+pub mod events;
 pub mod lookup;
 pub mod notify;
 pub mod payple;
@@ -27,8 +27,8 @@ mod tests;
 pub use changes::ChangesSettings;
 pub use database::DatabaseSettings;
 pub use env::{Env, ProcessEnv, read_small_file};
-pub use events::EventsCmdSettings;
 pub use error::ConfigError;
+pub use events::EventsCmdSettings;
 pub use lookup::LookupSettings;
 pub use notify::{NotifyCmdSettings, NotifySettings, notify_settings};
 pub use payple::{

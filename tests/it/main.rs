@@ -3,6 +3,7 @@
 
 mod batch;
 mod budget;
+mod events;
 mod faults;
 mod front_door;
 mod helpers;
