@@ -415,6 +415,7 @@ async fn notify_after(
         duration_secs: Some(summary.duration_secs),
         report,
         error,
+        events: summary.events,
     };
     // The notifier itself stops at the cut, naming each webhook it did not reach.
     tokio::select! {

@@ -298,8 +298,30 @@ per_database!(
 async fn a_failed_try_is_sent_again_with_the_same_id() {
     let (setup, sim, _) = two_nights(TestDb::sqlite(), 40, 3).await;
     let receiver = Receiver::start(Mode::FailFirst).await;
-    let out = output_of(night2(&setup, &sim, &receiver.url, &[])).await;
+    let hook = Receiver::start(Mode::Accept).await;
+    let metrics = setup.dir.path().join("night.prom");
+    let mut cmd = night2(
+        &setup,
+        &sim,
+        &receiver.url,
+        &["--notify-format", "json", "--notify-on", "always"],
+    );
+    cmd.arg("--metrics-file")
+        .arg(&metrics)
+        .env("PAYPLE_NOTIFY_URL", &hook.url);
+    let out = output_of(cmd).await;
     assert_exit(&out, 0);
+    // The notification and the metrics say what was delivered.
+    let told: Value = serde_json::from_slice(&hook.hits()[0].body).expect("JSON");
+    assert_eq!(
+        told["events"],
+        json!({"delivered": 3, "pending": 0, "expired": 0})
+    );
+    let prom = std::fs::read_to_string(&metrics).expect("metrics file");
+    assert!(
+        prom.contains("\npayple_reconcile_events{state=\"delivered\"} 3\n"),
+        "{prom}"
+    );
     let hits = receiver.hits();
     assert_eq!(hits.len(), 6, "each event twice");
     assert!(hits.iter().all(|h| h.verified));
