@@ -34,13 +34,9 @@ pub fn events_settings(
     args: &EventsArgs,
     env: &dyn Env,
 ) -> Result<Option<DeliveryConfig>, ConfigError> {
+    // Without a URL the secret is not read: a shared configuration may name the file on
+    // hosts that deliver no events.
     let Some(url) = args.events_url.as_deref().filter(|u| !u.trim().is_empty()) else {
-        if args.events_secret_file.is_some() {
-            return Err(invalid(
-                "--events-secret-file",
-                "only with --events-url (PAYPLE_EVENTS_URL)",
-            ));
-        }
         return Ok(None);
     };
     let endpoint = Endpoint::parse(url).map_err(|why| invalid("--events-url", why))?;
