@@ -497,3 +497,54 @@ async fn bad_event_settings_stop_before_any_lookup() {
     let log = std::fs::read_to_string(left.log()).unwrap_or_default();
     assert!(!log.contains("\"lookup\""), "no lookup sent: {log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_delivery_ends_within_the_grace_and_keeps_the_events() {
+    let (setup, sim, _) = two_nights(TestDb::sqlite(), 40, 3).await;
+    // Answers only after a minute: every attempt is in flight when the signal comes.
+    let hanging = Receiver::start(Mode::Slow(60_000)).await;
+    let mut child = helpers::spawn(night2(
+        &setup,
+        &sim,
+        &hanging.url,
+        &["--shutdown-grace", "1", "--events-timeout", "120"],
+    ));
+    let pid = child.id().expect("pid");
+    // Delivery has begun once the outbox holds the run's events.
+    let waited = tokio::time::Instant::now();
+    loop {
+        let rows = json_lines(&output_of(bin(&setup, &["events", "list"])).await);
+        if rows.len() == 3 {
+            break;
+        }
+        assert!(
+            waited.elapsed() < Duration::from_secs(60),
+            "no events written"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let signalled = tokio::time::Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let out = helpers::wait_output(child, Duration::from_secs(30)).await;
+    let took = signalled.elapsed();
+    // Grace 1 s, the end-of-run floor 2 s: generous bound for a shared machine.
+    assert!(
+        took < Duration::from_secs(12),
+        "took {took:?} after SIGTERM"
+    );
+    assert_eq!(
+        summary_of(&out)["events"]["pending"],
+        3,
+        "{}",
+        stderr_of(&out)
+    );
+    let pending = output_of(bin(&setup, &["events", "list", "--pending"])).await;
+    assert_eq!(json_lines(&pending).len(), 3);
+    sim.shutdown().await;
+    setup.close().await;
+}
