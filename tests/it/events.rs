@@ -503,7 +503,7 @@ async fn sigterm_during_delivery_ends_within_the_grace_and_keeps_the_events() {
     let (setup, sim, _) = two_nights(TestDb::sqlite(), 40, 3).await;
     // Answers only after a minute: every attempt is in flight when the signal comes.
     let hanging = Receiver::start(Mode::Slow(60_000)).await;
-    let mut child = helpers::spawn(night2(
+    let child = helpers::spawn(night2(
         &setup,
         &sim,
         &hanging.url,
