@@ -49,6 +49,9 @@ pub enum Command {
     Summary(SummaryArgs),
     /// Send a run's notification again (e.g. to try a webhook).
     Notify(NotifyCmdArgs),
+    /// The per-key event outbox: deliver what is pending, or list it.
+    #[command(subcommand)]
+    Events(EventsCmd),
 }
 
 /// The notification message format.
@@ -311,6 +314,8 @@ pub struct RunArgs {
     pub write_batch: usize,
     #[command(flatten)]
     pub budget: BudgetArgs,
+    #[command(flatten)]
+    pub events: EventsArgs,
 }
 
 /// A budget makes a run check the most urgent keys first and end normally (`completed`)
@@ -408,6 +413,16 @@ pub struct ChangesArgs {
     /// With --output: start the CSV with a UTF-8 BOM so Excel reads Korean text.
     #[arg(long, requires = "output")]
     pub excel: bool,
+    /// `jsonl`: the per-key event objects (docs/events.md), one per line, unsigned, to
+    /// --output or stdout [default: CSV with --output, a text table otherwise].
+    #[arg(long, value_enum, conflicts_with = "excel")]
+    pub format: Option<ChangesFormatArg>,
+}
+
+/// `changes --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ChangesFormatArg {
+    Jsonl,
 }
 
 #[derive(Debug, Args)]
@@ -498,4 +513,65 @@ pub struct SimulateArgs {
     /// Origin to put in auth answers' `return_url` instead of the simulator's own.
     #[arg(long, value_name = "ORIGIN")]
     pub return_origin: Option<String>,
+}
+
+/// Where and how per-key events go (`run`, `events deliver`). The signing secret comes
+/// from PAYPLE_EVENTS_SECRET (`whsec_...`) or --events-secret-file, never from a flag.
+#[derive(Debug, Clone, Args)]
+pub struct EventsArgs {
+    /// Deliver signed per-key events (Standard Webhooks) to this URL after the run (https,
+    /// or http on loopback). A secret: only the host is ever logged.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "PAYPLE_EVENTS_URL",
+        hide_env_values = true
+    )]
+    pub events_url: Option<String>,
+    /// Read the signing secret (`whsec_...`) from this file instead of PAYPLE_EVENTS_SECRET.
+    #[arg(long, value_name = "PATH")]
+    pub events_secret_file: Option<PathBuf>,
+    /// How long delivery may take after the run (e.g. 3m, 90s); what is left stays pending.
+    #[arg(long, value_name = "DURATION", default_value = "3m")]
+    pub events_budget: String,
+    /// Pending events older than this are given up as `expired` (e.g. 3d).
+    #[arg(long, value_name = "DURATION", default_value = "3d")]
+    pub events_max_age: String,
+    /// Keys whose events are delivered at once.
+    #[arg(long, default_value_t = 4, hide = true)]
+    pub events_concurrency: usize,
+    /// Seconds one delivery attempt may take.
+    #[arg(long, default_value_t = 10.0, value_name = "SECS", hide = true)]
+    pub events_timeout: f64,
+    /// First pause between attempts of one event, in milliseconds (doubles, jittered).
+    #[arg(long, default_value_t = 1000, hide = true)]
+    pub events_backoff_ms: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventsCmd {
+    /// Deliver the pending events now; exit 0 when none is left pending, 4 otherwise.
+    Deliver(EventsDeliverArgs),
+    /// Print the outbox, one JSON object per event (never the payload's key hash).
+    List(EventsListArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EventsDeliverArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub events: EventsArgs,
+    /// Seconds delivery may go on after SIGTERM/SIGINT.
+    #[arg(long, default_value_t = 20, value_name = "SECS")]
+    pub shutdown_grace: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct EventsListArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Only the events still pending.
+    #[arg(long)]
+    pub pending: bool,
 }

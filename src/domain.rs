@@ -277,6 +277,17 @@ pub struct RunSummary {
     pub budget_stop: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// Per-key events after the run (`--events-url`): delivered, pending, expired.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events: Option<EventTally>,
+}
+
+/// What a run's event delivery left: delivered and expired by it, pending in the outbox.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct EventTally {
+    pub delivered: u64,
+    pub pending: u64,
+    pub expired: u64,
 }
 
 /// The marker left at the end of a value that was cut to its field's bound.

@@ -9,6 +9,8 @@
 //! - [`budget`]: run budgets (lookups, time, a stop time) and the due-date window.
 //! - [`domain`]: billing keys, statuses, outcomes, key details and the run summary, parsed
 //!   once at the boundary.
+//! - [`events`]: signed per-key events (`billing_key.gone`, …) for the merchant's app: the
+//!   outbox, Standard Webhooks signing and delivery; a leaf.
 //! - [`notify`]: run notifications to webhooks (Slack-compatible or JSON); a leaf.
 //! - [`pushgateway`]: a run's metrics pushed to a Prometheus Pushgateway; a leaf.
 //! - [`payple`]: the Payple client: partner auth, the shared token, lookups, retries, the
@@ -34,6 +36,7 @@ pub mod app;
 pub mod budget;
 pub mod cli;
 pub mod domain;
+pub mod events;
 pub mod exit;
 pub mod http;
 pub mod notify;

@@ -323,6 +323,7 @@ mod tests {
             notify_failures: Some(1),
             newly_gone: Some(1),
             push_failures: None,
+            events: None,
         }
     }
 

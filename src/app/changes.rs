@@ -1,5 +1,5 @@
 //! `changes`: keys whose status (or card, or account) changed between two runs, as a text
-//! table or CSV.
+//! table, CSV, or the per-key event objects as JSON lines (`--format jsonl`).
 
 use std::path::PathBuf;
 
@@ -16,6 +16,10 @@ pub(super) async fn changes(settings: ChangesSettings) -> Result<ExitStatus, App
     with_store(&settings.database.database_url, async |store| {
         let (before, after) = resolve_pair(store, settings.since, settings.run).await?;
         warn_unfinished(&[&before, &after]);
+        if settings.jsonl {
+            return super::events::write_jsonl(store, settings.output.as_deref(), &before, &after)
+                .await;
+        }
         write_changes(store, &settings, &before, &after).await
     })
     .await

@@ -7,6 +7,7 @@
 //! own end is decided by [`crate::pipeline::end::conclude`].
 
 mod changes;
+mod events;
 mod lookup;
 mod migrate;
 mod notify;
@@ -85,6 +86,9 @@ pub enum AppError {
     /// The HTTP client for notifications could not be built.
     #[error(transparent)]
     Notify(crate::notify::NotifyError),
+    /// `events deliver`: the outbox could not be read or written.
+    #[error(transparent)]
+    Events(Box<crate::events::EventsError>),
 }
 
 impl AppError {
@@ -107,7 +111,8 @@ impl AppError {
             | Self::SimulatorUrl { .. }
             | Self::Signals(_)
             | Self::Validation(_)
-            | Self::Notify(_) => ExitStatus::Internal,
+            | Self::Notify(_)
+            | Self::Events(_) => ExitStatus::Internal,
         }
     }
 }
@@ -229,6 +234,7 @@ async fn dispatch(settings: Settings, shutdown: &Shutdown) -> Result<ExitStatus,
         Settings::Changes(s) => changes::changes(s).await,
         Settings::Summary(s) => summary::summary(s).await,
         Settings::Notify(s) => notify::notify(s).await,
+        Settings::Events(s) => events::events(s, shutdown).await,
     }
 }
 

@@ -138,7 +138,7 @@ async fn batch_run(
     } else {
         None
     };
-    let end = pipeline::run(batch, &store, client, source_db, shutdown).await;
+    let mut end = pipeline::run(batch, &store, client, source_db, shutdown).await;
     if let Some(error) = &end.error {
         tracing::error!("{error}");
         if end.summary.is_none() {
@@ -161,6 +161,11 @@ async fn batch_run(
     {
         let text = pushgateway::exit_code_body(exit.code());
         pushgateway::push_counted(target, text, shutdown, batch.shutdown_grace).await;
+    }
+    if let Some(summary) = &mut end.summary {
+        // Before the summary is printed: it says what was delivered.
+        let events = super::events::after_run(batch, &store, summary, shutdown).await;
+        summary.events = events.map(|c| c.tally());
     }
     if let Some(summary) = &end.summary {
         log_summary(summary);
@@ -410,6 +415,7 @@ async fn notify_after(
         duration_secs: Some(summary.duration_secs),
         report,
         error,
+        events: summary.events,
     };
     // The notifier itself stops at the cut, naming each webhook it did not reach.
     tokio::select! {

@@ -180,6 +180,8 @@ pub struct Notice {
     pub report: Option<String>,
     /// Why the run could not start or end, if it could not.
     pub error: Option<String>,
+    /// Per-key events after the run (`--events-url`); `None` without.
+    pub events: Option<crate::domain::EventTally>,
 }
 
 impl Notice {
@@ -196,6 +198,7 @@ impl Notice {
             newly_gone: Vec::new(),
             report: None,
             error: Some(error),
+            events: None,
         }
     }
 
@@ -227,7 +230,7 @@ pub fn body(format: NotifyFormat, notice: &Notice) -> Value {
 
 /// The json format: a versioned document (fields documented in docs/reports.md).
 pub fn json_body(notice: &Notice) -> Value {
-    json!({
+    let mut doc = json!({
         "type": "payple_reconcile.run",
         "version": 1,
         "run_id": notice.run_id,
@@ -241,7 +244,12 @@ pub fn json_body(notice: &Notice) -> Value {
         "newly_gone": notice.newly_gone,
         "report": notice.report,
         "error": notice.error,
-    })
+    });
+    // Only with --events-url: a field added within version 1.
+    if let (Some(events), Some(fields)) = (notice.events, doc.as_object_mut()) {
+        fields.insert("events".to_owned(), json!(events));
+    }
+    doc
 }
 
 /// Slack's mrkdwn needs `&`, `<` and `>` escaped; control characters become spaces.
@@ -318,6 +326,12 @@ fn detail_lines(notice: &Notice) -> Vec<String> {
     }
     if let Some(report) = &notice.report {
         lines.push(format!("*Report:* {}", mrkdwn(report)));
+    }
+    if let Some(e) = notice.events {
+        lines.push(format!(
+            "*Events:* {} delivered, {} pending, {} expired",
+            e.delivered, e.pending, e.expired
+        ));
     }
     lines
 }

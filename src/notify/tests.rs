@@ -22,6 +22,7 @@ fn notice() -> Notice {
         newly_gone: vec![],
         report: Some("/reports/night.xlsx".to_owned()),
         error: None,
+        events: None,
     }
 }
 

@@ -118,6 +118,7 @@ pub fn summary_of(
         keys_checked: run.counts.active + run.counts.gone + run.counts.failed,
         budget_stop: None,
         note: None,
+        events: None,
     }
 }
 

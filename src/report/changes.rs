@@ -219,10 +219,21 @@ pub fn diff_window(before: Vec<CheckRecord>, after: Vec<CheckRecord>) -> Vec<Cha
 
 /// Merges one window of two runs' sources, each key with its latest known result, into
 /// changes ordered by payer id.
-pub fn diff_latest(mut before: Vec<LatestRecord>, mut after: Vec<LatestRecord>) -> Vec<Change> {
+pub fn diff_latest(before: Vec<LatestRecord>, after: Vec<LatestRecord>) -> Vec<Change> {
+    let mut changes = Vec::new();
+    pair_up(before, after, |x, y| changes.extend(classify_latest(x, y)));
+    changes
+}
+
+/// Calls `each` with every key of one window of two runs' sources, paired by exact payer
+/// id (`None`: not in that run), in byte-wise payer id order.
+pub fn pair_up(
+    mut before: Vec<LatestRecord>,
+    mut after: Vec<LatestRecord>,
+    mut each: impl FnMut(Option<&LatestRecord>, Option<&LatestRecord>),
+) {
     before.sort_by(|x, y| x.payer_id.cmp(&y.payer_id));
     after.sort_by(|x, y| x.payer_id.cmp(&y.payer_id));
-    let mut changes = Vec::new();
     let mut b = before.iter().peekable();
     let mut a = after.iter().peekable();
     loop {
@@ -242,9 +253,8 @@ pub fn diff_latest(mut before: Vec<LatestRecord>, mut after: Vec<LatestRecord>) 
         if y.is_some() {
             a.next();
         }
-        changes.extend(classify_latest(x, y));
+        each(x, y);
     }
-    changes
 }
 
 /// [`classify`] for keys of two sources (`None`: not in that source): a key in both is
@@ -289,6 +299,16 @@ impl<'a> ChangeStream<'a> {
 
     /// The changes of the next window (possibly none), or `None` when done.
     pub async fn next_window(&mut self) -> Result<Option<Vec<Change>>, ReportError> {
+        Ok(self
+            .next_rows()
+            .await?
+            .map(|(earlier, later)| diff_latest(earlier, later)))
+    }
+
+    /// The rows of both runs in the next window (see [`pair_up`]), or `None` when done.
+    pub async fn next_rows(
+        &mut self,
+    ) -> Result<Option<(Vec<LatestRecord>, Vec<LatestRecord>)>, ReportError> {
         let Some(cursor) = self.cursor.take() else {
             return Ok(None);
         };
@@ -325,7 +345,7 @@ impl<'a> ChangeStream<'a> {
             None => (earlier, upper),
         };
         self.cursor = next;
-        Ok(Some(diff_latest(earlier, later)))
+        Ok(Some((earlier, later)))
     }
 }
 

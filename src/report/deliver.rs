@@ -60,6 +60,8 @@ pub struct RunEnding {
     pub report: Option<String>,
     /// Why the run failed, when it did.
     pub error: Option<String>,
+    /// Per-key events after the run (`--events-url`).
+    pub events: Option<crate::domain::EventTally>,
 }
 
 /// Builds run `run`'s notice and, if `on` says it is worth it, posts it. `None` when
@@ -91,6 +93,7 @@ pub async fn send_notice(
     if let Some(secs) = ending.duration_secs {
         notice.duration_secs = Some(secs);
     }
+    notice.events = ending.events.or(notice.events);
     if let Some(error) = ending.error {
         // A failed run is told by its error; what it left behind is no change.
         notice.error = Some(error);

@@ -32,6 +32,8 @@ pub struct RunMetrics {
     pub newly_gone: Option<u64>,
     /// Pushes to the Pushgateway that failed; `None` when none is configured.
     pub push_failures: Option<u64>,
+    /// Per-key events after the run; `None` without `--events-url`.
+    pub events: Option<crate::domain::EventTally>,
 }
 
 /// What the end of a run adds to its summary's metrics: notifications, changes, pushes.
@@ -83,6 +85,7 @@ pub fn from_summary(summary: &RunSummary, ended: f64, previous: Option<&str>) ->
         notify_failures: None,
         newly_gone: None,
         push_failures: None,
+        events: summary.events,
     }
 }
 
@@ -178,6 +181,18 @@ pub fn render(m: &RunMetrics) -> String {
             &[("", gone.to_string())],
         );
     }
+    if let Some(e) = m.events {
+        metric(
+            &mut out,
+            "payple_reconcile_events",
+            "Per-key events after the last run: delivered and expired by it, pending in the outbox.",
+            &[
+                ("{state=\"delivered\"}", e.delivered.to_string()),
+                ("{state=\"pending\"}", e.pending.to_string()),
+                ("{state=\"expired\"}", e.expired.to_string()),
+            ],
+        );
+    }
     if let Some(failures) = m.push_failures {
         metric(
             &mut out,
@@ -213,6 +228,7 @@ mod tests {
             keys_checked: 9,
             budget_stop: None,
             note: None,
+            events: None,
         }
     }
 

@@ -48,6 +48,7 @@ pub async fn load(
         newly_gone,
         report,
         error: None,
+        events: None,
     })
 }
 

@@ -14,6 +14,8 @@ pub struct ChangesSettings {
     /// CSV here (`-` for stdout); `None` for a text table on stdout.
     pub output: Option<PathBuf>,
     pub excel: bool,
+    /// `--format jsonl`: the event objects, one per line.
+    pub jsonl: bool,
 }
 
 pub(super) fn changes_settings(args: ChangesArgs) -> ChangesSettings {
@@ -23,5 +25,6 @@ pub(super) fn changes_settings(args: ChangesArgs) -> ChangesSettings {
         run: args.run,
         output: args.output,
         excel: args.excel,
+        jsonl: args.format == Some(crate::cli::ChangesFormatArg::Jsonl),
     }
 }

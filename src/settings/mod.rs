@@ -6,13 +6,14 @@
 //! One file per subcommand's settings ([`run`], [`lookup`], [`report`], [`changes`],
 //! [`summary`], [`notify`], [`simulate`]), the Payple flags `run` and `lookup` share
 //! ([`payple`]), the results database ([`database`]), what settings read besides the flags
-//! ([`env`]) and [`ConfigError`] ([`error`]). This file only turns the command line into
+//! ([`env`]), the per-key events ([`events`]) and [`ConfigError`] ([`error`]). This file only turns the command line into
 //! [`Settings`].
 
 pub mod changes;
 pub mod database;
 pub mod env;
 pub mod error;
+pub mod events;
 pub mod lookup;
 pub mod notify;
 pub mod payple;
@@ -27,6 +28,7 @@ pub use changes::ChangesSettings;
 pub use database::DatabaseSettings;
 pub use env::{Env, ProcessEnv, read_small_file};
 pub use error::ConfigError;
+pub use events::EventsCmdSettings;
 pub use lookup::LookupSettings;
 pub use notify::{NotifyCmdSettings, NotifySettings, notify_settings};
 pub use payple::{
@@ -61,6 +63,7 @@ pub enum Settings {
     Changes(ChangesSettings),
     Summary(SummarySettings),
     Notify(NotifyCmdSettings),
+    Events(EventsCmdSettings),
 }
 
 /// Validates the command line (and the environment `env` stands for) into [`Settings`].
@@ -77,5 +80,6 @@ pub fn from_cli(cli: Cli, env: &dyn Env) -> Result<Settings, ConfigError> {
             run: args.run.map_or(RunSelector::Latest, RunSelector::Id),
         }),
         Command::Notify(args) => Settings::Notify(notify_cmd_settings(args)?),
+        Command::Events(cmd) => Settings::Events(events::events_cmd_settings(cmd, env)?),
     })
 }

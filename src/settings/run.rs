@@ -121,6 +121,8 @@ pub struct BatchSettings {
     pub due: Option<DueSpec>,
     /// The zone of `--stop-at` and of due dates.
     pub timezone: FixedOffset,
+    /// `--events-url`: where per-key events are delivered after the run.
+    pub events: Option<crate::events::DeliveryConfig>,
 }
 
 /// Validates `run`'s flags and credentials; the lookup rate is divided among the shards.
@@ -297,6 +299,7 @@ pub fn batch_settings(args: &RunArgs, env: &dyn Env) -> Result<BatchSettings, Co
         budget,
         due,
         timezone,
+        events: super::events::events_settings(&args.events, env)?,
     })
 }
 

@@ -13,7 +13,8 @@
 //! (what the finance reports read), `recheck` (failed keys made pending again), `coverage`
 //! (budgeted runs' priority queue, latest results across partial runs, coverage) and
 //! `writer` (the single batching writer); `open` checks a SQLite file is safe to use and
-//! serialises MySQL migrations; `presence` notices a SQLite file deleted mid-run.
+//! serialises MySQL migrations; `presence` notices a SQLite file deleted mid-run; `outbox` holds the per-key events
+//! waiting for delivery.
 
 mod checks;
 mod connect;
@@ -22,6 +23,7 @@ mod dialect;
 mod error;
 mod leases;
 mod open;
+mod outbox;
 mod presence;
 mod recheck;
 mod records;
@@ -34,6 +36,7 @@ pub use connect::{CONNECT_TIMEOUT, Store};
 pub use coverage::{Coverage, LatestRecord};
 pub use dialect::Dialect;
 pub use error::{StoreError, retrying};
+pub use outbox::{OutboxCounts, OutboxEvent, OutboxRow};
 pub use recheck::{FailedCode, FailedSelection};
 pub use records::{
     CheckRecord, CheckRow, Lease, MAX_ROWS_PER_STATEMENT, NewRun, RunRecord, RunState, ShardRecord,

@@ -4,6 +4,7 @@
 mod batch;
 mod budget;
 mod docs;
+mod events;
 mod faults;
 mod front_door;
 mod helpers;
