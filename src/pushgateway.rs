@@ -13,11 +13,9 @@
 //! only the metrics whose names it carries, so a run that did not succeed simply leaves
 //! [`LAST_SUCCESS`] out: the value a successful run pushed earlier stays untouched.
 
-use std::fmt;
 use std::time::Duration;
 
-use secrecy::{ExposeSecret, SecretString};
-
+use crate::http::SecretUrl;
 use crate::report::metrics::{self, EXIT_CODE, LAST_SUCCESS, RunMetrics};
 use crate::shutdown::Shutdown;
 
@@ -34,10 +32,8 @@ pub const BACKOFF: Duration = Duration::from_millis(250);
 /// Never shows the URL.
 #[derive(Debug, thiserror::Error)]
 pub enum PushError {
-    #[error("not a URL ({0})")]
-    BadUrl(String),
-    #[error("host {host}: {reason}")]
-    Refused { host: String, reason: &'static str },
+    #[error(transparent)]
+    Url(#[from] crate::http::UrlError),
     #[error("{0:?}: use 1 to 64 letters, digits, '.', '_' or '-'")]
     BadInstance(String),
     #[error("cannot build the HTTP client for the Pushgateway: {0}")]
@@ -50,56 +46,29 @@ pub enum PushError {
     },
 }
 
-/// The Pushgateway's base URL (with any path prefix it is served under): a secret, shown
-/// by its host only.
-#[derive(Clone)]
-pub struct PushUrl {
-    url: SecretString,
-    host: String,
-}
+/// The Pushgateway's base URL (with any path prefix it is served under): a secret URL
+/// ([`SecretUrl`]) with no query or fragment.
+#[derive(Clone, Debug)]
+pub struct PushUrl(SecretUrl);
 
 impl PushUrl {
-    /// https, or plain http to a loopback address only; no user, password, query or
-    /// fragment.
     pub fn parse(value: &str) -> Result<Self, PushError> {
-        let url = url::Url::parse(value.trim()).map_err(|e| PushError::BadUrl(e.to_string()))?;
-        let host = url.host_str().unwrap_or_default().to_owned();
-        if host.is_empty() {
-            return Err(PushError::BadUrl("no host".to_owned()));
-        }
-        let refused = |reason| PushError::Refused {
-            host: host.clone(),
-            reason,
-        };
-        match url.scheme() {
-            "https" => {}
-            "http" if crate::http::is_loopback(&url) => {}
-            "http" => return Err(refused("plain http only to a loopback address; use https")),
-            _ => return Err(refused("the scheme must be https")),
-        }
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err(refused("no user or password in the URL"));
-        }
-        if url.query().is_some() || url.fragment().is_some() {
-            return Err(refused(
-                "no query or fragment: give the Pushgateway's base URL",
-            ));
-        }
-        let base = url.as_str().trim_end_matches('/').to_owned();
-        Ok(Self {
-            url: SecretString::from(base),
-            host,
-        })
+        let url = SecretUrl::parse_with(value, |url| {
+            if url.query().is_some() || url.fragment().is_some() {
+                return Err("no query or fragment: give the Pushgateway's base URL");
+            }
+            Ok(())
+        })?;
+        Ok(Self(url))
     }
 
     pub fn host(&self) -> &str {
-        &self.host
+        self.0.host()
     }
-}
 
-impl fmt::Debug for PushUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PushUrl({} …)", self.host)
+    /// The base URL without its trailing slash, to which the group's path is added.
+    fn base(&self) -> &str {
+        self.0.expose().trim_end_matches('/')
     }
 }
 
@@ -221,7 +190,7 @@ pub async fn push(
         .map_err(PushError::Client)?;
     let url = format!(
         "{}{}",
-        target.url.url.expose_secret(),
+        target.url.base(),
         group_path(target.instance.as_deref(), target.shard)
     );
     let host = target.url.host().to_owned();
@@ -332,7 +301,7 @@ mod tests {
         let ok = PushUrl::parse("https://push.example/prefix/?").unwrap_err();
         assert!(ok.to_string().contains("push.example"), "{ok}");
         let url = PushUrl::parse("https://push.example/gw/").unwrap();
-        assert_eq!(url.url.expose_secret(), "https://push.example/gw");
+        assert_eq!(url.base(), "https://push.example/gw");
         assert!(!format!("{url:?}").contains("/gw"));
         assert!(PushUrl::parse("http://127.0.0.1:9091").is_ok());
         assert!(PushUrl::parse("http://localhost:9091").is_ok());

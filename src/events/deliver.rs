@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::http::SecretUrl;
 use futures::StreamExt;
-use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -23,54 +23,19 @@ use super::EventsError;
 use super::sign::Signer;
 use crate::store::{OutboxRow, Store};
 
-/// The merchant's endpoint: a secret, shown by its host only.
-#[derive(Clone)]
-pub struct Endpoint {
-    url: SecretString,
-    host: String,
-}
-
-impl std::fmt::Debug for Endpoint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Endpoint({} …)", self.host)
-    }
-}
+/// The merchant's endpoint: a secret URL ([`SecretUrl`]: https or loopback http, shown by
+/// its host only).
+#[derive(Clone, Debug)]
+pub struct Endpoint(SecretUrl);
 
 impl Endpoint {
-    /// https, or plain http to a loopback address; no user or password. The reason never
-    /// holds the URL.
+    /// The reason never holds the URL.
     pub fn parse(value: &str) -> Result<Self, String> {
-        let url = url::Url::parse(value.trim()).map_err(|e| format!("not a URL: {e}"))?;
-        let host = url.host_str().unwrap_or_default().to_owned();
-        if host.is_empty() {
-            return Err("the URL has no host".to_owned());
-        }
-        let loopback = match url.host() {
-            Some(url::Host::Domain(d)) => d == "localhost",
-            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-            None => false,
-        };
-        match url.scheme() {
-            "https" => {}
-            "http" if loopback => {}
-            _ => {
-                return Err(format!(
-                    "host {host}: https only (plain http to a loopback address)"
-                ));
-            }
-        }
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err(format!("host {host}: no user or password in the URL"));
-        }
-        Ok(Self {
-            url: SecretString::from(url.as_str().to_owned()),
-            host,
-        })
+        SecretUrl::parse(value).map(Self).map_err(|e| e.to_string())
     }
 
     pub fn host(&self) -> &str {
-        &self.host
+        self.0.host()
     }
 }
 
@@ -309,7 +274,7 @@ impl Pass<'_> {
                 .sign(&event.event_id, timestamp, event.payload.as_bytes());
         let answer = self
             .client
-            .post(self.config.endpoint.url.expose_secret())
+            .post(self.config.endpoint.0.expose())
             .header("content-type", "application/json")
             .header("webhook-id", &event.event_id)
             .header("webhook-timestamp", timestamp.to_string())

@@ -9,9 +9,7 @@
 
 mod post;
 
-use std::fmt;
-
-use secrecy::{ExposeSecret, SecretString};
+use crate::http::SecretUrl;
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -23,52 +21,21 @@ pub const NEWLY_GONE_SHOWN: usize = 10;
 /// What can be wrong with the notification configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum NotifyError {
-    #[error("a notification URL is not a URL ({reason})")]
-    BadUrl { reason: String },
-    #[error("notification URL for {host}: {reason}")]
-    Refused { host: String, reason: &'static str },
+    #[error("notification URL: {0}")]
+    Url(#[from] crate::http::UrlError),
     #[error("cannot build the HTTP client for notifications: {0}")]
     Client(#[source] reqwest::Error),
 }
 
-/// A webhook URL: a secret (it carries the token that lets anyone post). `Debug` and
-/// [`WebhookUrl::host`] show the host only.
-#[derive(Clone)]
-pub struct WebhookUrl {
-    url: SecretString,
-    host: String,
-}
+/// A webhook URL: a secret (it carries the token that lets anyone post), checked and
+/// shown as every secret URL is ([`SecretUrl`]: https or loopback http, host only).
+#[derive(Clone, Debug)]
+pub struct WebhookUrl(SecretUrl);
 
 impl WebhookUrl {
-    /// Parses one URL: https, or plain http to a loopback address only (a webhook URL
-    /// sent in clear text is a leaked secret); no user or password in it.
+    /// Parses one URL.
     pub fn parse(value: &str) -> Result<Self, NotifyError> {
-        let url = url::Url::parse(value.trim()).map_err(|e| NotifyError::BadUrl {
-            reason: e.to_string(),
-        })?;
-        let host = url.host_str().unwrap_or_default().to_owned();
-        let refused = |reason| NotifyError::Refused {
-            host: host.clone(),
-            reason,
-        };
-        if host.is_empty() {
-            return Err(NotifyError::BadUrl {
-                reason: "no host".to_owned(),
-            });
-        }
-        match url.scheme() {
-            "https" => {}
-            "http" if crate::http::is_loopback(&url) => {}
-            "http" => return Err(refused("plain http only to a loopback address; use https")),
-            _ => return Err(refused("the scheme must be https")),
-        }
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err(refused("no user or password in the URL"));
-        }
-        Ok(Self {
-            url: SecretString::from(url.to_string()),
-            host,
-        })
+        Ok(Self(SecretUrl::parse(value)?))
     }
 
     /// Splits `PAYPLE_NOTIFY_URL`-style text (one URL, or several separated by commas).
@@ -83,17 +50,11 @@ impl WebhookUrl {
 
     /// The host, which is what logs show.
     pub fn host(&self) -> &str {
-        &self.host
+        self.0.host()
     }
 
     pub(crate) fn expose(&self) -> &str {
-        self.url.expose_secret()
-    }
-}
-
-impl fmt::Debug for WebhookUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "WebhookUrl({} …)", self.host)
+        self.0.expose()
     }
 }
 
