@@ -20,5 +20,6 @@ mod safety;
 mod sandbox;
 mod signals;
 mod simulator;
+mod store_bulk;
 mod upgrade;
 mod workbook;
