@@ -16,6 +16,10 @@ use payple_reconcile::simulator::{TEST_CST_ID, TEST_CUST_KEY, TEST_REFERER};
 
 use super::{Sim, mib, peak_rss, per_second, sqlite, write_keys};
 
+/// A database to measure: its name, its admin URL and whether it is PostgreSQL (none for
+/// SQLite), and the names of its server's processes.
+type Database<'a> = (&'a str, Option<(&'a str, bool)>, &'a [&'a str]);
+
 /// One measured run against one database.
 struct DbRun {
     lookups_per_second: f64,
@@ -185,7 +189,7 @@ pub(super) fn compare(rt: &tokio::runtime::Runtime, sim: &Sim, dir: &Path, bin: 
          | peak RSS |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     );
     let mut sqlite_rate = vec![0.0; binaries.len()];
-    let databases: [(&str, Option<(&str, bool)>, &[&str]); 3] = [
+    let databases: [Database<'_>; 3] = [
         ("SQLite", None, &[]),
         ("PostgreSQL", Some((pg_admin.as_str(), true)), &["postgres"]),
         (
