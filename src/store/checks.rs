@@ -1,19 +1,17 @@
-//! Result rows: writing them in multi-row statements, counting them per status, and
-//! reading them back in pages.
+//! Result rows: their one packed form, writing them in bulk, counting them per status,
+//! and reading them back in pages.
 
 use sqlx::Row;
 
 use super::connect::Store;
-use super::dialect::Dialect;
 use super::error::{StoreError, ctx};
 use super::records::{
-    CHECK_COLUMN_COUNT, CHECK_COLUMNS, CheckRecord, CheckRow, MAX_ROWS_PER_STATEMENT, StatusCounts,
-    check_record,
+    CHECK_COLUMN_COUNT, CHECK_COLUMNS, CheckRecord, CheckRow, StatusCounts, check_record,
 };
 use crate::domain::{KeyDetails, KeyStatus, LookupOutcome, PayType};
 
 /// The columns a packed row holds: all but `run_id`.
-const PACKED_FIELDS: usize = CHECK_COLUMN_COUNT - 1;
+pub(super) const PACKED_FIELDS: usize = CHECK_COLUMN_COUNT - 1;
 
 /// A result row as the writer holds it: the JSON array of its columns after `run_id`,
 /// in `CHECK_COLUMNS` order (`attempts` as text), the form SQLite's `jsonb_each` insert
@@ -23,11 +21,9 @@ const PACKED_FIELDS: usize = CHECK_COLUMN_COUNT - 1;
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct PackedRow(Box<str>);
 
-/// Where `attempts` stands among a row's column texts.
-const ATTEMPTS: usize = 16;
-
 /// A row's columns after `run_id`, in `CHECK_COLUMNS` order, as texts (`attempts` is the
-/// caller's text of it): one list for the packed form and for bound values.
+/// caller's text of it): the one list of a result row's fields, which every database's
+/// insert reads from the packed form.
 fn column_texts<'a>(row: &'a CheckRow, attempts: &'a str) -> [Option<&'a str>; PACKED_FIELDS] {
     let o = &row.outcome;
     let d = &o.details;
@@ -61,17 +57,17 @@ impl PackedRow {
         PackedRow(text.into_boxed_str())
     }
 
-    /// The row back, for a database that takes bound values, or to report a refused row.
-    pub fn unpack(&self) -> Result<CheckRow, StoreError> {
-        let bad = |why: String| StoreError::Query {
-            doing: "unpacking a result row",
-            source: sqlx::Error::Decode(why.into()),
-        };
+    /// The row's columns after `run_id`, in `CHECK_COLUMNS` order (`attempts` as text):
+    /// what every database's insert binds.
+    pub(super) fn fields(&self) -> Result<[Option<String>; PACKED_FIELDS], StoreError> {
         let fields: Vec<Option<String>> =
-            serde_json::from_str(&self.0).map_err(|e| bad(e.to_string()))?;
-        let Ok(fields) = <[Option<String>; PACKED_FIELDS]>::try_from(fields) else {
-            return Err(bad("wrong number of fields".to_owned()));
-        };
+            serde_json::from_str(&self.0).map_err(|e| damaged(e.to_string()))?;
+        <[Option<String>; PACKED_FIELDS]>::try_from(fields)
+            .map_err(|_| damaged("wrong number of fields".to_owned()))
+    }
+
+    /// The row back, to report a row the database refused.
+    pub fn unpack(&self) -> Result<CheckRow, StoreError> {
         let [
             payer_id,
             customer_ref,
@@ -91,17 +87,17 @@ impl PackedRow {
             result_msg,
             attempts,
             checked_at,
-        ] = fields;
+        ] = self.fields()?;
         let status = status.as_deref().and_then(KeyStatus::parse);
         let attempts = attempts.as_deref().and_then(|a| a.parse().ok());
         let pay_type = pay_type.as_deref().map(PayType::parse);
         let (Some(payer_id), Some(status), Some(attempts), Some(checked_at)) =
             (payer_id, status, attempts, checked_at)
         else {
-            return Err(bad("a required field is missing".to_owned()));
+            return Err(damaged("a required field is missing".to_owned()));
         };
         if pay_type == Some(None) {
-            return Err(bad("unknown pay type".to_owned()));
+            return Err(damaged("unknown pay type".to_owned()));
         }
         Ok(CheckRow {
             payer_id,
@@ -130,43 +126,35 @@ impl PackedRow {
     }
 }
 
+/// A packed row that does not read back.
+fn damaged(why: String) -> StoreError {
+    StoreError::Query {
+        doing: "unpacking a result row",
+        source: sqlx::Error::Decode(why.into()),
+    }
+}
+
 impl Store {
     /// Writes result rows in one transaction; a row already present is kept as it is.
-    ///
-    /// On PostgreSQL and MySQL a batch that fits one statement runs as that statement
-    /// alone, which is atomic by itself: inside `BEGIN … COMMIT` SQLite keeps a statement
-    /// journal of every page the statement touches (perf: `subjournalPageIfRequired`, about
-    /// 5% of the job's CPU at 100,000 keys), needed only to undo one statement of several.
-    ///
-    /// On SQLite the whole batch is one statement reading a JSON array (`jsonb_each`), so
-    /// it never needs a statement journal and is parsed once: at 400,000 keys the
-    /// journal and re-parsing 1,000-row `VALUES` lists were ~10% of the writer's time.
     pub async fn insert_checks(&self, run_id: i64, rows: &[CheckRow]) -> Result<(), StoreError> {
-        if self.dialect == Dialect::Sqlite {
-            let packed: Vec<PackedRow> = rows.iter().map(PackedRow::pack).collect();
-            return self.insert_packed_json(run_id, &packed).await;
-        }
-        if rows.len() <= MAX_ROWS_PER_STATEMENT {
-            let mut conn = self.pool.acquire().await.map_err(ctx("writing results"))?;
-            return self.insert_check_chunk(&mut conn, run_id, rows).await;
-        }
-        let mut tx = self.pool.begin().await.map_err(ctx("writing results"))?;
-        for chunk in rows.chunks(MAX_ROWS_PER_STATEMENT) {
-            self.insert_check_chunk(&mut tx, run_id, chunk).await?;
-        }
-        tx.commit().await.map_err(ctx("writing results"))
+        let packed: Vec<PackedRow> = rows.iter().map(PackedRow::pack).collect();
+        self.insert_packed(run_id, &packed).await
     }
 
-    /// [`Store::insert_checks`] for rows the writer holds packed.
+    /// [`Store::insert_checks`] for rows the writer holds packed. Each dialect takes the
+    /// rows in one round of statements: SQLite one statement reading a JSON array
+    /// (`jsonb_each`), which never needs a statement journal and is parsed once; PostgreSQL
+    /// one `UNNEST` of a column array each; MySQL multi-row inserts of fixed sizes kept
+    /// prepared (see `bulk`).
     pub async fn insert_packed(&self, run_id: i64, rows: &[PackedRow]) -> Result<(), StoreError> {
-        if self.dialect == Dialect::Sqlite {
-            return self.insert_packed_json(run_id, rows).await;
+        if rows.is_empty() {
+            return Ok(());
         }
-        let rows = rows
-            .iter()
-            .map(PackedRow::unpack)
-            .collect::<Result<Vec<_>, _>>()?;
-        self.insert_checks(run_id, &rows).await
+        match &self.native {
+            // Boxed: the native drivers' futures would otherwise nest inside every caller's.
+            Some(native) => Box::pin(native.insert_packed(run_id, rows)).await,
+            None => self.insert_packed_json(run_id, rows).await,
+        }
     }
 
     /// SQLite: every row in one `INSERT … SELECT … FROM jsonb_each(?)`, in the rows' order.
@@ -200,39 +188,6 @@ impl Store {
             .bind(json)
             .bind(run_id)
             .execute(&self.pool)
-            .await
-            .map_err(ctx("writing results"))?;
-        Ok(())
-    }
-
-    /// One multi-row `INSERT` of at most [`MAX_ROWS_PER_STATEMENT`] rows.
-    async fn insert_check_chunk(
-        &self,
-        conn: &mut sqlx::AnyConnection,
-        run_id: i64,
-        chunk: &[CheckRow],
-    ) -> Result<(), StoreError> {
-        let one = format!("({})", vec!["?"; CHECK_COLUMN_COUNT].join(", "));
-        let values = vec![one.as_str(); chunk.len()].join(", ");
-        let sql = self.dialect.insert_ignoring(
-            &format!("billing_key_checks ({CHECK_COLUMNS})"),
-            &values,
-            "run_id, payer_id",
-        );
-        let mut query = sqlx::query(self.sql(&sql)).persistent(false);
-        for row in chunk {
-            let attempts = row.outcome.attempts.to_string();
-            query = query.bind(run_id);
-            for (i, text) in column_texts(row, &attempts).into_iter().enumerate() {
-                query = if i == ATTEMPTS {
-                    query.bind(i64::from(row.outcome.attempts))
-                } else {
-                    query.bind(text.map(str::to_owned))
-                };
-            }
-        }
-        query
-            .execute(&mut *conn)
             .await
             .map_err(ctx("writing results"))?;
         Ok(())

@@ -16,6 +16,8 @@ use super::error::StoreError;
 pub struct Store {
     pub(super) pool: AnyPool,
     pub(super) dialect: Dialect,
+    /// PostgreSQL and MySQL: the native pool of the bulk statements (`None` on SQLite).
+    pub(super) native: Option<super::bulk::Native>,
     /// The SQLite file opened (`None` for a server or an in-memory database).
     file: Option<std::sync::Arc<super::presence::FileIdentity>>,
 }
@@ -114,9 +116,11 @@ impl Store {
                     Dialect::Sqlite => super::open::opened_file(&url)?.map(std::sync::Arc::new),
                     _ => None,
                 };
+                let native = super::bulk::Native::lazy(dialect, &url)?;
                 Ok(Self {
                     pool,
                     dialect,
+                    native,
                     file,
                 })
             }
@@ -156,6 +160,9 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        if let Some(native) = &self.native {
+            native.close().await;
+        }
         self.pool.close().await;
     }
 

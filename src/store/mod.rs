@@ -5,7 +5,9 @@
 //! One [`sqlx::AnyPool`] with plain column types (text, integers; times as UTC RFC 3339
 //! text, which sorts correctly). SQL is written once with `?` placeholders and rewritten to
 //! `$n` for PostgreSQL; only upserts and id retrieval differ per [`Dialect`]. Schemas are
-//! embedded migrations, one folder per dialect.
+//! embedded migrations, one folder per dialect. On PostgreSQL and MySQL the statements run
+//! once per key (staging, result rows, pending pages) go through a native pool beside it
+//! (`bulk`): array binds, statements prepared once and kept.
 //!
 //! The types live in `records`, the connection in `connect`, the errors in `error` and the
 //! SQL dialects in `dialect`; this file only names the modules. The queries live by
@@ -16,6 +18,7 @@
 //! serialises MySQL migrations; `presence` notices a SQLite file deleted mid-run; `outbox` holds the per-key events
 //! waiting for delivery.
 
+mod bulk;
 mod checks;
 mod connect;
 mod coverage;

@@ -5,8 +5,7 @@ use super::connect::Store;
 use super::dialect::{Dialect, json_rows};
 use super::error::{StoreError, ctx};
 use super::records::{
-    MAX_ROWS_PER_STATEMENT, NewRun, RUN_COLUMNS, RunRecord, RunState, ShardRecord, StagedKey,
-    now_text, run_record, to_i64,
+    NewRun, RUN_COLUMNS, RunRecord, RunState, ShardRecord, StagedKey, now_text, run_record, to_i64,
 };
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -307,35 +306,20 @@ impl Store {
         }
     }
 
-    /// PostgreSQL and MySQL: the keys in multi-row statements, in one transaction.
+    /// PostgreSQL and MySQL: the keys in bulk statements, in one transaction (see `bulk`).
     async fn stage_keys(
         &self,
         run_id: i64,
         shard_index: u32,
         keys: &[StagedKey],
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(ctx("staging keys"))?;
-        for chunk in keys.chunks(MAX_ROWS_PER_STATEMENT) {
-            let values = vec!["(?, ?, ?, ?, ?)"; chunk.len()].join(", ");
-            let sql = self.dialect.insert_ignoring(
-                "run_keys (run_id, shard_index, seq, payer_id, customer_ref)",
-                &values,
-                "run_id, payer_id",
-            );
-            // Not cached: every batch size is a different statement, and a cache of
-            // large multi-row statements grows with the run.
-            let mut query = sqlx::query(self.sql(&sql)).persistent(false);
-            for key in chunk {
-                query = query
-                    .bind(run_id)
-                    .bind(i64::from(shard_index))
-                    .bind(key.seq)
-                    .bind(key.payer_id.clone())
-                    .bind(key.customer_ref.clone());
-            }
-            query.execute(&mut *tx).await.map_err(ctx("staging keys"))?;
+        match &self.native {
+            Some(native) => Box::pin(native.stage_keys(run_id, shard_index, keys)).await,
+            None => Err(StoreError::Query {
+                doing: "staging keys",
+                source: sqlx::Error::Configuration("no bulk path for SQLite here".into()),
+            }),
         }
-        tx.commit().await.map_err(ctx("staging keys"))
     }
 
     /// Records that the shard's key list is complete. `valid_read` counts the valid keys
@@ -416,7 +400,7 @@ impl Store {
     /// four): sqlx copied each row's values and converted them for its `Any` driver, ~2 µs
     /// per key on the job's one async thread (perf of a 30,000-key run:
     /// `SqliteRow::current`, `sqlite3_value_dup`, the `Any` mapping and the row drops,
-    /// 6–9% of the samples).
+    /// 6–9% of the samples). PostgreSQL and MySQL read it through their native pool.
     pub(super) async fn key_page(
         &self,
         sql: &str,
@@ -426,6 +410,10 @@ impl Store {
         after: i64,
         limit: i64,
     ) -> Result<Vec<StagedKey>, StoreError> {
+        if let Some(native) = &self.native {
+            return Box::pin(native.key_page(sql, doing, (run_id, shard_index, after, limit)))
+                .await;
+        }
         let page = if self.dialect == Dialect::Sqlite {
             format!(
                 "SELECT json_group_array(json_array(p.seq, p.payer_id, p.customer_ref, \

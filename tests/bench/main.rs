@@ -4,8 +4,9 @@
 //! like real ones: 10,000 keys (the median of five runs) and 1,000,000 keys side by side,
 //! and a Python asyncio client (also the median of five)
 //! (`asyncio_client.py` beside this file; aiohttp is installed with pip if missing) on
-//! the same keys and the same simulator. Prints Markdown tables. `BENCH_QUICK=1` skips
-//! the million-key run.
+//! the same keys and the same simulator; then the three results databases side by side
+//! (`databases`). Prints Markdown tables. `BENCH_QUICK=1` skips the million-key run;
+//! `BENCH_ONLY=databases` runs only the databases' table.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -18,6 +19,7 @@ use payple_reconcile::store::writer::BATCH_ROWS;
 use payple_reconcile::store::{CheckRow, Store, now_text};
 use rand::RngCore;
 
+mod databases;
 #[path = "../support/peak_rss.rs"]
 mod peak_rss;
 
@@ -342,6 +344,10 @@ fn main() {
     );
 
     let sim = Sim::start(&[], None);
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("databases") {
+        databases::compare(&rt, &sim, d, BIN);
+        return;
+    }
     let k10 = write_keys(d, 10_000);
     // The 10,000-key run lasts about half a second and swings by half between runs: the
     // median of five, by lookups/s, is the figure the ratios use.
@@ -360,6 +366,7 @@ fn main() {
         runs.push(("1,000,000 keys", big));
     }
     scale_table(&runs);
+    databases::compare(&rt, &sim, d, BIN);
 
     println!();
     if ensure_aiohttp() {

@@ -22,5 +22,6 @@ mod safety;
 mod sandbox;
 mod signals;
 mod simulator;
+mod store_bulk;
 mod upgrade;
 mod workbook;
