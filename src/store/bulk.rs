@@ -20,9 +20,9 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, ConnectOptions, Row};
 
-use super::checks::{PACKED_FIELDS, PackedRow};
 use super::dialect::Dialect;
 use super::error::{StoreError, ctx};
+use super::packed::{PACKED_FIELDS, PackedRow};
 use super::records::{CHECK_COLUMNS, StagedKey};
 
 /// Connections of the native pool: the writer, the staging step and the page reader.

@@ -27,6 +27,7 @@ mod error;
 mod leases;
 mod open;
 mod outbox;
+mod packed;
 mod presence;
 mod recheck;
 mod records;
@@ -34,12 +35,12 @@ pub mod reports;
 mod runs;
 pub mod writer;
 
-pub use checks::PackedRow;
 pub use connect::{CONNECT_TIMEOUT, Store};
 pub use coverage::{Coverage, LatestRecord};
 pub use dialect::Dialect;
 pub use error::{StoreError, retrying};
 pub use outbox::{OutboxCounts, OutboxEvent, OutboxRow};
+pub use packed::PackedRow;
 pub use recheck::{FailedCode, FailedSelection};
 pub use records::{
     CheckRecord, CheckRow, Lease, MAX_ROWS_PER_STATEMENT, NewRun, RunRecord, RunState, ShardRecord,

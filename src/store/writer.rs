@@ -13,9 +13,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::checks::PackedRow;
 use super::connect::Store;
 use super::error::StoreError;
+use super::packed::PackedRow;
 use super::records::CheckRow;
 use crate::domain::{FieldBound, LookupOutcome};
 
