@@ -23,7 +23,7 @@ pub(super) async fn report(settings: ReportSettings) -> Result<ExitStatus, AppEr
     };
     with_store(&database.database_url, async |store| {
         let run = resolve_run(store, run).await?;
-        let rows = write_run_report(store, run.id, &statuses, &output, shape).await?;
+        let rows = write_run_report(store, &run, &statuses, &output, shape).await?;
         tracing::info!(run_id = run.id, rows, output = %output.display(), "report written");
         Ok(())
     })

@@ -11,7 +11,7 @@ use crate::domain::RunSummary;
 use crate::exit::ExitStatus;
 use crate::notify::{Notice, Notifier};
 use crate::payple::PaypleClient;
-use crate::pipeline;
+use crate::pipeline::{self, Ended};
 use crate::pushgateway::{self, PushTarget};
 use crate::report::ReportError;
 use crate::report::deliver::{ReportShape, RunEnding, send_notice, write_run_report};
@@ -22,7 +22,7 @@ use crate::report::output::ReportFormat;
 use crate::report::xlsx::EXCEL_MAX_ROWS;
 use crate::settings::{BatchSettings, NotifySettings, PaypleSettings, RunSettings};
 use crate::shutdown::Shutdown;
-use crate::store::{RunState, Store};
+use crate::store::{RunRecord, RunState, Store};
 
 pub(super) async fn run(
     settings: RunSettings,
@@ -141,13 +141,13 @@ async fn batch_run(
     let end = pipeline::run(batch, &store, client, source_db, shutdown).await;
     if let Some(error) = &end.error {
         tracing::error!("{error}");
-        if end.summary.is_none() {
+        if end.ended.is_none() {
             print_json(&super::ErrorLine::new(end.exit, error));
         }
     }
     let mut exit = end.exit;
     let error = end.error.as_ref().map(ToString::to_string);
-    if end.summary.is_none()
+    if end.ended.is_none()
         && let Some(n) = &batch.notify
     {
         let error = error
@@ -156,16 +156,16 @@ async fn batch_run(
         let limit = shutdown.end_limit(batch.shutdown_grace, Instant::now());
         notify_failed(n, exit, error, limit).await;
     }
-    if end.summary.is_none()
+    if end.ended.is_none()
         && let Some(target) = &batch.metrics_push
     {
         let text = pushgateway::exit_code_body(exit.code());
         pushgateway::push_counted(target, text, shutdown, batch.shutdown_grace).await;
     }
-    if let Some(summary) = &end.summary {
-        log_summary(summary);
-        print_json(summary);
-        for failure in after_run(batch, &store, summary, error, shutdown).await {
+    if let Some(ended) = &end.ended {
+        log_summary(&ended.summary);
+        print_json(&ended.summary);
+        for failure in after_run(batch, &store, ended, error, shutdown).await {
             tracing::error!("{failure}");
             if exit == ExitStatus::Success {
                 exit = failure.exit_status();
@@ -203,10 +203,11 @@ fn log_summary(summary: &RunSummary) {
 async fn after_run(
     batch: &BatchSettings,
     store: &Store,
-    summary: &RunSummary,
+    ended: &Ended,
     error: Option<String>,
     shutdown: &Shutdown,
 ) -> Vec<AppError> {
+    let Ended { record, summary } = ended;
     let cutter = cut_at(shutdown.end_limit(batch.shutdown_grace, Instant::now()));
     let cut = &cutter.cut;
     let mut failed = Vec::new();
@@ -218,7 +219,7 @@ async fn after_run(
                 output = %path.display(),
                 "report not written: the shutdown grace is over"
             ),
-            report = run_report(store, summary, path, batch.excel) => match report {
+            report = run_report(store, record, path, batch.excel) => match report {
                 Ok(()) => written = Some(path.display().to_string()),
                 Err(e) => failed.push(AppError::AfterRun(e)),
             },
@@ -232,23 +233,26 @@ async fn after_run(
         Some(_) if ran_now => tokio::select! {
             biased;
             () = cut.cancelled() => None,
-            notice = load_notice(store, summary, written.clone()) => notice,
+            notice = load_notice(store, record, written.clone()) => notice,
         },
         _ => None,
     };
     let wants_metrics = batch.metrics_file.is_some() || batch.metrics_push.is_some();
     let mut extras = metrics::Extras::default();
-    let ended = if wants_metrics {
+    // The run's own end, in Unix seconds: an "already completed" answer is about an
+    // earlier night. `None` (metrics then say now) when it has none.
+    let ended = record
+        .finished_at
+        .as_deref()
+        .and_then(metrics::unix_seconds);
+    if wants_metrics {
         extras.newly_gone = match &notice {
-            Some(n) if summary.state == RunState::Completed.as_str() => {
+            Some(n) if record.state == RunState::Completed => {
                 n.changes.as_ref().map(|c| c.newly_gone)
             }
-            _ => newly_gone(store, summary).await,
+            _ => newly_gone(store, record).await,
         };
-        run_ended(store, summary).await
-    } else {
-        None
-    };
+    }
     // Before any notification: a webhook that hangs must not cost the metrics.
     if let Some(path) = &batch.metrics_file
         && let Err(e) = write_metrics(path, summary, ended, &extras)
@@ -282,14 +286,14 @@ async fn after_run(
 /// Writes the run's report to `path`.
 async fn run_report(
     store: &Store,
-    summary: &RunSummary,
+    record: &RunRecord,
     path: &std::path::Path,
     excel: bool,
 ) -> Result<(), ReportError> {
-    if summary.state != RunState::Completed.as_str() {
+    if record.state != RunState::Completed {
         tracing::warn!(
-            run_id = summary.run_id,
-            state = summary.state,
+            run_id = record.id,
+            state = record.state.as_str(),
             "the run did not complete: the report holds only the keys checked so far"
         );
     }
@@ -298,33 +302,18 @@ async fn run_report(
         excel,
         sheet_rows: EXCEL_MAX_ROWS,
     };
-    let rows = write_run_report(store, summary.run_id, &[], path, shape).await?;
-    tracing::info!(run_id = summary.run_id, rows, output = %path.display(), "report written");
+    let rows = write_run_report(store, record, &[], path, shape).await?;
+    tracing::info!(run_id = record.id, rows, output = %path.display(), "report written");
     Ok(())
-}
-
-/// The run's own end, in Unix seconds: an "already completed" answer is about an earlier
-/// night. `None` (metrics then say now) when it cannot be read, which is logged.
-async fn run_ended(store: &Store, summary: &RunSummary) -> Option<f64> {
-    match store.run(summary.run_id).await {
-        Ok(run) => run
-            .and_then(|r| r.finished_at)
-            .and_then(|t| metrics::unix_seconds(&t)),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read the run's end time; using now");
-            None
-        }
-    }
 }
 
 /// Keys gone since the previous completed run, for a run that completed; `None` when
 /// there is nothing to compare (or it cannot be read, which is logged).
-async fn newly_gone(store: &Store, summary: &RunSummary) -> Option<u64> {
-    if summary.state != RunState::Completed.as_str() {
+async fn newly_gone(store: &Store, record: &RunRecord) -> Option<u64> {
+    if record.state != RunState::Completed {
         return None;
     }
-    let run = store.run(summary.run_id).await.ok().flatten()?;
-    match notice::load(store, &run, None).await {
+    match notice::load(store, record, None).await {
         Ok(notice) => notice.changes.map(|c| c.newly_gone),
         Err(e) => {
             tracing::warn!(error = %e, "cannot count the newly gone keys for the metrics");
@@ -360,22 +349,10 @@ async fn push_metrics(
     }
 }
 
-/// The notice about run `summary` (with where its report went); `None` when it cannot be
-/// read or built, which is logged.
-async fn load_notice(
-    store: &Store,
-    summary: &RunSummary,
-    report: Option<String>,
-) -> Option<Notice> {
-    let run = match store.run(summary.run_id).await {
-        Ok(Some(run)) => run,
-        Ok(None) => return None,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot read the run for its notification");
-            return None;
-        }
-    };
-    match notice::load(store, &run, report).await {
+/// The notice about run `record` (with where its report went); `None` when it cannot be
+/// built, which is logged.
+async fn load_notice(store: &Store, record: &RunRecord, report: Option<String>) -> Option<Notice> {
+    match notice::load(store, record, report).await {
         Ok(notice) => Some(notice),
         Err(e) => {
             tracing::error!(error = %e, "cannot build the notification");

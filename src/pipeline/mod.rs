@@ -30,7 +30,7 @@ mod run;
 pub mod stage;
 
 pub use crate::domain::RunSummary;
-pub use end::RunEnd;
+pub use end::{Ended, RunEnd};
 pub use error::RunError;
 pub use lookups::check_one;
 pub use run::{DryRun, dry_run, run};
