@@ -56,8 +56,11 @@ impl LookupLine {
 pub(super) async fn lookup(settings: LookupSettings) -> Result<ExitStatus, AppError> {
     let (client, sim) = payple_client(&settings.payple).await?;
     let client = Arc::new(client);
-    client.authenticate().await?;
-    let mut exit = ExitStatus::Success;
+    client
+        .authenticate()
+        .await
+        .map_err(AppError::authenticating)?;
+    let mut unresolved = false;
     let never = tokio_util::sync::CancellationToken::new();
     let mut lines = futures::stream::iter(settings.payer_ids)
         .map(|raw| {
@@ -71,14 +74,12 @@ pub(super) async fn lookup(settings: LookupSettings) -> Result<ExitStatus, AppEr
         .buffered(settings.concurrency);
     while let Some((raw, outcome)) = lines.next().await {
         if let Some(outcome) = outcome? {
-            if matches!(outcome.status, KeyStatus::Failed | KeyStatus::Rejected) {
-                exit = ExitStatus::KeysFailed;
-            }
+            unresolved |= matches!(outcome.status, KeyStatus::Failed | KeyStatus::Rejected);
             print_json(&LookupLine::new(&raw, outcome));
         }
     }
     if let Some(sim) = sim {
         sim.shutdown().await;
     }
-    Ok(exit)
+    Ok(ExitStatus::of_keys(unresolved))
 }

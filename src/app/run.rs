@@ -117,14 +117,16 @@ async fn batch_run(
 ) -> Result<ExitStatus, AppError> {
     let store = match Store::open_until(&batch.database_url, &shutdown.stop).await {
         Ok(store) => store,
-        // Stopped while another process was migrating: the signal's exit code.
-        Err(e) if shutdown.signal().is_some() => {
+        Err(e) => {
+            let Some(signal) = shutdown.signal() else {
+                return Err(e.into());
+            };
+            // Stopped while another process was migrating: logged, and the signal's exit
+            // code without the error line.
             tracing::error!("{e}");
-            return Ok(shutdown
-                .signal()
-                .map_or(ExitStatus::Config, |s| s.exit_status()));
+            let doing = "waiting for the results database";
+            return Ok(AppError::Stopped { signal, doing }.exit_status());
         }
-        Err(e) => return Err(e.into()),
     };
     // The source has its own read-only connection, even when it is the results database.
     let source_db = if reads_database(batch) {
@@ -221,7 +223,7 @@ async fn after_run(
             ),
             report = run_report(store, record, path, batch.excel) => match report {
                 Ok(()) => written = Some(path.display().to_string()),
-                Err(e) => failed.push(AppError::AfterRun(e)),
+                Err(e) => failed.push(AppError::after_run(e)),
             },
         }
     }
@@ -257,7 +259,7 @@ async fn after_run(
     if let Some(path) = &batch.metrics_file
         && let Err(e) = write_metrics(path, summary, ended, &extras)
     {
-        failed.push(AppError::AfterRun(e));
+        failed.push(AppError::after_run(e));
     }
     // After a signal the push goes first too: the message may not get its turn.
     let push_first = shutdown.signal().is_some();
@@ -278,7 +280,7 @@ async fn after_run(
         && (batch.notify.is_some() || batch.metrics_push.is_some())
         && let Err(e) = write_metrics(path, summary, ended, &extras)
     {
-        failed.push(AppError::AfterRun(e));
+        failed.push(AppError::after_run(e));
     }
     failed
 }

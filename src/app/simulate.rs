@@ -1,6 +1,6 @@
 //! `simulate`: serve the Payple simulator on loopback until SIGINT or SIGTERM.
 
-use super::AppError;
+use super::{AppError, SimulatorRole};
 use crate::exit::ExitStatus;
 use crate::settings::SimulateSettings;
 use crate::shutdown::Shutdown;
@@ -12,13 +12,14 @@ pub(super) async fn simulate(
     settings: SimulateSettings,
     shutdown: &Shutdown,
 ) -> Result<ExitStatus, AppError> {
-    let config = sim_config(&settings)?;
+    let config = sim_config(&settings).map_err(AppError::simulator(SimulatorRole::Served))?;
     simulator::serve(
         config,
         settings.addr,
         shutdown.stop.clone().cancelled_owned(),
     )
-    .await?;
+    .await
+    .map_err(AppError::simulator(SimulatorRole::Served))?;
     Ok(ExitStatus::Success)
 }
 
@@ -190,7 +191,7 @@ mod tests {
             sim_config(&parse(&["--keys", "/nonexistent/keys.jsonl"])).expect_err("missing file");
         assert!(matches!(err, SimError::KeyFileRead { .. }));
         assert_eq!(
-            AppError::from(err).exit_status(),
+            AppError::simulator(SimulatorRole::Served)(err).exit_status(),
             ExitStatus::Config,
             "a bad simulator configuration exits 3"
         );

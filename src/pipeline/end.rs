@@ -70,11 +70,9 @@ impl Conclusion {
         match tally {
             Tally::Unrecorded if exit == ExitStatus::Success => ExitStatus::Internal,
             Tally::Recorded(counts)
-                if exit == ExitStatus::Success
-                    && self.state == RunState::Completed
-                    && (counts.failed > 0 || counts.rejected > 0) =>
+                if exit == ExitStatus::Success && self.state == RunState::Completed =>
             {
-                ExitStatus::KeysFailed
+                ExitStatus::of_keys(counts.failed > 0 || counts.rejected > 0)
             }
             _ => exit,
         }
