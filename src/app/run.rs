@@ -18,9 +18,7 @@ use crate::report::deliver::{ReportShape, RunEnding, send_notice, write_run_repo
 use crate::report::export::write_metrics;
 use crate::report::metrics;
 use crate::report::notice;
-use crate::report::output::ReportFormat;
-use crate::report::xlsx::EXCEL_MAX_ROWS;
-use crate::settings::{BatchSettings, NotifySettings, PaypleSettings, RunSettings};
+use crate::settings::{BatchSettings, NotifySettings, PaypleSettings, RunReport, RunSettings};
 use crate::shutdown::Shutdown;
 use crate::store::{RunRecord, RunState, Store};
 
@@ -214,14 +212,14 @@ async fn after_run(
     let cut = &cutter.cut;
     let mut failed = Vec::new();
     let mut written = None;
-    if let Some(path) = &batch.report {
+    if let Some(RunReport { path, shape }) = &batch.report {
         tokio::select! {
             biased;
             () = cut.cancelled() => tracing::error!(
                 output = %path.display(),
                 "report not written: the shutdown grace is over"
             ),
-            report = run_report(store, record, path, batch.excel) => match report {
+            report = run_report(store, record, path, *shape) => match report {
                 Ok(()) => written = Some(path.display().to_string()),
                 Err(e) => failed.push(AppError::after_run(e)),
             },
@@ -290,7 +288,7 @@ async fn run_report(
     store: &Store,
     record: &RunRecord,
     path: &std::path::Path,
-    excel: bool,
+    shape: ReportShape,
 ) -> Result<(), ReportError> {
     if record.state != RunState::Completed {
         tracing::warn!(
@@ -299,11 +297,6 @@ async fn run_report(
             "the run did not complete: the report holds only the keys checked so far"
         );
     }
-    let shape = ReportShape {
-        format: ReportFormat::from_path(path),
-        excel,
-        sheet_rows: EXCEL_MAX_ROWS,
-    };
     let rows = write_run_report(store, record, &[], path, shape).await?;
     tracing::info!(run_id = record.id, rows, output = %path.display(), "report written");
     Ok(())

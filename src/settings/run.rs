@@ -11,11 +11,13 @@ use super::env::Env;
 use super::error::{ConfigError, invalid};
 use super::notify::{NotifySettings, notify_settings};
 use super::payple::{PaypleSettings, payple_settings};
+use super::report::{RunReport, run_report};
 use crate::budget::{self, Budget, DueSpec, StopAt};
 use crate::cli::{BudgetArgs, RunArgs};
 use crate::pushgateway::{PushError, PushTarget};
 use crate::source::columns::ColumnNames;
 use crate::source::{SourceSpec, validate_identifier};
+use crate::store::writer::BATCH_ROWS;
 
 /// Which part of the keys this process checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,8 +108,8 @@ pub struct BatchSettings {
     pub allow_empty_source: bool,
     pub shutdown_grace: Duration,
     pub progress_interval: Duration,
-    pub report: Option<PathBuf>,
-    pub excel: bool,
+    /// `--report` (with `--excel`).
+    pub report: Option<RunReport>,
     pub notify: Option<NotifySettings>,
     pub shard: Shard,
     pub metrics_file: Option<PathBuf>,
@@ -268,7 +270,8 @@ pub fn batch_settings(args: &RunArgs, env: &dyn Env) -> Result<BatchSettings, Co
     {
         return Err(invalid("--run-key", "must be 1 to 200 characters"));
     }
-    if !(1..=100_000).contains(&args.write_batch) {
+    let write_batch = args.write_batch.unwrap_or(BATCH_ROWS);
+    if !(1..=100_000).contains(&write_batch) {
         return Err(invalid("--write-batch", "must be within 1..=100000"));
     }
     let (budget, due, timezone) = budget_settings(&args.budget, &source)?;
@@ -286,14 +289,13 @@ pub fn batch_settings(args: &RunArgs, env: &dyn Env) -> Result<BatchSettings, Co
         allow_empty_source: args.allow_empty_source,
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
         progress_interval: Duration::from_secs(args.progress_interval.max(1)),
-        report: args.report.clone(),
-        excel: args.excel,
+        report: run_report(args.report.as_deref(), args.excel),
         notify: notify_settings(&args.notify, args.notify_on)?,
         shard,
         metrics_file: args.metrics_file.clone(),
         metrics_push: metrics_push(args, shard)?,
         omit_pii: args.omit_pii,
-        write_batch: args.write_batch,
+        write_batch,
         budget,
         due,
         timezone,
