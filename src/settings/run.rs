@@ -236,33 +236,9 @@ pub fn batch_settings(args: &RunArgs, env: &dyn Env) -> Result<BatchSettings, Co
     let concurrency = NonZeroUsize::new(args.concurrency)
         .filter(|n| n.get() <= 1024)
         .ok_or_else(|| invalid("--concurrency", "must be within 1..=1024"))?;
-    let resume = match args.resume.as_deref() {
-        None => Resume::No,
-        Some("latest") => Resume::Latest,
-        Some(id) => Resume::Run(
-            id.parse()
-                .map_err(|_| invalid("--resume", format!("{id:?} is not a run id")))?,
-        ),
-    };
-    if resume != Resume::No && args.run_key.is_some() {
-        return Err(invalid(
-            "--resume",
-            "--run-key already continues its unfinished run; give one or the other",
-        ));
-    }
+    let resume = resume_of(args)?;
     let shard = shard_of(args, env)?;
-    if !shard.is_whole() && args.run_key.is_none() && resume == Resume::No {
-        return Err(invalid(
-            "--shard",
-            "shards must share a run: give them the same --run-key",
-        ));
-    }
-    if !shard.is_whole() && args.rerun {
-        return Err(invalid("--rerun", "not supported with shards"));
-    }
-    if !shard.is_whole() && args.csv.as_deref().is_some_and(|p| p.as_os_str() == "-") {
-        return Err(invalid("--csv", "stdin cannot be shared by shards"));
-    }
+    check_shard(args, shard, &resume)?;
     if args
         .run_key
         .as_deref()
@@ -300,6 +276,45 @@ pub fn batch_settings(args: &RunArgs, env: &dyn Env) -> Result<BatchSettings, Co
         due,
         timezone,
     })
+}
+
+/// `--resume`: a run id or `latest`; not with `--run-key`, which continues its own run.
+fn resume_of(args: &RunArgs) -> Result<Resume, ConfigError> {
+    let resume = match args.resume.as_deref() {
+        None => Resume::No,
+        Some("latest") => Resume::Latest,
+        Some(id) => Resume::Run(
+            id.parse()
+                .map_err(|_| invalid("--resume", format!("{id:?} is not a run id")))?,
+        ),
+    };
+    if resume != Resume::No && args.run_key.is_some() {
+        return Err(invalid(
+            "--resume",
+            "--run-key already continues its unfinished run; give one or the other",
+        ));
+    }
+    Ok(resume)
+}
+
+/// What shards of one run must share (a run key) and cannot (`--rerun`, stdin).
+fn check_shard(args: &RunArgs, shard: Shard, resume: &Resume) -> Result<(), ConfigError> {
+    if shard.is_whole() {
+        return Ok(());
+    }
+    if args.run_key.is_none() && *resume == Resume::No {
+        return Err(invalid(
+            "--shard",
+            "shards must share a run: give them the same --run-key",
+        ));
+    }
+    if args.rerun {
+        return Err(invalid("--rerun", "not supported with shards"));
+    }
+    if args.csv.as_deref().is_some_and(|p| p.as_os_str() == "-") {
+        return Err(invalid("--csv", "stdin cannot be shared by shards"));
+    }
+    Ok(())
 }
 
 /// `--metrics-push` and `--metrics-instance`; a sharded run's group names its shard index.
