@@ -24,7 +24,8 @@
 //! - [`store`]: the results database (SQLite, PostgreSQL, MySQL), its typed records and its
 //!   single writer.
 //! - [`exit`], [`http`], [`shutdown`], [`telemetry`]: exit codes, the HTTP client, signals, logs;
-//!   [`private_file`]: files created 0600, exclusively, never through a symlink.
+//!   [`private_file`]: files created 0600, exclusively, never through a symlink;
+//!   [`sql_errors`]: which sqlx errors mean the database is unreachable.
 //!
 //! Imports point down only: `app` → `pipeline` → `settings` → `cli`, and all of them →
 //! the leaves (`payple`, `source`, `store`, `report`, `simulator`, `domain`), which never
@@ -46,5 +47,6 @@ pub mod settings;
 pub mod shutdown;
 pub mod simulator;
 pub mod source;
+pub mod sql_errors;
 pub mod store;
 pub mod telemetry;
