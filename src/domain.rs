@@ -177,7 +177,8 @@ impl PayType {
 }
 
 /// What Payple told us about the payment instrument behind an active key. Only masked
-/// numbers ever arrive, and only they are kept.
+/// numbers ever arrive, and only they are kept. Serialized (`lookup`'s lines) without the
+/// payer's name, phone mask and tax flag, which only the results database holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct KeyDetails {
     pub pay_type: Option<PayType>,
@@ -188,8 +189,11 @@ pub struct KeyDetails {
     pub bank_name: Option<String>,
     pub bank_mask: Option<String>,
     pub bank_account_type: Option<String>,
+    #[serde(skip_serializing)]
     pub payer_name: Option<String>,
+    #[serde(skip_serializing)]
     pub payer_phone_mask: Option<String>,
+    #[serde(skip_serializing)]
     pub is_tax: Option<String>,
 }
 
