@@ -256,7 +256,7 @@ pub fn is_rejected_placeholder(status: KeyStatus, payer_id: &str) -> bool {
 
 /// What a run did, printed as JSON on stdout at the end.
 #[derive(Debug, Clone, Serialize)]
-pub struct RunSummary {
+pub struct RunStats {
     pub run_id: i64,
     pub state: &'static str,
     pub source: String,

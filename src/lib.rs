@@ -6,8 +6,9 @@
 //!   once by [`settings::from_cli`] into one [`settings::Settings`] variant per subcommand.
 //! - [`app`]: the command layer, one file per subcommand (`app/run.rs`, `app/lookup.rs`,
 //!   `app/report.rs`, …), and [`app::AppError`], the one place exit codes are decided.
-//! - [`budget`]: run budgets (lookups, time, a stop time) and the due-date window.
-//! - [`domain`]: billing keys, statuses, outcomes, key details and the run summary, parsed
+//! - [`budget`]: run budgets (lookups, time, a stop time) and the due-date window, the
+//!   pure rules; [`pipeline::priority`] applies them to a run.
+//! - [`domain`]: billing keys, statuses, outcomes, key details and a run's stats, parsed
 //!   once at the boundary.
 //! - [`notify`]: run notifications to webhooks (Slack-compatible or JSON); a leaf.
 //! - [`pushgateway`]: a run's metrics pushed to a Prometheus Pushgateway; a leaf.

@@ -7,7 +7,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{AppError, payple_client, print_json};
-use crate::domain::RunSummary;
+use crate::domain::RunStats;
 use crate::exit::ExitStatus;
 use crate::notify::{Notice, Notifier};
 use crate::payple::PaypleClient;
@@ -163,8 +163,8 @@ async fn batch_run(
         pushgateway::push_counted(target, text, shutdown, batch.shutdown_grace).await;
     }
     if let Some(ended) = &end.ended {
-        log_summary(&ended.summary);
-        print_json(&ended.summary);
+        log_stats(&ended.stats);
+        print_json(&ended.stats);
         for failure in after_run(batch, &store, ended, error, shutdown).await {
             tracing::error!("{failure}");
             if exit == ExitStatus::Success {
@@ -176,19 +176,19 @@ async fn batch_run(
     Ok(exit)
 }
 
-fn log_summary(summary: &RunSummary) {
+fn log_stats(stats: &RunStats) {
     tracing::info!(
-        run_id = summary.run_id,
-        state = summary.state,
-        active = summary.active,
-        gone = summary.gone,
-        failed = summary.failed,
-        rejected = summary.rejected,
-        duplicates = summary.duplicates,
-        seconds = summary.duration_secs,
-        per_second = summary.lookups_per_second,
-        auth_calls = summary.auth_calls,
-        exit_code = summary.exit_code,
+        run_id = stats.run_id,
+        state = stats.state,
+        active = stats.active,
+        gone = stats.gone,
+        failed = stats.failed,
+        rejected = stats.rejected,
+        duplicates = stats.duplicates,
+        seconds = stats.duration_secs,
+        per_second = stats.lookups_per_second,
+        auth_calls = stats.auth_calls,
+        exit_code = stats.exit_code,
         "run finished"
     );
 }
@@ -207,7 +207,7 @@ async fn after_run(
     error: Option<String>,
     shutdown: &Shutdown,
 ) -> Vec<AppError> {
-    let Ended { record, summary } = ended;
+    let Ended { record, stats } = ended;
     let cutter = cut_at(shutdown.end_limit(batch.shutdown_grace, Instant::now()));
     let cut = &cutter.cut;
     let mut failed = Vec::new();
@@ -227,7 +227,7 @@ async fn after_run(
     }
     // A run key that had already completed, with nothing to re-check: nothing ran (not
     // even the partner auth every real run starts with), nothing to tell.
-    let ran_now = summary.auth_calls > 0 || summary.checked_now > 0;
+    let ran_now = stats.auth_calls > 0 || stats.checked_now > 0;
     // The notice is built once: the metrics reuse its count of newly gone keys.
     let notice = match &batch.notify {
         Some(_) if ran_now => tokio::select! {
@@ -255,7 +255,7 @@ async fn after_run(
     }
     // Before any notification: a webhook that hangs must not cost the metrics.
     if let Some(path) = &batch.metrics_file
-        && let Err(e) = write_metrics(path, summary, ended, &extras)
+        && let Err(e) = write_metrics(path, stats, ended, &extras)
     {
         failed.push(AppError::after_run(e));
     }
@@ -263,20 +263,20 @@ async fn after_run(
     let push_first = shutdown.signal().is_some();
     if push_first && let Some(target) = &batch.metrics_push {
         extras.push_failures =
-            Some(push_metrics(target, summary, ended, &extras, batch, shutdown, cut).await);
+            Some(push_metrics(target, stats, ended, &extras, batch, shutdown, cut).await);
     }
     extras.notify_failures = match &batch.notify {
         Some(_) if !ran_now => Some(0),
-        Some(n) => Some(notify_after(n, summary, notice, written, error, cut).await),
+        Some(n) => Some(notify_after(n, stats, notice, written, error, cut).await),
         None => None,
     };
     if !push_first && let Some(target) = &batch.metrics_push {
         extras.push_failures =
-            Some(push_metrics(target, summary, ended, &extras, batch, shutdown, cut).await);
+            Some(push_metrics(target, stats, ended, &extras, batch, shutdown, cut).await);
     }
     if let Some(path) = &batch.metrics_file
         && (batch.notify.is_some() || batch.metrics_push.is_some())
-        && let Err(e) = write_metrics(path, summary, ended, &extras)
+        && let Err(e) = write_metrics(path, stats, ended, &extras)
     {
         failed.push(AppError::after_run(e));
     }
@@ -322,7 +322,7 @@ async fn newly_gone(store: &Store, record: &RunRecord) -> Option<u64> {
 /// failed pushes; `cut` abandons the push (counted as failed).
 async fn push_metrics(
     target: &PushTarget,
-    summary: &RunSummary,
+    stats: &RunStats,
     ended: Option<f64>,
     extras: &metrics::Extras,
     batch: &BatchSettings,
@@ -330,10 +330,10 @@ async fn push_metrics(
     cut: &CancellationToken,
 ) -> u64 {
     let ended = ended.unwrap_or_else(|| chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
-    let mut m = metrics::from_summary(summary, ended, None);
+    let mut m = metrics::from_stats(stats, ended, None);
     extras.apply(&mut m);
-    let ran_now = summary.auth_calls > 0 || summary.checked_now > 0;
-    let text = pushgateway::body(&m, ran_now && metrics::succeeded(summary));
+    let ran_now = stats.auth_calls > 0 || stats.checked_now > 0;
+    let text = pushgateway::body(&m, ran_now && metrics::succeeded(stats));
     tokio::select! {
         biased;
         () = cut.cancelled() => {
@@ -360,7 +360,7 @@ async fn load_notice(store: &Store, record: &RunRecord, report: Option<String>) 
 /// (all of them when the message could not be built). `cut` abandons the sending.
 async fn notify_after(
     n: &NotifySettings,
-    summary: &RunSummary,
+    stats: &RunStats,
     notice: Option<Notice>,
     report: Option<String>,
     error: Option<String>,
@@ -378,8 +378,8 @@ async fn notify_after(
         }
     };
     let ending = RunEnding {
-        exit_code: Some(i64::from(summary.exit_code)),
-        duration_secs: Some(summary.duration_secs),
+        exit_code: Some(i64::from(stats.exit_code)),
+        duration_secs: Some(stats.duration_secs),
         report,
         error,
     };
@@ -396,7 +396,7 @@ async fn notify_after(
     }
 }
 
-/// Tells the webhooks about a run that could not start or end (no summary), with the
+/// Tells the webhooks about a run that could not start or end (no stats line), with the
 /// error; sending stops when `limit` resolves.
 pub(super) async fn notify_failed(
     n: &NotifySettings,

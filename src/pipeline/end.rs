@@ -1,5 +1,5 @@
 //! How a run ends: the pure decision of its final state and exit status
-//! ([`conclude`]), the summary printed on stdout ([`summary_of`]), and recording the end
+//! ([`conclude`]), the stats printed on stdout ([`stats_of`]), and recording the end
 //! of a shard ([`RunEnd`], what `run` returns).
 
 use std::time::Duration;
@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::context::RunContext;
 use super::error::RunError;
 use crate::budget::BudgetStop;
-use crate::domain::RunSummary;
+use crate::domain::RunStats;
 use crate::exit::ExitStatus;
 use crate::shutdown::Signal;
 use crate::store::{RunRecord, RunState, StatusCounts, StoreError, retrying};
@@ -100,16 +100,16 @@ pub fn conclude(outcome: &Outcome, signal: Option<Signal>) -> Conclusion {
 }
 
 /// What a run did, from its record and this process's counters.
-pub fn summary_of(
+pub fn stats_of(
     run: &RunRecord,
     checked_now: u64,
     elapsed: Duration,
     auth_calls: u64,
     lookups: u64,
     exit: ExitStatus,
-) -> RunSummary {
+) -> RunStats {
     let secs = elapsed.as_secs_f64();
-    RunSummary {
+    RunStats {
         run_id: run.id,
         state: run.state.as_str(),
         source: run.source.clone(),
@@ -142,11 +142,11 @@ pub struct RunEnd {
 
 /// A run whose end is recorded: its final record (the settled exit code included), which
 /// the report, the notification and the metrics take instead of reading it again, and
-/// the summary printed on stdout.
+/// the stats printed on stdout.
 #[derive(Debug)]
 pub struct Ended {
     pub record: RunRecord,
-    pub summary: RunSummary,
+    pub stats: RunStats,
 }
 
 /// How the work on a run ended, and the keys this process checked.
@@ -168,7 +168,7 @@ impl RunEnd {
 }
 
 impl RunContext<'_> {
-    /// Records how the shard ended and builds the summary; [`conclude`] decides the state
+    /// Records how the shard ended and builds the stats; [`conclude`] decides the state
     /// and the exit status, settled against the whole run's recorded counts.
     pub(super) async fn finish(&self, run_id: i64, driven: Driven) -> RunEnd {
         let Driven {
@@ -209,7 +209,7 @@ impl RunContext<'_> {
             .await;
         let client = &self.client;
         let elapsed = self.started.elapsed();
-        let mut summary = summary_of(
+        let mut stats = stats_of(
             &record,
             checked,
             elapsed,
@@ -217,12 +217,12 @@ impl RunContext<'_> {
             client.lookups(),
             exit,
         );
-        summary.budget_stop = budget_stop.map(BudgetStop::as_str);
+        stats.budget_stop = budget_stop.map(BudgetStop::as_str);
         if let Some(note) = unavailable {
             tracing::warn!("{note}");
-            summary.note = Some(note);
+            stats.note = Some(note);
         }
-        RunEnd::new(outcome, exit, Some(Ended { record, summary }))
+        RunEnd::new(outcome, exit, Some(Ended { record, stats }))
     }
 
     /// Why the run was left interrupted when Payple stayed unavailable.
@@ -434,7 +434,7 @@ mod tests {
             lookups: 4,
             exit_code: None,
         };
-        let s = summary_of(
+        let s = stats_of(
             &run,
             3,
             Duration::from_millis(1_234_567),
@@ -449,7 +449,7 @@ mod tests {
         assert_eq!(s.duration_secs, 1234.567);
         assert_eq!(s.lookups_per_second, 0.0);
         assert_eq!(s.exit_code, 2);
-        let fast = summary_of(&run, 1000, Duration::ZERO, 1, 1000, ExitStatus::Success);
+        let fast = stats_of(&run, 1000, Duration::ZERO, 1, 1000, ExitStatus::Success);
         assert_eq!(fast.lookups_per_second, 1_000_000.0);
     }
 }

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use futures::{Stream, StreamExt, stream};
 use tokio_util::sync::CancellationToken;
 
-use super::budgeted;
 use super::context::RunContext;
 use super::end::{Driven, Outcome};
 use super::error::RunError;
+use super::priority;
 use super::progress::Progress;
 use crate::budget::BudgetStop;
 use crate::domain::{KeyStatus, LookupOutcome, PayerId};
@@ -124,9 +124,9 @@ impl RunContext<'_> {
             (self.settings, self.store, &self.client, self.shutdown);
         let mut out = Sink::new(sender, progress, settings.omit_pii);
         let concurrency = settings.concurrency.get();
-        let limits = budgeted::Limits::start(settings.budget.as_ref());
+        let limits = priority::Limits::start(settings.budget.as_ref());
         let queued = settings.budget.is_some();
-        let keys = budgeted::limit(
+        let keys = priority::limit(
             pending_keys(store.clone(), run_id, settings.shard.index, queued),
             &limits,
         )

@@ -8,11 +8,11 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::context::{HeldLease, RunContext};
-use super::end::{Driven, Ended, Outcome, RunEnd, conclude, summary_of};
+use super::end::{Driven, Ended, Outcome, RunEnd, conclude, stats_of};
 use super::error::RunError;
 use super::plan::{Plan, Target, plan};
 use super::progress::Progress;
-use super::{budgeted, lease, recheck, stage};
+use super::{lease, priority, recheck, stage};
 use crate::exit::ExitStatus;
 use crate::payple::PaypleClient;
 use crate::settings::{BatchSettings, ConfigError, Shard};
@@ -120,9 +120,9 @@ impl RunContext<'_> {
     fn already_done(&self, record: RunRecord, note: String) -> RunEnd {
         tracing::info!("{note}");
         let elapsed = self.started.elapsed();
-        let mut summary = summary_of(&record, 0, elapsed, 0, 0, ExitStatus::Success);
-        summary.note = Some(note);
-        let ended = Ended { record, summary };
+        let mut stats = stats_of(&record, 0, elapsed, 0, 0, ExitStatus::Success);
+        stats.note = Some(note);
+        let ended = Ended { record, stats };
         RunEnd::new(Outcome::Finished, ExitStatus::Success, Some(ended))
     }
 
@@ -150,8 +150,8 @@ impl RunContext<'_> {
         heartbeat.abort();
         let mut end = self.finish(run_id, driven).await;
         // What a re-check reopened comes first; a note of how the run ended stays.
-        if let Some(Ended { summary, .. }) = &mut end.ended {
-            summary.note = match (note, summary.note.take()) {
+        if let Some(Ended { stats, .. }) = &mut end.ended {
+            stats.note = match (note, stats.note.take()) {
                 (Some(reopened), Some(ended)) => Some(format!("{reopened}; {ended}")),
                 (reopened, ended) => reopened.or(ended),
             };
@@ -258,7 +258,7 @@ impl RunContext<'_> {
             );
         }
         if let Some(budget) = &self.settings.budget {
-            budgeted::prepare(self.settings, store, run_id, spec, source_db).await?;
+            priority::prepare(self.settings, store, run_id, spec, source_db).await?;
             tracing::info!(run_id, ?budget, "budgeted run: most urgent keys first");
         }
         let mut pending = store.count_pending(run_id, shard.index).await?;

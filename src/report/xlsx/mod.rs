@@ -12,7 +12,7 @@
 //! is a string (never a formula), neutralised like the CSV's.
 
 mod sheet;
-mod summary;
+mod summary_sheet;
 
 use std::io::{IsTerminal, Write};
 use std::path::Path;
@@ -29,7 +29,7 @@ use crate::store::reports::{ActionCursor, ActionGroup};
 use crate::store::{CheckRecord, RunRecord, Store};
 
 pub use sheet::{EXCEL_MAX_ROWS, part_name};
-pub use summary::duration_secs;
+pub use summary_sheet::duration_secs;
 
 /// The worksheets, in order.
 pub const SHEETS: [&str; 4] = ["Summary", "Action", "Keys", "Changes"];
@@ -159,8 +159,8 @@ pub async fn write_workbook<W: Write + Send>(
     let xlsx = |source| ReportError::Xlsx { source };
     let formats = Formats::new();
     let mut workbook = Workbook::new();
-    let facts = summary::load(store, run, previous).await?;
-    summary::write(&mut workbook, &facts, &formats).map_err(xlsx)?;
+    let facts = summary_sheet::load(store, run, previous).await?;
+    summary_sheet::write(&mut workbook, &facts, &formats).map_err(xlsx)?;
     let action = write_action(&mut workbook, store, run.id, previous, &formats, options).await?;
     let keys = write_keys(&mut workbook, store, run.id, &formats, options).await?;
     let changes = write_changes(&mut workbook, store, run.id, previous, &formats, options).await?;
