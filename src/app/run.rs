@@ -179,7 +179,7 @@ async fn batch_run(
 fn log_stats(stats: &RunStats) {
     tracing::info!(
         run_id = stats.run_id,
-        state = stats.state,
+        state = stats.state.as_str(),
         active = stats.active,
         gone = stats.gone,
         failed = stats.failed,

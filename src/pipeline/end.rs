@@ -111,7 +111,7 @@ pub fn stats_of(
     let secs = elapsed.as_secs_f64();
     RunStats {
         run_id: run.id,
-        state: run.state.as_str(),
+        state: run.state,
         source: run.source.clone(),
         keys: run.keys_total,
         duplicates: run.duplicates,
@@ -444,7 +444,7 @@ mod tests {
         );
         assert_eq!(
             (s.run_id, s.state, s.active, s.gone),
-            (4, "completed", 3, 1)
+            (4, RunState::Completed, 3, 1)
         );
         assert_eq!(s.duration_secs, 1234.567);
         assert_eq!(s.lookups_per_second, 0.0);

@@ -7,8 +7,7 @@
 
 use std::fmt::Write as _;
 
-use crate::domain::KeyStatus;
-use crate::domain::RunStats;
+use crate::domain::{KeyStatus, RunState, RunStats};
 use crate::store::StatusCounts;
 
 /// The metric that must survive runs that did not succeed.
@@ -55,7 +54,7 @@ impl Extras {
 /// and do not make the night a failure). A run with failed keys is not a success, however
 /// it ended, until a re-check repairs it.
 pub fn succeeded(stats: &RunStats) -> bool {
-    stats.state == "completed" && stats.failed == 0 && matches!(stats.exit_code, 0 | 2)
+    stats.state == RunState::Completed && stats.failed == 0 && matches!(stats.exit_code, 0 | 2)
 }
 
 /// The metrics of a finished run. `ended` is the Unix time the run ended (for an answer
@@ -196,7 +195,7 @@ mod tests {
     fn stats(state: &'static str, exit_code: u8) -> RunStats {
         RunStats {
             run_id: 3,
-            state,
+            state: RunState::parse(state),
             source: "csv".to_owned(),
             keys: Some(10),
             duplicates: 0,
