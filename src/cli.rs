@@ -309,9 +309,9 @@ pub struct RunArgs {
     /// Store no payer name or phone mask.
     #[arg(long)]
     pub omit_pii: bool,
-    /// Result rows per write transaction.
-    #[arg(long, default_value_t = crate::store::writer::BATCH_ROWS, hide = true)]
-    pub write_batch: usize,
+    /// Result rows per write transaction (the writer's own batch size when not given).
+    #[arg(long, hide = true)]
+    pub write_batch: Option<usize>,
     #[command(flatten)]
     pub budget: BudgetArgs,
     #[command(flatten)]

@@ -177,7 +177,8 @@ impl PayType {
 }
 
 /// What Payple told us about the payment instrument behind an active key. Only masked
-/// numbers ever arrive, and only they are kept.
+/// numbers ever arrive, and only they are kept. Serialized (`lookup`'s lines) without the
+/// payer's name, phone mask and tax flag, which only the results database holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct KeyDetails {
     pub pay_type: Option<PayType>,
@@ -188,8 +189,11 @@ pub struct KeyDetails {
     pub bank_name: Option<String>,
     pub bank_mask: Option<String>,
     pub bank_account_type: Option<String>,
+    #[serde(skip_serializing)]
     pub payer_name: Option<String>,
+    #[serde(skip_serializing)]
     pub payer_phone_mask: Option<String>,
+    #[serde(skip_serializing)]
     pub is_tax: Option<String>,
 }
 
@@ -250,11 +254,41 @@ pub fn is_rejected_placeholder(status: KeyStatus, payer_id: &str) -> bool {
     status == KeyStatus::Rejected && payer_id.starts_with('#')
 }
 
+/// The state of a run (and of each shard of it), as stored and as printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    Running,
+    Completed,
+    Interrupted,
+    Failed,
+}
+
+impl RunState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Completed => "completed",
+            Self::Interrupted => "interrupted",
+            Self::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "completed" => Self::Completed,
+            "interrupted" => Self::Interrupted,
+            "failed" => Self::Failed,
+            _ => Self::Running,
+        }
+    }
+}
+
 /// What a run did, printed as JSON on stdout at the end.
 #[derive(Debug, Clone, Serialize)]
-pub struct RunSummary {
+pub struct RunStats {
     pub run_id: i64,
-    pub state: &'static str,
+    pub state: RunState,
     pub source: String,
     pub keys: Option<i64>,
     pub duplicates: i64,
@@ -414,6 +448,16 @@ impl LookupOutcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_state_prints_as_it_is_stored() {
+        use RunState::{Completed, Failed, Interrupted, Running};
+        for state in [Running, Completed, Interrupted, Failed] {
+            let printed = serde_json::to_string(&state).expect("serializes");
+            assert_eq!(printed, format!("\"{}\"", state.as_str()));
+            assert_eq!(RunState::parse(state.as_str()), state);
+        }
+    }
 
     #[test]
     fn parse_accepts_a_real_looking_key_and_trims_spaces() {

@@ -33,6 +33,15 @@ impl ExitStatus {
         Self::Terminated,
     ];
 
+    /// A command's keys: one `failed` or `rejected` key makes exit code 2.
+    pub fn of_keys(any_unresolved: bool) -> Self {
+        if any_unresolved {
+            Self::KeysFailed
+        } else {
+            Self::Success
+        }
+    }
+
     pub fn code(self) -> u8 {
         match self {
             Self::Success => 0,

@@ -6,8 +6,9 @@
 //!   once by [`settings::from_cli`] into one [`settings::Settings`] variant per subcommand.
 //! - [`app`]: the command layer, one file per subcommand (`app/run.rs`, `app/lookup.rs`,
 //!   `app/report.rs`, …), and [`app::AppError`], the one place exit codes are decided.
-//! - [`budget`]: run budgets (lookups, time, a stop time) and the due-date window.
-//! - [`domain`]: billing keys, statuses, outcomes, key details and the run summary, parsed
+//! - [`budget`]: run budgets (lookups, time, a stop time) and the due-date window, the
+//!   pure rules; [`pipeline::priority`] applies them to a run.
+//! - [`domain`]: billing keys, statuses, outcomes, key details and a run's stats, parsed
 //!   once at the boundary.
 //! - [`events`]: signed per-key events (`billing_key.gone`, …) for the merchant's app: the
 //!   outbox, Standard Webhooks signing and delivery; a leaf.
@@ -26,7 +27,8 @@
 //! - [`store`]: the results database (SQLite, PostgreSQL, MySQL), its typed records and its
 //!   single writer.
 //! - [`exit`], [`http`], [`shutdown`], [`telemetry`]: exit codes, the HTTP client, signals, logs;
-//!   [`private_file`]: files created 0600, exclusively, never through a symlink.
+//!   [`private_file`]: files created 0600, exclusively, never through a symlink;
+//!   [`sql_errors`]: which sqlx errors mean the database is unreachable.
 //!
 //! Imports point down only: `app` → `pipeline` → `settings` → `cli`, and all of them →
 //! the leaves (`payple`, `source`, `store`, `report`, `simulator`, `domain`), which never
@@ -49,5 +51,6 @@ pub mod settings;
 pub mod shutdown;
 pub mod simulator;
 pub mod source;
+pub mod sql_errors;
 pub mod store;
 pub mod telemetry;

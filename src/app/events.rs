@@ -6,7 +6,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{AppError, print_json};
-use crate::domain::RunSummary;
+use crate::domain::RunStats;
 use crate::events::{self, DeliveryConfig, DeliveryCounts, EventsError};
 use crate::exit::ExitStatus;
 use crate::report::ReportError;
@@ -64,16 +64,16 @@ async fn deliver(
     counts
 }
 
-/// `run`'s events, once its summary is known: the run's events (and those of any completed
+/// `run`'s events, once its end is known: the run's events (and those of any completed
 /// run a stopped process left unwritten) into the outbox, then delivery. `None` without
 /// `--events-url`, or when writing failed (logged; the run's exit code stays).
 pub(super) async fn after_run(
     batch: &BatchSettings,
     store: &Store,
-    summary: &RunSummary,
+    stats: &RunStats,
     shutdown: &Shutdown,
 ) -> Option<DeliveryCounts> {
-    if summary.state != RunState::Completed.as_str() && batch.events.is_none() {
+    if stats.state != RunState::Completed && batch.events.is_none() {
         return None;
     }
     // Without --events-url the runs are only marked: enabling events later sends nothing

@@ -3,10 +3,11 @@
 //!
 //! # Layout
 //! Every subcommand is `async fn(XSettings) -> Result<ExitStatus, AppError>`;
-//! [`AppError::exit_status`] is the one place an error becomes an exit code, and a run's
+//! [`AppError::exit_status`] (in `error`) is the one place an error becomes an exit code, and a run's
 //! own end is decided by [`crate::pipeline::end::conclude`].
 
 mod changes;
+mod error;
 mod events;
 mod lookup;
 mod migrate;
@@ -26,96 +27,16 @@ use tokio::time::Instant;
 use crate::cli::Cli;
 use crate::domain::mask_payer_id;
 use crate::exit::ExitStatus;
-use crate::payple::{ClientConfig, PaypleClient, PaypleError};
-use crate::pipeline::RunError;
+use crate::payple::{ClientConfig, PaypleClient};
 use crate::report::ReportError;
 use crate::report::select::open_store;
-use crate::settings::{self, ConfigError, PaypleSettings, PaypleTarget, ProcessEnv, Settings};
+use crate::settings::{self, PaypleSettings, PaypleTarget, ProcessEnv, Settings};
 use crate::shutdown::{Shutdown, Signal};
-use crate::simulator::{self, Partner, SimConfig, SimError, SimHandle};
-use crate::source::SourceError;
-use crate::store::{Store, StoreError};
+use crate::simulator::{self, Partner, SimConfig, SimHandle};
+use crate::store::Store;
 
+pub use error::{AppError, PaypleStep, ReportStep, SimulatorRole};
 pub use lookup::LookupLine;
-
-/// Why a command stopped. Each variant names the step; [`Self::exit_status`] decides the
-/// exit code.
-#[derive(Debug, thiserror::Error)]
-pub enum AppError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// The Payple client could not be built from the configuration.
-    #[error(transparent)]
-    Client(PaypleError),
-    /// The partner authentication (`lookup`) failed.
-    #[error(transparent)]
-    Payple(#[from] PaypleError),
-    #[error(transparent)]
-    Run(#[from] RunError),
-    #[error(transparent)]
-    Report(#[from] ReportError),
-    /// What `run` writes at its end (`--report`, `--metrics-file`) failed.
-    #[error(transparent)]
-    AfterRun(ReportError),
-    /// The results database cannot be opened.
-    #[error(transparent)]
-    Database(#[from] StoreError),
-    /// The source database cannot be opened (read-only).
-    #[error(transparent)]
-    Source(SourceError),
-    /// `--simulator`: the built-in simulator did not start.
-    #[error(transparent)]
-    StartSimulator(SimError),
-    /// `simulate`: the configuration is refused or the address cannot be bound.
-    #[error(transparent)]
-    Simulate(#[from] SimError),
-    #[error("the built-in simulator's address {url}: {source}")]
-    SimulatorUrl {
-        url: String,
-        #[source]
-        source: url::ParseError,
-    },
-    #[error("cannot listen for signals: {0}")]
-    Signals(#[source] std::io::Error),
-    /// A signal ended the command while it was still waiting.
-    #[error("stopped by {signal} while {doing}")]
-    Stopped { signal: Signal, doing: &'static str },
-    /// The command line could not be validated (the validating thread failed).
-    #[error("cannot validate the command line: {0}")]
-    Validation(String),
-    /// The HTTP client for notifications could not be built.
-    #[error(transparent)]
-    Notify(crate::notify::NotifyError),
-    /// `events deliver`: the outbox could not be read or written.
-    #[error(transparent)]
-    Events(Box<crate::events::EventsError>),
-}
-
-impl AppError {
-    /// The exit code this error ends the process with: 3 for what the configuration or
-    /// the user named wrongly, 1 for what failed underneath.
-    pub fn exit_status(&self) -> ExitStatus {
-        match self {
-            Self::Config(_)
-            | Self::Client(_)
-            | Self::Database(_)
-            | Self::Source(_)
-            | Self::Simulate(_) => ExitStatus::Config,
-            Self::Payple(e) if e.is_configuration() => ExitStatus::Config,
-            Self::Run(e) => e.exit_status(),
-            Self::Stopped { signal, .. } => signal.exit_status(),
-            Self::Report(e) => e.exit_status(),
-            Self::Payple(_)
-            | Self::AfterRun(_)
-            | Self::StartSimulator(_)
-            | Self::SimulatorUrl { .. }
-            | Self::Signals(_)
-            | Self::Validation(_)
-            | Self::Notify(_)
-            | Self::Events(_) => ExitStatus::Internal,
-        }
-    }
-}
 
 /// Runs the parsed command line: validates it, runs the subcommand, logs an error, and
 /// returns the exit status. Signals are listened for from the start: a signal while the
@@ -263,7 +184,7 @@ async fn payple_client(
             (payple.client.clone().with_origin(origin), Some(sim))
         }
     };
-    let client = PaypleClient::new(config).map_err(AppError::Client)?;
+    let client = PaypleClient::new(config).map_err(AppError::building)?;
     Ok((client, sim))
 }
 
@@ -279,7 +200,7 @@ async fn start_simulator(client: &ClientConfig) -> Result<SimHandle, AppError> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
     let handle = simulator::start(SimConfig::accepting(partner), addr)
         .await
-        .map_err(AppError::StartSimulator)?;
+        .map_err(AppError::simulator(SimulatorRole::BuiltIn))?;
     tracing::info!(url = %handle.url(), "built-in Payple simulator started");
     tracing::info!(
         partner = %mask_payer_id(client.cst_id.expose_secret()),

@@ -2,7 +2,7 @@
 
 use super::{AppError, with_store};
 use crate::exit::ExitStatus;
-use crate::report::deliver::{ReportShape, write_run_report};
+use crate::report::deliver::write_run_report;
 use crate::report::select::resolve_run;
 use crate::settings::ReportSettings;
 
@@ -12,18 +12,11 @@ pub(super) async fn report(settings: ReportSettings) -> Result<ExitStatus, AppEr
         run,
         statuses,
         output,
-        excel,
-        format,
-        sheet_rows,
+        shape,
     } = settings;
-    let shape = ReportShape {
-        format,
-        excel,
-        sheet_rows,
-    };
     with_store(&database.database_url, async |store| {
         let run = resolve_run(store, run).await?;
-        let rows = write_run_report(store, run.id, &statuses, &output, shape).await?;
+        let rows = write_run_report(store, &run, &statuses, &output, shape).await?;
         tracing::info!(run_id = run.id, rows, output = %output.display(), "report written");
         Ok(())
     })

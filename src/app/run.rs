@@ -7,22 +7,20 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{AppError, payple_client, print_json};
-use crate::domain::RunSummary;
+use crate::domain::RunStats;
 use crate::exit::ExitStatus;
 use crate::notify::{Notice, Notifier};
 use crate::payple::PaypleClient;
-use crate::pipeline;
+use crate::pipeline::{self, Ended};
 use crate::pushgateway::{self, PushTarget};
 use crate::report::ReportError;
 use crate::report::deliver::{ReportShape, RunEnding, send_notice, write_run_report};
 use crate::report::export::write_metrics;
 use crate::report::metrics;
 use crate::report::notice;
-use crate::report::output::ReportFormat;
-use crate::report::xlsx::EXCEL_MAX_ROWS;
-use crate::settings::{BatchSettings, NotifySettings, PaypleSettings, RunSettings};
+use crate::settings::{BatchSettings, NotifySettings, PaypleSettings, RunReport, RunSettings};
 use crate::shutdown::Shutdown;
-use crate::store::{RunState, Store};
+use crate::store::{RunRecord, RunState, Store};
 
 pub(super) async fn run(
     settings: RunSettings,
@@ -117,14 +115,16 @@ async fn batch_run(
 ) -> Result<ExitStatus, AppError> {
     let store = match Store::open_until(&batch.database_url, &shutdown.stop).await {
         Ok(store) => store,
-        // Stopped while another process was migrating: the signal's exit code.
-        Err(e) if shutdown.signal().is_some() => {
+        Err(e) => {
+            let Some(signal) = shutdown.signal() else {
+                return Err(e.into());
+            };
+            // Stopped while another process was migrating: logged, and the signal's exit
+            // code without the error line.
             tracing::error!("{e}");
-            return Ok(shutdown
-                .signal()
-                .map_or(ExitStatus::Config, |s| s.exit_status()));
+            let doing = "waiting for the results database";
+            return Ok(AppError::Stopped { signal, doing }.exit_status());
         }
-        Err(e) => return Err(e.into()),
     };
     // The source has its own read-only connection, even when it is the results database.
     let source_db = if reads_database(batch) {
@@ -141,13 +141,13 @@ async fn batch_run(
     let mut end = pipeline::run(batch, &store, client, source_db, shutdown).await;
     if let Some(error) = &end.error {
         tracing::error!("{error}");
-        if end.summary.is_none() {
+        if end.ended.is_none() {
             print_json(&super::ErrorLine::new(end.exit, error));
         }
     }
     let mut exit = end.exit;
     let error = end.error.as_ref().map(ToString::to_string);
-    if end.summary.is_none()
+    if end.ended.is_none()
         && let Some(n) = &batch.notify
     {
         let error = error
@@ -156,21 +156,21 @@ async fn batch_run(
         let limit = shutdown.end_limit(batch.shutdown_grace, Instant::now());
         notify_failed(n, exit, error, limit).await;
     }
-    if end.summary.is_none()
+    if end.ended.is_none()
         && let Some(target) = &batch.metrics_push
     {
         let text = pushgateway::exit_code_body(exit.code());
         pushgateway::push_counted(target, text, shutdown, batch.shutdown_grace).await;
     }
-    if let Some(summary) = &mut end.summary {
-        // Before the summary is printed: it says what was delivered.
-        let events = super::events::after_run(batch, &store, summary, shutdown).await;
-        summary.events = events.map(|c| c.tally());
+    if let Some(ended) = &mut end.ended {
+        // Before the stats are printed: they say what was delivered.
+        let events = super::events::after_run(batch, &store, &ended.stats, shutdown).await;
+        ended.stats.events = events.map(|c| c.tally());
     }
-    if let Some(summary) = &end.summary {
-        log_summary(summary);
-        print_json(summary);
-        for failure in after_run(batch, &store, summary, error, shutdown).await {
+    if let Some(ended) = &end.ended {
+        log_stats(&ended.stats);
+        print_json(&ended.stats);
+        for failure in after_run(batch, &store, ended, error, shutdown).await {
             tracing::error!("{failure}");
             if exit == ExitStatus::Success {
                 exit = failure.exit_status();
@@ -181,19 +181,19 @@ async fn batch_run(
     Ok(exit)
 }
 
-fn log_summary(summary: &RunSummary) {
+fn log_stats(stats: &RunStats) {
     tracing::info!(
-        run_id = summary.run_id,
-        state = summary.state,
-        active = summary.active,
-        gone = summary.gone,
-        failed = summary.failed,
-        rejected = summary.rejected,
-        duplicates = summary.duplicates,
-        seconds = summary.duration_secs,
-        per_second = summary.lookups_per_second,
-        auth_calls = summary.auth_calls,
-        exit_code = summary.exit_code,
+        run_id = stats.run_id,
+        state = stats.state.as_str(),
+        active = stats.active,
+        gone = stats.gone,
+        failed = stats.failed,
+        rejected = stats.rejected,
+        duplicates = stats.duplicates,
+        seconds = stats.duration_secs,
+        per_second = stats.lookups_per_second,
+        auth_calls = stats.auth_calls,
+        exit_code = stats.exit_code,
         "run finished"
     );
 }
@@ -208,78 +208,82 @@ fn log_summary(summary: &RunSummary) {
 async fn after_run(
     batch: &BatchSettings,
     store: &Store,
-    summary: &RunSummary,
+    ended: &Ended,
     error: Option<String>,
     shutdown: &Shutdown,
 ) -> Vec<AppError> {
+    let Ended { record, stats } = ended;
     let cutter = cut_at(shutdown.end_limit(batch.shutdown_grace, Instant::now()));
     let cut = &cutter.cut;
     let mut failed = Vec::new();
     let mut written = None;
-    if let Some(path) = &batch.report {
+    if let Some(RunReport { path, shape }) = &batch.report {
         tokio::select! {
             biased;
             () = cut.cancelled() => tracing::error!(
                 output = %path.display(),
                 "report not written: the shutdown grace is over"
             ),
-            report = run_report(store, summary, path, batch.excel) => match report {
+            report = run_report(store, record, path, *shape) => match report {
                 Ok(()) => written = Some(path.display().to_string()),
-                Err(e) => failed.push(AppError::AfterRun(e)),
+                Err(e) => failed.push(AppError::after_run(e)),
             },
         }
     }
     // A run key that had already completed, with nothing to re-check: nothing ran (not
     // even the partner auth every real run starts with), nothing to tell.
-    let ran_now = summary.auth_calls > 0 || summary.checked_now > 0;
+    let ran_now = stats.auth_calls > 0 || stats.checked_now > 0;
     // The notice is built once: the metrics reuse its count of newly gone keys.
     let notice = match &batch.notify {
         Some(_) if ran_now => tokio::select! {
             biased;
             () = cut.cancelled() => None,
-            notice = load_notice(store, summary, written.clone()) => notice,
+            notice = load_notice(store, record, written.clone()) => notice,
         },
         _ => None,
     };
     let wants_metrics = batch.metrics_file.is_some() || batch.metrics_push.is_some();
     let mut extras = metrics::Extras::default();
-    let ended = if wants_metrics {
+    // The run's own end, in Unix seconds: an "already completed" answer is about an
+    // earlier night. `None` (metrics then say now) when it has none.
+    let ended = record
+        .finished_at
+        .as_deref()
+        .and_then(metrics::unix_seconds);
+    if wants_metrics {
         extras.newly_gone = match &notice {
-            Some(n) if summary.state == RunState::Completed.as_str() => {
+            Some(n) if record.state == RunState::Completed => {
                 n.changes.as_ref().map(|c| c.newly_gone)
             }
-            _ => newly_gone(store, summary).await,
+            _ => newly_gone(store, record).await,
         };
-        run_ended(store, summary).await
-    } else {
-        None
-    };
+    }
     // Before any notification: a webhook that hangs must not cost the metrics.
     if let Some(path) = &batch.metrics_file
-        && let Err(e) = write_metrics(path, summary, ended, &extras)
+        && let Err(e) = write_metrics(path, stats, ended, &extras)
     {
-        failed.push(AppError::AfterRun(e));
+        failed.push(AppError::after_run(e));
     }
     // After a signal the push goes first too: the message may not get its turn.
     let push_first = shutdown.signal().is_some();
     if push_first && let Some(target) = &batch.metrics_push {
         extras.push_failures =
-            Some(push_metrics(target, summary, ended, &extras, batch, shutdown, cut).await);
+            Some(push_metrics(target, stats, ended, &extras, batch, shutdown, cut).await);
     }
     extras.notify_failures = match &batch.notify {
         Some(_) if !ran_now => Some(0),
-        Some(n) => Some(notify_after(n, summary, notice, written, error, cut).await),
+        Some(n) => Some(notify_after(n, stats, notice, written, error, cut).await),
         None => None,
     };
     if !push_first && let Some(target) = &batch.metrics_push {
         extras.push_failures =
-            Some(push_metrics(target, summary, ended, &extras, batch, shutdown, cut).await);
+            Some(push_metrics(target, stats, ended, &extras, batch, shutdown, cut).await);
     }
     if let Some(path) = &batch.metrics_file
         && (batch.notify.is_some() || batch.metrics_push.is_some())
-        && let Err(e) = write_metrics(path, summary, ended, &extras)
+        && let Err(e) = write_metrics(path, stats, ended, &extras)
     {
-        failed.push(AppError::AfterRun(e));
+        failed.push(AppError::after_run(e));
     }
     failed
 }
@@ -287,49 +291,29 @@ async fn after_run(
 /// Writes the run's report to `path`.
 async fn run_report(
     store: &Store,
-    summary: &RunSummary,
+    record: &RunRecord,
     path: &std::path::Path,
-    excel: bool,
+    shape: ReportShape,
 ) -> Result<(), ReportError> {
-    if summary.state != RunState::Completed.as_str() {
+    if record.state != RunState::Completed {
         tracing::warn!(
-            run_id = summary.run_id,
-            state = summary.state,
+            run_id = record.id,
+            state = record.state.as_str(),
             "the run did not complete: the report holds only the keys checked so far"
         );
     }
-    let shape = ReportShape {
-        format: ReportFormat::from_path(path),
-        excel,
-        sheet_rows: EXCEL_MAX_ROWS,
-    };
-    let rows = write_run_report(store, summary.run_id, &[], path, shape).await?;
-    tracing::info!(run_id = summary.run_id, rows, output = %path.display(), "report written");
+    let rows = write_run_report(store, record, &[], path, shape).await?;
+    tracing::info!(run_id = record.id, rows, output = %path.display(), "report written");
     Ok(())
-}
-
-/// The run's own end, in Unix seconds: an "already completed" answer is about an earlier
-/// night. `None` (metrics then say now) when it cannot be read, which is logged.
-async fn run_ended(store: &Store, summary: &RunSummary) -> Option<f64> {
-    match store.run(summary.run_id).await {
-        Ok(run) => run
-            .and_then(|r| r.finished_at)
-            .and_then(|t| metrics::unix_seconds(&t)),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read the run's end time; using now");
-            None
-        }
-    }
 }
 
 /// Keys gone since the previous completed run, for a run that completed; `None` when
 /// there is nothing to compare (or it cannot be read, which is logged).
-async fn newly_gone(store: &Store, summary: &RunSummary) -> Option<u64> {
-    if summary.state != RunState::Completed.as_str() {
+async fn newly_gone(store: &Store, record: &RunRecord) -> Option<u64> {
+    if record.state != RunState::Completed {
         return None;
     }
-    let run = store.run(summary.run_id).await.ok().flatten()?;
-    match notice::load(store, &run, None).await {
+    match notice::load(store, record, None).await {
         Ok(notice) => notice.changes.map(|c| c.newly_gone),
         Err(e) => {
             tracing::warn!(error = %e, "cannot count the newly gone keys for the metrics");
@@ -343,7 +327,7 @@ async fn newly_gone(store: &Store, summary: &RunSummary) -> Option<u64> {
 /// failed pushes; `cut` abandons the push (counted as failed).
 async fn push_metrics(
     target: &PushTarget,
-    summary: &RunSummary,
+    stats: &RunStats,
     ended: Option<f64>,
     extras: &metrics::Extras,
     batch: &BatchSettings,
@@ -351,10 +335,10 @@ async fn push_metrics(
     cut: &CancellationToken,
 ) -> u64 {
     let ended = ended.unwrap_or_else(|| chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
-    let mut m = metrics::from_summary(summary, ended, None);
+    let mut m = metrics::from_stats(stats, ended, None);
     extras.apply(&mut m);
-    let ran_now = summary.auth_calls > 0 || summary.checked_now > 0;
-    let text = pushgateway::body(&m, ran_now && metrics::succeeded(summary));
+    let ran_now = stats.auth_calls > 0 || stats.checked_now > 0;
+    let text = pushgateway::body(&m, ran_now && metrics::succeeded(stats));
     tokio::select! {
         biased;
         () = cut.cancelled() => {
@@ -365,22 +349,10 @@ async fn push_metrics(
     }
 }
 
-/// The notice about run `summary` (with where its report went); `None` when it cannot be
-/// read or built, which is logged.
-async fn load_notice(
-    store: &Store,
-    summary: &RunSummary,
-    report: Option<String>,
-) -> Option<Notice> {
-    let run = match store.run(summary.run_id).await {
-        Ok(Some(run)) => run,
-        Ok(None) => return None,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot read the run for its notification");
-            return None;
-        }
-    };
-    match notice::load(store, &run, report).await {
+/// The notice about run `record` (with where its report went); `None` when it cannot be
+/// built, which is logged.
+async fn load_notice(store: &Store, record: &RunRecord, report: Option<String>) -> Option<Notice> {
+    match notice::load(store, record, report).await {
         Ok(notice) => Some(notice),
         Err(e) => {
             tracing::error!(error = %e, "cannot build the notification");
@@ -393,7 +365,7 @@ async fn load_notice(
 /// (all of them when the message could not be built). `cut` abandons the sending.
 async fn notify_after(
     n: &NotifySettings,
-    summary: &RunSummary,
+    stats: &RunStats,
     notice: Option<Notice>,
     report: Option<String>,
     error: Option<String>,
@@ -411,11 +383,11 @@ async fn notify_after(
         }
     };
     let ending = RunEnding {
-        exit_code: Some(i64::from(summary.exit_code)),
-        duration_secs: Some(summary.duration_secs),
+        exit_code: Some(i64::from(stats.exit_code)),
+        duration_secs: Some(stats.duration_secs),
         report,
         error,
-        events: summary.events,
+        events: stats.events,
     };
     // The notifier itself stops at the cut, naming each webhook it did not reach.
     tokio::select! {
@@ -430,7 +402,7 @@ async fn notify_after(
     }
 }
 
-/// Tells the webhooks about a run that could not start or end (no summary), with the
+/// Tells the webhooks about a run that could not start or end (no stats line), with the
 /// error; sending stops when `limit` resolves.
 pub(super) async fn notify_failed(
     n: &NotifySettings,

@@ -9,7 +9,9 @@ use reqwest::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderMap, HeaderValue, REFER
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use super::classify::{self, Cause, CodeBook, Verdict, codes};
+use super::cause::{self, Cause};
+use super::classify::{Verdict, codes};
+use super::codebook::CodeBook;
 use super::config::{AUTH_PATH, ClientConfig, MAX_RETRY_DELAY};
 use super::error::PaypleError;
 use super::health::{Admit, Health, Recorded, Transition};
@@ -127,7 +129,7 @@ impl PaypleClient {
             && outcome
                 .result_code
                 .as_deref()
-                .is_some_and(|code| classify::worth_second_look(code, &self.config.codes))
+                .is_some_and(|code| cause::worth_second_look(code, &self.config.codes))
     }
 
     /// Cancelled once the outage budget is spent: the run stops (exit 4, resumable).
@@ -400,7 +402,7 @@ impl PaypleClient {
         id: &PayerId,
         probe: bool,
     ) -> Result<Recorded, PaypleError> {
-        let cause = classify::cause_of(&attempt.verdict, &self.config.codes);
+        let cause = cause::cause_of(&attempt.verdict, &self.config.codes);
         let now = Instant::now();
         let fresh_token = attempt.generation > self.accepted_generation.load(Ordering::Relaxed);
         let recorded = match (&cause, &attempt.verdict) {

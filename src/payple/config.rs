@@ -8,7 +8,7 @@ use governor::Quota;
 use secrecy::SecretString;
 use url::Url;
 
-use super::classify::CodeBook;
+use super::codebook::CodeBook;
 use super::health::HealthConfig;
 
 /// Payple's test origin, the default.

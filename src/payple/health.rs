@@ -16,7 +16,7 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use super::classify::Cause;
+use super::cause::Cause;
 
 /// Thresholds and pauses of the breaker.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -1,5 +1,5 @@
 //! How a run ends: the pure decision of its final state and exit status
-//! ([`conclude`]), the summary printed on stdout ([`summary_of`]), and recording the end
+//! ([`conclude`]), the stats printed on stdout ([`stats_of`]), and recording the end
 //! of a shard ([`RunEnd`], what `run` returns).
 
 use std::time::Duration;
@@ -7,10 +7,10 @@ use std::time::Duration;
 use super::context::RunContext;
 use super::error::RunError;
 use crate::budget::BudgetStop;
-use crate::domain::RunSummary;
+use crate::domain::RunStats;
 use crate::exit::ExitStatus;
 use crate::shutdown::Signal;
-use crate::store::{RunRecord, RunState, StatusCounts, retrying};
+use crate::store::{RunRecord, RunState, StatusCounts, StoreError, retrying};
 
 /// How the work on a run ended.
 #[derive(Debug)]
@@ -43,27 +43,48 @@ impl Outcome {
     }
 }
 
-/// What is known of the run's recorded results when the decision is made.
+/// What is known of the run's recorded results when the exit status is settled.
 #[derive(Debug, Clone, Copy)]
 pub enum Tally<'a> {
-    /// Not recorded yet: the state to record, and the exit status so far.
-    Pending,
     /// Recording the end of the run failed: it stays resumable.
     Unrecorded,
     /// Recorded: the whole run's counts (all shards, a resume included).
     Recorded(&'a StatusCounts),
 }
 
-/// The state a run ends in and the process's exit status: a signal's code when it was
-/// stopped, 4 (`interrupted`) when Payple stayed unavailable past the outage budget,
-/// the error's when it failed, 2 when a completed run has failed or rejected
-/// keys, 1 when a success could not be recorded. The one place this is decided.
-pub fn conclude(
-    outcome: &Outcome,
-    signal: Option<Signal>,
-    tally: Tally<'_>,
-) -> (RunState, ExitStatus) {
-    let (state, exit) = match (outcome, signal) {
+/// How a run ends, decided once by [`conclude`]: the state to record, and the exit
+/// status before the run's recorded counts are known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conclusion {
+    pub state: RunState,
+    /// The exit status recorded with the shard; [`Conclusion::exit`] settles it.
+    pub provisional: ExitStatus,
+}
+
+impl Conclusion {
+    /// The process's exit status once the end is recorded (or could not be): 2 when a
+    /// completed run has failed or rejected keys anywhere (a resume included), 1 when a
+    /// success could not be recorded; otherwise the provisional status.
+    pub fn exit(self, tally: Tally<'_>) -> ExitStatus {
+        let exit = self.provisional;
+        match tally {
+            Tally::Unrecorded if exit == ExitStatus::Success => ExitStatus::Internal,
+            Tally::Recorded(counts)
+                if exit == ExitStatus::Success && self.state == RunState::Completed =>
+            {
+                ExitStatus::of_keys(counts.failed > 0 || counts.rejected > 0)
+            }
+            _ => exit,
+        }
+    }
+}
+
+/// The state a run ends in and its exit status before the counts: a signal's code when
+/// it was stopped, 4 (`interrupted`) when Payple stayed unavailable past the outage
+/// budget, the error's when it failed, 0 otherwise ([`Conclusion::exit`] settles it
+/// against the recorded counts). The one place this is decided.
+pub fn conclude(outcome: &Outcome, signal: Option<Signal>) -> Conclusion {
+    let (state, provisional) = match (outcome, signal) {
         (
             Outcome::Stopped | Outcome::Unavailable | Outcome::Failed(RunError::Interrupted),
             Some(signal),
@@ -75,33 +96,22 @@ pub fn conclude(
         }
         (Outcome::Failed(e), _) => (RunState::Failed, e.exit_status()),
     };
-    let exit = match tally {
-        Tally::Unrecorded if exit == ExitStatus::Success => ExitStatus::Internal,
-        Tally::Recorded(counts)
-            if exit == ExitStatus::Success
-                && state == RunState::Completed
-                && (counts.failed > 0 || counts.rejected > 0) =>
-        {
-            ExitStatus::KeysFailed
-        }
-        _ => exit,
-    };
-    (state, exit)
+    Conclusion { state, provisional }
 }
 
 /// What a run did, from its record and this process's counters.
-pub fn summary_of(
+pub fn stats_of(
     run: &RunRecord,
     checked_now: u64,
     elapsed: Duration,
     auth_calls: u64,
     lookups: u64,
     exit: ExitStatus,
-) -> RunSummary {
+) -> RunStats {
     let secs = elapsed.as_secs_f64();
-    RunSummary {
+    RunStats {
         run_id: run.id,
-        state: run.state.as_str(),
+        state: run.state,
         source: run.source.clone(),
         keys: run.keys_total,
         duplicates: run.duplicates,
@@ -122,12 +132,22 @@ pub fn summary_of(
     }
 }
 
-/// The result of `run`: a summary, or an error with the run it left behind.
+/// The result of `run`: how the process exits, the run as it ended (when its end was
+/// recorded, or it had already completed), and the error that stopped it.
 #[derive(Debug)]
 pub struct RunEnd {
     pub exit: ExitStatus,
-    pub summary: Option<RunSummary>,
+    pub ended: Option<Ended>,
     pub error: Option<RunError>,
+}
+
+/// A run whose end is recorded: its final record (the settled exit code included), which
+/// the report, the notification and the metrics take instead of reading it again, and
+/// the stats printed on stdout.
+#[derive(Debug)]
+pub struct Ended {
+    pub record: RunRecord,
+    pub stats: RunStats,
 }
 
 /// How the work on a run ended, and the keys this process checked.
@@ -139,18 +159,18 @@ pub(super) struct Driven {
 }
 
 impl RunEnd {
-    pub(super) fn new(outcome: Outcome, exit: ExitStatus, summary: Option<RunSummary>) -> Self {
+    pub(super) fn new(outcome: Outcome, exit: ExitStatus, ended: Option<Ended>) -> Self {
         Self {
             exit,
-            summary,
+            ended,
             error: outcome.into_error(),
         }
     }
 }
 
 impl RunContext<'_> {
-    /// Records how the shard ended and builds the summary; [`conclude`] decides the state
-    /// and the exit status.
+    /// Records how the shard ended and builds the stats; [`conclude`] decides the state
+    /// and the exit status, settled against the whole run's recorded counts.
     pub(super) async fn finish(&self, run_id: i64, driven: Driven) -> RunEnd {
         let Driven {
             checked,
@@ -158,37 +178,18 @@ impl RunContext<'_> {
             budget_stop,
         } = driven;
         let budget_stop = budget_stop.filter(|_| matches!(outcome, Outcome::Finished));
-        let signal = self.shutdown.signal();
-        let (state, exit) = conclude(&outcome, signal, Tally::Pending);
-        let unavailable = matches!(outcome, Outcome::Unavailable).then(|| {
-            format!(
-                "Payple was unavailable for the whole outage budget ({} s paused); the pending \
-                 keys are looked up by --resume {run_id} or the same --run-key",
-                self.client.outage_paused().as_secs()
-            )
-        });
+        let decided = conclude(&outcome, self.shutdown.signal());
+        let unavailable =
+            matches!(outcome, Outcome::Unavailable).then(|| self.unavailable_note(run_id));
         let message = outcome
             .error()
             .map(ToString::to_string)
             .or_else(|| unavailable.clone());
-        let (shard, client) = (self.settings.shard, &self.client);
-        let finished = retrying(|| {
-            self.store.finish_shard(
-                run_id,
-                shard.index,
-                state,
-                client.auth_calls(),
-                client.lookups(),
-                i32::from(exit.code()),
-                message.clone(),
-            )
-        })
-        .await;
-        let run = match finished {
-            Ok(run) => run,
+        let mut record = match self.record_end(run_id, decided, message).await {
+            Ok(record) => record,
             Err(e) => {
                 tracing::error!(run_id, error = %e, "could not record the end of the run; it stays resumable");
-                let (_, exit) = conclude(&outcome, signal, Tally::Unrecorded);
+                let exit = decided.exit(Tally::Unrecorded);
                 let outcome = match outcome {
                     Outcome::Failed(error) => Outcome::Failed(error),
                     _ => Outcome::Failed(e.into()),
@@ -204,37 +205,83 @@ impl RunContext<'_> {
             tracing::warn!(error = %e, "could not record the run's coverage");
         }
         // Failed or rejected keys anywhere in the run (a resume included) make exit code 2.
-        let (_, final_exit) = conclude(&outcome, signal, Tally::Recorded(&run.counts));
-        if final_exit != exit
-            && let Err(e) = self
-                .store
-                .set_exit_code(run_id, i32::from(final_exit.code()))
-                .await
-        {
-            tracing::warn!(error = %e, "could not record the exit code");
-        }
+        let exit = decided.exit(Tally::Recorded(&record.counts));
+        self.settle_exit_code(&mut record, decided.provisional, exit)
+            .await;
+        let client = &self.client;
         let elapsed = self.started.elapsed();
-        let mut summary = summary_of(
-            &run,
+        let mut stats = stats_of(
+            &record,
             checked,
             elapsed,
             client.auth_calls(),
             client.lookups(),
-            final_exit,
+            exit,
         );
-        summary.budget_stop = budget_stop.map(BudgetStop::as_str);
+        stats.budget_stop = budget_stop.map(BudgetStop::as_str);
         if let Some(note) = unavailable {
             tracing::warn!("{note}");
-            summary.note = Some(note);
+            stats.note = Some(note);
         }
-        RunEnd::new(outcome, final_exit, Some(summary))
+        RunEnd::new(outcome, exit, Some(Ended { record, stats }))
+    }
+
+    /// Why the run was left interrupted when Payple stayed unavailable.
+    fn unavailable_note(&self, run_id: i64) -> String {
+        format!(
+            "Payple was unavailable for the whole outage budget ({} s paused); the pending \
+             keys are looked up by --resume {run_id} or the same --run-key",
+            self.client.outage_paused().as_secs()
+        )
+    }
+
+    /// Records the end of this shard (retried): the decided state and the provisional
+    /// exit code; returns the whole run's record.
+    async fn record_end(
+        &self,
+        run_id: i64,
+        decided: Conclusion,
+        message: Option<String>,
+    ) -> Result<RunRecord, StoreError> {
+        let (shard, client) = (self.settings.shard, &self.client);
+        let code = i32::from(decided.provisional.code());
+        retrying(|| {
+            self.store.finish_shard(
+                run_id,
+                shard.index,
+                decided.state,
+                client.auth_calls(),
+                client.lookups(),
+                code,
+                message.clone(),
+            )
+        })
+        .await
+    }
+
+    /// Stores the settled exit code when the counts changed it, and puts it in `record`
+    /// (which `finish_shard` returned with the provisional one).
+    async fn settle_exit_code(
+        &self,
+        record: &mut RunRecord,
+        provisional: ExitStatus,
+        exit: ExitStatus,
+    ) {
+        if exit != provisional
+            && let Err(e) = self
+                .store
+                .set_exit_code(record.id, i32::from(exit.code()))
+                .await
+        {
+            tracing::warn!(error = %e, "could not record the exit code");
+        }
+        record.exit_code = Some(i64::from(exit.code()));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::StoreError;
 
     const CLEAN: StatusCounts = StatusCounts {
         active: 3,
@@ -242,6 +289,19 @@ mod tests {
         failed: 0,
         rejected: 0,
     };
+
+    /// The state and the exit status: provisional without a tally, settled with one.
+    fn ended(
+        outcome: &Outcome,
+        signal: Option<Signal>,
+        tally: Option<Tally<'_>>,
+    ) -> (RunState, ExitStatus) {
+        let decided = conclude(outcome, signal);
+        (
+            decided.state,
+            tally.map_or(decided.provisional, |t| decided.exit(t)),
+        )
+    }
 
     fn failed_error() -> RunError {
         RunError::NoSuchRun(7)
@@ -251,11 +311,11 @@ mod tests {
     fn a_finished_run_completes_and_its_failed_keys_make_exit_2() {
         let done = Outcome::Finished;
         assert_eq!(
-            conclude(&done, None, Tally::Pending),
+            ended(&done, None, None),
             (RunState::Completed, ExitStatus::Success)
         );
         assert_eq!(
-            conclude(&done, None, Tally::Recorded(&CLEAN)),
+            ended(&done, None, Some(Tally::Recorded(&CLEAN))),
             (RunState::Completed, ExitStatus::Success)
         );
         for counts in [
@@ -266,13 +326,13 @@ mod tests {
             },
         ] {
             assert_eq!(
-                conclude(&done, None, Tally::Recorded(&counts)),
+                ended(&done, None, Some(Tally::Recorded(&counts))),
                 (RunState::Completed, ExitStatus::KeysFailed)
             );
         }
         // A signal after the last key does not make it interrupted.
         assert_eq!(
-            conclude(&done, Some(Signal::Terminate), Tally::Pending),
+            ended(&done, Some(Signal::Terminate), None),
             (RunState::Completed, ExitStatus::Success)
         );
     }
@@ -286,7 +346,7 @@ mod tests {
         ] {
             for outcome in [Outcome::Stopped, Outcome::Failed(RunError::Interrupted)] {
                 assert_eq!(
-                    conclude(&outcome, Some(signal), Tally::Recorded(&failing)),
+                    ended(&outcome, Some(signal), Some(Tally::Recorded(&failing))),
                     (RunState::Interrupted, exit),
                     "{outcome:?}"
                 );
@@ -297,18 +357,14 @@ mod tests {
     #[test]
     fn an_outage_past_the_budget_is_interrupted_with_exit_4_and_a_signal_wins() {
         let failing = StatusCounts { failed: 5, ..CLEAN };
-        for tally in [Tally::Pending, Tally::Recorded(&failing)] {
+        for tally in [None, Some(Tally::Recorded(&failing))] {
             assert_eq!(
-                conclude(&Outcome::Unavailable, None, tally),
+                ended(&Outcome::Unavailable, None, tally),
                 (RunState::Interrupted, ExitStatus::Unavailable)
             );
         }
         assert_eq!(
-            conclude(
-                &Outcome::Unavailable,
-                Some(Signal::Terminate),
-                Tally::Pending
-            ),
+            ended(&Outcome::Unavailable, Some(Signal::Terminate), None),
             (RunState::Interrupted, ExitStatus::Terminated)
         );
     }
@@ -317,10 +373,10 @@ mod tests {
     fn a_failed_run_exits_with_its_errors_code() {
         let config = Outcome::Failed(failed_error());
         assert_eq!(
-            conclude(
+            ended(
                 &config,
                 None,
-                Tally::Recorded(&StatusCounts { failed: 1, ..CLEAN })
+                Some(Tally::Recorded(&StatusCounts { failed: 1, ..CLEAN }))
             ),
             (RunState::Failed, ExitStatus::Config)
         );
@@ -329,7 +385,7 @@ mod tests {
             source: sqlx::Error::PoolTimedOut,
         }));
         assert_eq!(
-            conclude(&store, Some(Signal::Interrupt), Tally::Pending),
+            ended(&store, Some(Signal::Interrupt), None),
             (RunState::Failed, ExitStatus::Internal)
         );
     }
@@ -337,20 +393,25 @@ mod tests {
     #[test]
     fn an_unrecorded_end_turns_success_into_exit_1_and_keeps_other_codes() {
         assert_eq!(
-            conclude(&Outcome::Finished, None, Tally::Unrecorded).1,
+            ended(&Outcome::Finished, None, Some(Tally::Unrecorded)).1,
             ExitStatus::Internal
         );
         assert_eq!(
-            conclude(
+            ended(
                 &Outcome::Stopped,
                 Some(Signal::Terminate),
-                Tally::Unrecorded
+                Some(Tally::Unrecorded)
             )
             .1,
             ExitStatus::Terminated
         );
         assert_eq!(
-            conclude(&Outcome::Failed(failed_error()), None, Tally::Unrecorded).1,
+            ended(
+                &Outcome::Failed(failed_error()),
+                None,
+                Some(Tally::Unrecorded)
+            )
+            .1,
             ExitStatus::Config
         );
     }
@@ -374,7 +435,7 @@ mod tests {
             lookups: 4,
             exit_code: None,
         };
-        let s = summary_of(
+        let s = stats_of(
             &run,
             3,
             Duration::from_millis(1_234_567),
@@ -384,12 +445,12 @@ mod tests {
         );
         assert_eq!(
             (s.run_id, s.state, s.active, s.gone),
-            (4, "completed", 3, 1)
+            (4, RunState::Completed, 3, 1)
         );
         assert_eq!(s.duration_secs, 1234.567);
         assert_eq!(s.lookups_per_second, 0.0);
         assert_eq!(s.exit_code, 2);
-        let fast = summary_of(&run, 1000, Duration::ZERO, 1, 1000, ExitStatus::Success);
+        let fast = stats_of(&run, 1000, Duration::ZERO, 1, 1000, ExitStatus::Success);
         assert_eq!(fast.lookups_per_second, 1_000_000.0);
     }
 }

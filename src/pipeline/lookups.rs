@@ -7,10 +7,10 @@ use std::sync::Arc;
 use futures::{Stream, StreamExt, stream};
 use tokio_util::sync::CancellationToken;
 
-use super::budgeted;
 use super::context::RunContext;
 use super::end::{Driven, Outcome};
 use super::error::RunError;
+use super::priority;
 use super::progress::Progress;
 use crate::budget::BudgetStop;
 use crate::domain::{KeyStatus, LookupOutcome, PayerId};
@@ -122,22 +122,11 @@ impl RunContext<'_> {
     ) -> Looked {
         let (settings, store, client, shutdown) =
             (self.settings, self.store, &self.client, self.shutdown);
-        let mut out = Sink {
-            sender,
-            progress,
-            omit_pii: settings.omit_pii,
-            looked: Looked {
-                checked: 0,
-                stopped: false,
-                unavailable: false,
-                deadline_hit: None,
-                error: None,
-            },
-        };
+        let mut out = Sink::new(sender, progress, settings.omit_pii);
         let concurrency = settings.concurrency.get();
-        let limits = budgeted::Limits::start(settings.budget.as_ref());
+        let limits = priority::Limits::start(settings.budget.as_ref());
         let queued = settings.budget.is_some();
-        let keys = budgeted::limit(
+        let keys = priority::limit(
             pending_keys(store.clone(), run_id, settings.shard.index, queued),
             &limits,
         )
@@ -179,16 +168,9 @@ impl RunContext<'_> {
             )
             .await;
         };
-        let grace = async {
-            shutdown.stop.cancelled().await;
-            tokio::select! {
-                _ = tokio::time::sleep(settings.shutdown_grace) => {}
-                _ = shutdown.now.cancelled() => {}
-            }
-        };
         tokio::select! {
             _ = drain => {}
-            _ = grace => {
+            _ = grace_spent(shutdown, settings.shutdown_grace) => {
                 tracing::warn!("shutdown grace expired: lookups still in flight are abandoned (resume checks them)");
             }
         }
@@ -242,6 +224,16 @@ fn look_up<'a>(
 }
 
 /// Where outcomes go: the writer, the progress, the tally.
+/// Resolves when in-flight lookups get no more time: `grace` after the first signal, or
+/// at a second one.
+async fn grace_spent(shutdown: &Shutdown, grace: std::time::Duration) {
+    shutdown.stop.cancelled().await;
+    tokio::select! {
+        _ = tokio::time::sleep(grace) => {}
+        _ = shutdown.now.cancelled() => {}
+    }
+}
+
 struct Sink<'a> {
     sender: tokio::sync::mpsc::Sender<CheckRow>,
     progress: &'a Progress,
@@ -249,7 +241,26 @@ struct Sink<'a> {
     looked: Looked,
 }
 
-impl Sink<'_> {
+impl<'a> Sink<'a> {
+    fn new(
+        sender: tokio::sync::mpsc::Sender<CheckRow>,
+        progress: &'a Progress,
+        omit_pii: bool,
+    ) -> Self {
+        Self {
+            sender,
+            progress,
+            omit_pii,
+            looked: Looked {
+                checked: 0,
+                stopped: false,
+                unavailable: false,
+                deadline_hit: None,
+                error: None,
+            },
+        }
+    }
+
     /// Writes every outcome of `results`, or keeps transient failures in `deferred` while
     /// there is room. `false` when the run must stop (an error, or the writer is gone).
     async fn drain(

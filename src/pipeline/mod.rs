@@ -17,20 +17,20 @@
 //! `context` (what one run needs) and return `error`'s [`RunError`]. Nothing here imports
 //! this file back.
 
-pub mod budgeted;
 mod context;
 pub mod end;
 mod error;
 pub mod lease;
 mod lookups;
 mod plan;
+pub mod priority;
 pub mod progress;
 pub mod recheck;
 mod run;
 pub mod stage;
 
-pub use crate::domain::RunSummary;
-pub use end::RunEnd;
+pub use crate::domain::RunStats;
+pub use end::{Ended, RunEnd};
 pub use error::RunError;
 pub use lookups::check_one;
 pub use run::{DryRun, dry_run, run};

@@ -4,7 +4,7 @@
 
 use super::error::RunError;
 use super::recheck::{self, Scope};
-use crate::payple::classify::CodeBook;
+use crate::payple::codebook::CodeBook;
 use crate::settings::{BatchSettings, ConfigError, RecheckRun, Resume};
 use crate::store::{FailedSelection, RunRecord, RunState, Store};
 

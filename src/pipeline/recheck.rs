@@ -5,7 +5,8 @@
 //! about is decided in [`super::plan`]).
 
 use super::error::RunError;
-use crate::payple::classify::{CodeBook, CodeClass, codes, is_transient_code};
+use crate::payple::classify::{codes, is_transient_code};
+use crate::payple::codebook::{CodeBook, CodeClass};
 use crate::store::{FailedCode, FailedSelection, RunRecord, Store, StoreError, retrying};
 
 /// Which failed rows a re-check takes.

@@ -8,11 +8,11 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::context::{HeldLease, RunContext};
-use super::end::{Driven, Outcome, RunEnd, Tally, conclude, summary_of};
+use super::end::{Driven, Ended, Outcome, RunEnd, conclude, stats_of};
 use super::error::RunError;
 use super::plan::{Plan, Target, plan};
 use super::progress::Progress;
-use super::{budgeted, lease, recheck, stage};
+use super::{lease, priority, recheck, stage};
 use crate::exit::ExitStatus;
 use crate::payple::PaypleClient;
 use crate::settings::{BatchSettings, ConfigError, Shard};
@@ -76,7 +76,7 @@ pub async fn run(
         started: Instant::now(),
     };
     let existing = match plan(store, settings, ctx.client.codes()).await {
-        Ok(Plan::Done(run, note)) => return ctx.already_done(&run, note),
+        Ok(Plan::Done(run, note)) => return ctx.already_done(run, note),
         Ok(Plan::Continue(run)) => Some(Target { run, recheck: None }),
         Ok(Plan::Recheck(run, selection)) => Some(Target {
             run,
@@ -112,17 +112,18 @@ impl RunContext<'_> {
     /// A run that stopped before it could be recorded.
     fn failed(&self, error: RunError) -> RunEnd {
         let outcome = Outcome::Failed(error);
-        let (_, exit) = conclude(&outcome, self.shutdown.signal(), Tally::Pending);
+        let exit = conclude(&outcome, self.shutdown.signal()).provisional;
         RunEnd::new(outcome, exit, None)
     }
 
     /// The run already completed and there is nothing to re-check: nothing to do.
-    fn already_done(&self, run: &RunRecord, note: String) -> RunEnd {
+    fn already_done(&self, record: RunRecord, note: String) -> RunEnd {
         tracing::info!("{note}");
         let elapsed = self.started.elapsed();
-        let mut summary = summary_of(run, 0, elapsed, 0, 0, ExitStatus::Success);
-        summary.note = Some(note);
-        RunEnd::new(Outcome::Finished, ExitStatus::Success, Some(summary))
+        let mut stats = stats_of(&record, 0, elapsed, 0, 0, ExitStatus::Success);
+        stats.note = Some(note);
+        let ended = Ended { record, stats };
+        RunEnd::new(Outcome::Finished, ExitStatus::Success, Some(ended))
     }
 
     /// Under the lease: credentials, the run row, the lookups, the end of the run.
@@ -149,8 +150,8 @@ impl RunContext<'_> {
         heartbeat.abort();
         let mut end = self.finish(run_id, driven).await;
         // What a re-check reopened comes first; a note of how the run ended stays.
-        if let Some(summary) = &mut end.summary {
-            summary.note = match (note, summary.note.take()) {
+        if let Some(Ended { stats, .. }) = &mut end.ended {
+            stats.note = match (note, stats.note.take()) {
                 (Some(reopened), Some(ended)) => Some(format!("{reopened}; {ended}")),
                 (reopened, ended) => reopened.or(ended),
             };
@@ -257,7 +258,7 @@ impl RunContext<'_> {
             );
         }
         if let Some(budget) = &self.settings.budget {
-            budgeted::prepare(self.settings, store, run_id, spec, source_db).await?;
+            priority::prepare(self.settings, store, run_id, spec, source_db).await?;
             tracing::info!(run_id, ?budget, "budgeted run: most urgent keys first");
         }
         let mut pending = store.count_pending(run_id, shard.index).await?;

@@ -24,28 +24,23 @@ pub struct ReportShape {
     pub sheet_rows: u32,
 }
 
-/// Writes run `run_id`'s report to `path` (`statuses` filter the CSV only; the workbook
+/// Writes run `run`'s report to `path` (`statuses` filter the CSV only; the workbook
 /// always holds the whole run); returns the key rows written.
 pub async fn write_run_report(
     store: &Store,
-    run_id: i64,
+    run: &RunRecord,
     statuses: &[KeyStatus],
     path: &Path,
     shape: ReportShape,
 ) -> Result<u64, ReportError> {
     match shape.format {
-        ReportFormat::Csv => write_report(store, run_id, statuses, path, shape.excel).await,
+        ReportFormat::Csv => write_report(store, run.id, statuses, path, shape.excel).await,
         ReportFormat::Xlsx => {
-            let run = store
-                .run(run_id)
-                .await
-                .map_err(ReportError::store(run_id))?
-                .ok_or(ReportError::NoSuchRun(run_id))?;
             let options = XlsxOptions {
                 sheet_rows: shape.sheet_rows,
                 page: PAGE_ROWS,
             };
-            let stats = write_workbook_file(store, &run, path, options).await?;
+            let stats = write_workbook_file(store, run, path, options).await?;
             Ok(stats.keys)
         }
     }

@@ -8,7 +8,7 @@ use super::changes::PAGE_ROWS;
 use super::csv::ReportWriter;
 use super::output::{Output, write_atomic};
 use super::{ReportError, metrics};
-use crate::domain::{KeyStatus, RunSummary};
+use crate::domain::{KeyStatus, RunStats};
 use crate::store::Store;
 
 /// Streams run `run_id`'s rows (only `statuses`, or all) as the finance CSV to `path`
@@ -67,14 +67,14 @@ pub async fn export_run<W: Write>(
     Ok(rows)
 }
 
-/// Writes the metrics file for `summary` atomically, keeping the previous last-success time
+/// Writes the metrics file for `stats` atomically, keeping the previous last-success time
 /// when this run did not succeed. `ended`: when the run ended (Unix seconds; an "already
 /// completed" answer is about a night that ended earlier), now if unknown.
 /// `extras`: what the run's end adds (undelivered notifications, newly gone keys, failed
 /// pushes).
 pub fn write_metrics(
     path: &Path,
-    summary: &RunSummary,
+    stats: &RunStats,
     ended: Option<f64>,
     extras: &metrics::Extras,
 ) -> Result<(), ReportError> {
@@ -87,7 +87,7 @@ pub fn write_metrics(
         }
     };
     let ended = ended.unwrap_or_else(|| chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
-    let mut m = metrics::from_summary(summary, ended, previous.as_deref());
+    let mut m = metrics::from_stats(stats, ended, previous.as_deref());
     extras.apply(&mut m);
     write_atomic(path, metrics::render(&m).as_bytes())
 }

@@ -7,8 +7,7 @@
 
 use std::fmt::Write as _;
 
-use crate::domain::KeyStatus;
-use crate::domain::RunSummary;
+use crate::domain::{KeyStatus, RunState, RunStats};
 use crate::store::StatusCounts;
 
 /// The metric that must survive runs that did not succeed.
@@ -36,7 +35,7 @@ pub struct RunMetrics {
     pub events: Option<crate::domain::EventTally>,
 }
 
-/// What the end of a run adds to its summary's metrics: notifications, changes, pushes.
+/// What the end of a run adds to the metrics of its stats: notifications, changes, pushes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Extras {
     pub notify_failures: Option<u64>,
@@ -56,36 +55,36 @@ impl Extras {
 /// (every key `active` or `gone`; `rejected` input rows, exit 2, are the source's problem
 /// and do not make the night a failure). A run with failed keys is not a success, however
 /// it ended, until a re-check repairs it.
-pub fn succeeded(summary: &RunSummary) -> bool {
-    summary.state == "completed" && summary.failed == 0 && matches!(summary.exit_code, 0 | 2)
+pub fn succeeded(stats: &RunStats) -> bool {
+    stats.state == RunState::Completed && stats.failed == 0 && matches!(stats.exit_code, 0 | 2)
 }
 
 /// The metrics of a finished run. `ended` is the Unix time the run ended (for an answer
 /// about a run that completed earlier, that run's end); `previous` the text of the metrics
 /// file it replaces, if any. The last success time never moves back.
-pub fn from_summary(summary: &RunSummary, ended: f64, previous: Option<&str>) -> RunMetrics {
+pub fn from_stats(stats: &RunStats, ended: f64, previous: Option<&str>) -> RunMetrics {
     let before = previous.and_then(previous_last_success);
-    let last_success = if succeeded(summary) {
+    let last_success = if succeeded(stats) {
         Some(before.map_or(ended, |b| b.max(ended)))
     } else {
         before
     };
     RunMetrics {
-        duration_secs: summary.duration_secs,
+        duration_secs: stats.duration_secs,
         keys: StatusCounts {
-            active: summary.active,
-            gone: summary.gone,
-            failed: summary.failed,
-            rejected: summary.rejected,
+            active: stats.active,
+            gone: stats.gone,
+            failed: stats.failed,
+            rejected: stats.rejected,
         },
-        auth_calls: summary.auth_calls,
-        lookups: summary.lookups,
-        exit_code: summary.exit_code,
+        auth_calls: stats.auth_calls,
+        lookups: stats.lookups,
+        exit_code: stats.exit_code,
         last_success,
         notify_failures: None,
         newly_gone: None,
         push_failures: None,
-        events: summary.events,
+        events: stats.events,
     }
 }
 
@@ -208,10 +207,10 @@ pub fn render(m: &RunMetrics) -> String {
 mod tests {
     use super::*;
 
-    fn summary(state: &'static str, exit_code: u8) -> RunSummary {
-        RunSummary {
+    fn stats(state: &'static str, exit_code: u8) -> RunStats {
+        RunStats {
             run_id: 3,
-            state,
+            state: RunState::parse(state),
             source: "csv".to_owned(),
             keys: Some(10),
             duplicates: 0,
@@ -257,7 +256,7 @@ mod tests {
 
     #[test]
     fn a_successful_run_records_everything() {
-        let m = from_summary(&summary("completed", 2), 1_764_208_800.5, None);
+        let m = from_stats(&stats("completed", 2), 1_764_208_800.5, None);
         let text = render(&m);
         let got = samples(&text);
         let value = |series: &str| {
@@ -278,7 +277,7 @@ mod tests {
 
     #[test]
     fn notification_failures_are_counted_when_configured() {
-        let mut m = from_summary(&summary("completed", 0), 1.0, None);
+        let mut m = from_stats(&stats("completed", 0), 1.0, None);
         assert!(!render(&m).contains("notify"));
         m.notify_failures = Some(2);
         let text = render(&m);
@@ -288,60 +287,48 @@ mod tests {
 
     #[test]
     fn a_failed_run_keeps_the_previous_success_time() {
-        let earlier = render(&from_summary(
-            &summary("completed", 0),
-            1_700_000_000.0,
-            None,
-        ));
+        let earlier = render(&from_stats(&stats("completed", 0), 1_700_000_000.0, None));
         for (state, code) in [("completed", 1), ("interrupted", 130), ("failed", 3)] {
-            let m = from_summary(&summary(state, code), 1_800_000_000.0, Some(&earlier));
+            let m = from_stats(&stats(state, code), 1_800_000_000.0, Some(&earlier));
             assert_eq!(m.last_success, Some(1_700_000_000.0), "{state} {code}");
         }
-        let never = from_summary(&summary("interrupted", 143), 1.0, None);
+        let never = from_stats(&stats("interrupted", 143), 1.0, None);
         assert_eq!(never.last_success, None);
         assert!(render(&never).contains(&format!("\n{LAST_SUCCESS} 0\n")));
     }
 
     #[test]
     fn a_run_with_failed_keys_is_not_a_success() {
-        let earlier = render(&from_summary(
-            &summary("completed", 0),
-            1_700_000_000.0,
-            None,
-        ));
-        let failing = RunSummary {
+        let earlier = render(&from_stats(&stats("completed", 0), 1_700_000_000.0, None));
+        let failing = RunStats {
             gone: 1,
             failed: 1,
-            ..summary("completed", 2)
+            ..stats("completed", 2)
         };
         assert!(!succeeded(&failing));
-        let m = from_summary(&failing, 1_800_000_000.0, Some(&earlier));
+        let m = from_stats(&failing, 1_800_000_000.0, Some(&earlier));
         assert_eq!(m.last_success, Some(1_700_000_000.0));
         assert_eq!(
-            from_summary(&failing, 1_800_000_000.0, None).last_success,
+            from_stats(&failing, 1_800_000_000.0, None).last_success,
             None
         );
         // "Already completed" answers carry the run's own exit code 0: the failed keys
         // still decide.
-        let answered = RunSummary {
+        let answered = RunStats {
             failed: 3,
-            ..summary("completed", 0)
+            ..stats("completed", 0)
         };
         assert!(!succeeded(&answered));
         // Rejected input rows alone (exit 2) do not make the night a failure.
-        assert!(succeeded(&summary("completed", 2)));
+        assert!(succeeded(&stats("completed", 2)));
     }
 
     #[test]
     fn the_last_success_time_never_moves_back() {
-        let later = render(&from_summary(
-            &summary("completed", 0),
-            1_800_000_000.0,
-            None,
-        ));
-        let m = from_summary(&summary("completed", 0), 1_700_000_000.0, Some(&later));
+        let later = render(&from_stats(&stats("completed", 0), 1_800_000_000.0, None));
+        let m = from_stats(&stats("completed", 0), 1_700_000_000.0, Some(&later));
         assert_eq!(m.last_success, Some(1_800_000_000.0));
-        let m = from_summary(&summary("completed", 0), 1_900_000_000.0, Some(&later));
+        let m = from_stats(&stats("completed", 0), 1_900_000_000.0, Some(&later));
         assert_eq!(m.last_success, Some(1_900_000_000.0));
     }
 

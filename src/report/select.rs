@@ -64,28 +64,16 @@ pub async fn resolve_run(store: &Store, selector: RunSelector) -> Result<RunReco
     }
 }
 
-/// The (earlier, later) runs `changes` compares.
+/// The (earlier, later) runs `changes` compares: the two newest completed runs, run `run`
+/// and the completed run before it, or run `since` and run `run` (the newest completed
+/// when not given).
 pub async fn resolve_pair(
     store: &Store,
     since: Option<i64>,
     run: Option<i64>,
 ) -> Result<(RunRecord, RunRecord), ReportError> {
     let (before, after) = match (since, run) {
-        (None, None) => {
-            let mut runs = store
-                .latest_runs(Some(RunState::Completed), 2)
-                .await
-                .map_err(ReportError::Runs)?;
-            if runs.len() < 2 {
-                return Err(ReportError::NotEnoughRuns(format!(
-                    "changes compares two completed runs, and {} completed so far \
-                     (name them with --since and --run)",
-                    runs.len()
-                )));
-            }
-            let after = runs.remove(0);
-            (runs.remove(0), after)
-        }
+        (None, None) => latest_pair(store).await?,
         (None, Some(id)) => {
             let after = resolve_run(store, RunSelector::Id(id)).await?;
             let before = store
@@ -103,17 +91,7 @@ pub async fn resolve_pair(
             let before = resolve_run(store, RunSelector::Id(since)).await?;
             let after = match run {
                 Some(id) => resolve_run(store, RunSelector::Id(id)).await?,
-                None => store
-                    .latest_runs(Some(RunState::Completed), 1)
-                    .await
-                    .map_err(ReportError::Runs)?
-                    .into_iter()
-                    .next()
-                    .ok_or_else(|| {
-                        ReportError::NotEnoughRuns(
-                            "no completed run to compare with (give --run)".to_owned(),
-                        )
-                    })?,
+                None => latest_completed(store).await?,
             };
             (before, after)
         }
@@ -125,6 +103,36 @@ pub async fn resolve_pair(
         )));
     }
     Ok((before, after))
+}
+
+/// The two newest completed runs, the earlier first.
+async fn latest_pair(store: &Store) -> Result<(RunRecord, RunRecord), ReportError> {
+    let mut runs = store
+        .latest_runs(Some(RunState::Completed), 2)
+        .await
+        .map_err(ReportError::Runs)?;
+    if runs.len() < 2 {
+        return Err(ReportError::NotEnoughRuns(format!(
+            "changes compares two completed runs, and {} completed so far \
+             (name them with --since and --run)",
+            runs.len()
+        )));
+    }
+    let after = runs.remove(0);
+    Ok((runs.remove(0), after))
+}
+
+/// The newest completed run, to compare `--since` with.
+async fn latest_completed(store: &Store) -> Result<RunRecord, ReportError> {
+    store
+        .latest_runs(Some(RunState::Completed), 1)
+        .await
+        .map_err(ReportError::Runs)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| {
+            ReportError::NotEnoughRuns("no completed run to compare with (give --run)".to_owned())
+        })
 }
 
 /// The line above the changes table.

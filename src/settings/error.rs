@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use crate::report::ReportError;
+use crate::simulator::SimError;
 
 /// A configuration that cannot run: exit code 3.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +23,9 @@ pub enum ConfigError {
     Invalid { flag: &'static str, reason: String },
     #[error(transparent)]
     Report(#[from] ReportError),
+    /// `simulate`: its faults or its key file are refused.
+    #[error(transparent)]
+    Simulator(#[from] SimError),
 }
 
 impl ConfigError {

@@ -35,7 +35,7 @@ pub use payple::{
     MAX_CODES_FILE, MAX_CUST_KEY_FILE, PaypleSettings, PaypleTarget, SIMULATOR_PLACEHOLDER,
     parse_origin, payple_settings,
 };
-pub use report::ReportSettings;
+pub use report::{ReportSettings, RunReport};
 pub use run::{
     BatchSettings, RecheckRun, Resume, RunSettings, Shard, batch_settings, run_settings,
 };
@@ -71,7 +71,7 @@ pub fn from_cli(cli: Cli, env: &dyn Env) -> Result<Settings, ConfigError> {
     Ok(match cli.command {
         Command::Run(args) => Settings::Run(Box::new(run_settings(&args, env)?)),
         Command::Lookup(args) => Settings::Lookup(Box::new(lookup_settings(args, env)?)),
-        Command::Simulate(args) => Settings::Simulate(Box::new(simulate_settings(&args))),
+        Command::Simulate(args) => Settings::Simulate(Box::new(simulate_settings(&args)?)),
         Command::Migrate(args) => Settings::Migrate(database_settings(args)),
         Command::Report(args) => Settings::Report(report_settings(args)?),
         Command::Changes(args) => Settings::Changes(changes_settings(args)),

@@ -11,7 +11,7 @@ use url::Url;
 use super::env::{Env, read_small_file};
 use super::error::{ConfigError, invalid};
 use crate::cli::PaypleArgs;
-use crate::payple::classify::CodeBook;
+use crate::payple::codebook::CodeBook;
 use crate::payple::health::HealthConfig;
 use crate::payple::{
     ClientConfig, LIVE_ORIGIN, Rate, TEST_CST_ID, TEST_CUST_KEY, TEST_ORIGIN, TEST_REFERER,

@@ -11,11 +11,13 @@ use super::env::Env;
 use super::error::{ConfigError, invalid};
 use super::notify::{NotifySettings, notify_settings};
 use super::payple::{PaypleSettings, payple_settings};
+use super::report::{RunReport, run_report};
 use crate::budget::{self, Budget, DueSpec, StopAt};
 use crate::cli::{BudgetArgs, RunArgs};
 use crate::pushgateway::{PushError, PushTarget};
 use crate::source::columns::ColumnNames;
 use crate::source::{SourceSpec, validate_identifier};
+use crate::store::writer::BATCH_ROWS;
 
 /// Which part of the keys this process checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,8 +108,8 @@ pub struct BatchSettings {
     pub allow_empty_source: bool,
     pub shutdown_grace: Duration,
     pub progress_interval: Duration,
-    pub report: Option<PathBuf>,
-    pub excel: bool,
+    /// `--report` (with `--excel`).
+    pub report: Option<RunReport>,
     pub notify: Option<NotifySettings>,
     pub shard: Shard,
     pub metrics_file: Option<PathBuf>,
@@ -236,33 +238,9 @@ pub fn batch_settings(args: &RunArgs, env: &dyn Env) -> Result<BatchSettings, Co
     let concurrency = NonZeroUsize::new(args.concurrency)
         .filter(|n| n.get() <= 1024)
         .ok_or_else(|| invalid("--concurrency", "must be within 1..=1024"))?;
-    let resume = match args.resume.as_deref() {
-        None => Resume::No,
-        Some("latest") => Resume::Latest,
-        Some(id) => Resume::Run(
-            id.parse()
-                .map_err(|_| invalid("--resume", format!("{id:?} is not a run id")))?,
-        ),
-    };
-    if resume != Resume::No && args.run_key.is_some() {
-        return Err(invalid(
-            "--resume",
-            "--run-key already continues its unfinished run; give one or the other",
-        ));
-    }
+    let resume = resume_of(args)?;
     let shard = shard_of(args, env)?;
-    if !shard.is_whole() && args.run_key.is_none() && resume == Resume::No {
-        return Err(invalid(
-            "--shard",
-            "shards must share a run: give them the same --run-key",
-        ));
-    }
-    if !shard.is_whole() && args.rerun {
-        return Err(invalid("--rerun", "not supported with shards"));
-    }
-    if !shard.is_whole() && args.csv.as_deref().is_some_and(|p| p.as_os_str() == "-") {
-        return Err(invalid("--csv", "stdin cannot be shared by shards"));
-    }
+    check_shard(args, shard, &resume)?;
     if args
         .run_key
         .as_deref()
@@ -270,7 +248,8 @@ pub fn batch_settings(args: &RunArgs, env: &dyn Env) -> Result<BatchSettings, Co
     {
         return Err(invalid("--run-key", "must be 1 to 200 characters"));
     }
-    if !(1..=100_000).contains(&args.write_batch) {
+    let write_batch = args.write_batch.unwrap_or(BATCH_ROWS);
+    if !(1..=100_000).contains(&write_batch) {
         return Err(invalid("--write-batch", "must be within 1..=100000"));
     }
     let (budget, due, timezone) = budget_settings(&args.budget, &source)?;
@@ -288,19 +267,57 @@ pub fn batch_settings(args: &RunArgs, env: &dyn Env) -> Result<BatchSettings, Co
         allow_empty_source: args.allow_empty_source,
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
         progress_interval: Duration::from_secs(args.progress_interval.max(1)),
-        report: args.report.clone(),
-        excel: args.excel,
+        report: run_report(args.report.as_deref(), args.excel),
         notify: notify_settings(&args.notify, args.notify_on)?,
         shard,
         metrics_file: args.metrics_file.clone(),
         metrics_push: metrics_push(args, shard)?,
         omit_pii: args.omit_pii,
-        write_batch: args.write_batch,
+        write_batch,
         budget,
         due,
         timezone,
         events: super::events::events_settings(&args.events, env)?,
     })
+}
+
+/// `--resume`: a run id or `latest`; not with `--run-key`, which continues its own run.
+fn resume_of(args: &RunArgs) -> Result<Resume, ConfigError> {
+    let resume = match args.resume.as_deref() {
+        None => Resume::No,
+        Some("latest") => Resume::Latest,
+        Some(id) => Resume::Run(
+            id.parse()
+                .map_err(|_| invalid("--resume", format!("{id:?} is not a run id")))?,
+        ),
+    };
+    if resume != Resume::No && args.run_key.is_some() {
+        return Err(invalid(
+            "--resume",
+            "--run-key already continues its unfinished run; give one or the other",
+        ));
+    }
+    Ok(resume)
+}
+
+/// What shards of one run must share (a run key) and cannot (`--rerun`, stdin).
+fn check_shard(args: &RunArgs, shard: Shard, resume: &Resume) -> Result<(), ConfigError> {
+    if shard.is_whole() {
+        return Ok(());
+    }
+    if args.run_key.is_none() && *resume == Resume::No {
+        return Err(invalid(
+            "--shard",
+            "shards must share a run: give them the same --run-key",
+        ));
+    }
+    if args.rerun {
+        return Err(invalid("--rerun", "not supported with shards"));
+    }
+    if args.csv.as_deref().is_some_and(|p| p.as_os_str() == "-") {
+        return Err(invalid("--csv", "stdin cannot be shared by shards"));
+    }
+    Ok(())
 }
 
 /// `--metrics-push` and `--metrics-instance`; a sharded run's group names its shard index.

@@ -234,7 +234,7 @@ fn codes_file_and_outage_budget() {
     .unwrap();
     assert_eq!(
         config.codes.class_of("XPAY0042"),
-        Some(crate::payple::classify::CodeClass::Gone)
+        Some(crate::payple::codebook::CodeClass::Gone)
     );
     assert_eq!(config.health.budget, Duration::from_secs(10));
     std::fs::write(&path, "[codes]\n\"0000\" = \"gone\"\n").unwrap();

@@ -73,36 +73,16 @@ impl Shared {
         headers: &HeaderMap,
         request: &Value,
     ) -> (Value, &'static str) {
-        let cst_id = field(request, "cst_id");
-        let cust_key = field(request, "custKey");
+        let index = match self.partner_of(headers, request) {
+            Ok(index) => index,
+            Err((code, msg)) => {
+                return (
+                    json!({"result": "error", "result_msg": format!("{code} : {msg}")}),
+                    code,
+                );
+            }
+        };
         let work = field(request, "PCD_PAY_WORK");
-        let fail = |code: &'static str, msg: &str| {
-            (
-                json!({"result": "error", "result_msg": format!("{code} : {msg}")}),
-                code,
-            )
-        };
-        if cst_id.trim().is_empty() {
-            return fail("AUTH0001", "파트너 아이디(cst_id)가 없습니다.");
-        }
-        if cust_key.trim().is_empty() {
-            return fail("AUTH0002", "파트너 인증키(custKey)가 없습니다.");
-        }
-        let Some((index, partner)) = self
-            .partners
-            .iter()
-            .enumerate()
-            .find(|(_, (p, _))| p.cst_id == cst_id)
-            .map(|(i, (p, _))| (i, p))
-        else {
-            return fail("AUTH0003", "파트너 정보가 없습니다.");
-        };
-        if !self.referer_matches(headers, partner) {
-            return fail("AUTH0004", "CONNECT SERVER ERROR!!");
-        }
-        if partner.cust_key != cust_key {
-            return fail("AUTH0003", "파트너 정보가 없습니다.");
-        }
         if work != WORK {
             return (
                 json!({
@@ -131,6 +111,38 @@ impl Shared {
             }),
             "success",
         )
+    }
+
+    /// The partner the request authenticates as (its index), or the code and message
+    /// Payple refuses it with.
+    fn partner_of(
+        &self,
+        headers: &HeaderMap,
+        request: &Value,
+    ) -> Result<usize, (&'static str, &'static str)> {
+        let cst_id = field(request, "cst_id");
+        let cust_key = field(request, "custKey");
+        if cst_id.trim().is_empty() {
+            return Err(("AUTH0001", "파트너 아이디(cst_id)가 없습니다."));
+        }
+        if cust_key.trim().is_empty() {
+            return Err(("AUTH0002", "파트너 인증키(custKey)가 없습니다."));
+        }
+        let unknown = ("AUTH0003", "파트너 정보가 없습니다.");
+        let (index, partner) = self
+            .partners
+            .iter()
+            .enumerate()
+            .find(|(_, (p, _))| p.cst_id == cst_id)
+            .map(|(i, (p, _))| (i, p))
+            .ok_or(unknown)?;
+        if !self.referer_matches(headers, partner) {
+            return Err(("AUTH0004", "CONNECT SERVER ERROR!!"));
+        }
+        if partner.cust_key != cust_key {
+            return Err(unknown);
+        }
+        Ok(index)
     }
 
     /// The protocol answer to a lookup that passed the fault stage.

@@ -51,6 +51,44 @@ async fn auth(State(st): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) ->
     php_response(StatusCode::OK, json_bytes(&answer, false))
 }
 
+/// A request for another `ACT_`: logged, and answered 404.
+fn unsupported(st: &Shared, arrival: Instant) -> Response {
+    st.write_log(&LogLine {
+        t_ms: millis(st.since_start(arrival)),
+        kind: "unsupported",
+        http_status: Some(404),
+        code: None,
+        key: None,
+        fault: "none",
+        expired_token: false,
+    });
+    (StatusCode::NOT_FOUND, "only ACT_=PUSERINFO is simulated\n").into_response()
+}
+
+/// The fault that answers an admitted lookup before any key is looked at, if one does:
+/// an outage or storm episode, `--fail-first`, a huge reply.
+fn refusal(
+    st: &Shared,
+    faults: &Faults,
+    n: u64,
+    arrival: Instant,
+    key_hash: u64,
+    log: &mut LogLine,
+) -> Option<Response> {
+    if let Some(response) = st.episode(faults, n, arrival, log) {
+        return Some(response);
+    }
+    if st.fail_first.should_fail(key_hash) {
+        Counters::bump(&st.counters.injected_500);
+        log.http_status = Some(500);
+        log.fault = "fail_first";
+        return Some(internal_error());
+    }
+    let size = faults.huge_reply?;
+    log.fault = "huge_reply";
+    Some(huge_reply(size))
+}
+
 /// `POST /php/cPayUser/api/cPayUserAct.php?ACT_=PUSERINFO`.
 async fn lookup(
     State(st): State<Arc<Shared>>,
@@ -60,16 +98,7 @@ async fn lookup(
 ) -> Response {
     let arrival = Instant::now();
     if !asks_for_puserinfo(query.as_deref()) {
-        st.write_log(&LogLine {
-            t_ms: millis(st.since_start(arrival)),
-            kind: "unsupported",
-            http_status: Some(404),
-            code: None,
-            key: None,
-            fault: "none",
-            expired_token: false,
-        });
-        return (StatusCode::NOT_FOUND, "only ACT_=PUSERINFO is simulated\n").into_response();
+        return unsupported(&st, arrival);
     }
     let (_gauge, n) = st.enter_lookup(arrival);
     let faults = st.faults();
@@ -95,22 +124,13 @@ async fn lookup(
         response
     };
 
-    if !admitted {
-        let response = too_many_requests(&faults, &st, &mut log);
+    let refused = if admitted {
+        refusal(&st, &faults, n, arrival, key_hash, &mut log)
+    } else {
+        Some(too_many_requests(&faults, &st, &mut log))
+    };
+    if let Some(response) = refused {
         return finish(log, response);
-    }
-    if let Some(response) = st.episode(&faults, n, arrival, &mut log) {
-        return finish(log, response);
-    }
-    if st.fail_first.should_fail(key_hash) {
-        Counters::bump(&st.counters.injected_500);
-        log.http_status = Some(500);
-        log.fault = "fail_first";
-        return finish(log, internal_error());
-    }
-    if let Some(size) = faults.huge_reply {
-        log.fault = "huge_reply";
-        return finish(log, huge_reply(size));
     }
     let fault = st.dice.fault(&faults);
     if let Some(response) = injected(&st, fault, &mut log) {

@@ -125,6 +125,59 @@ pub fn read(
     Ok(())
 }
 
+/// How a reader's error is told: a decoding error, an I/O error, or a malformed record
+/// with its line.
+fn malformed(name: &str) -> impl Fn(csv::Error) -> SourceError + Copy + '_ {
+    move |e: csv::Error| match e.kind() {
+        csv::ErrorKind::Io(io) => match DecodeError::of(io) {
+            Some(decode) => SourceError::Encoding {
+                path: name.to_owned(),
+                source: decode.clone(),
+            },
+            None => SourceError::Io {
+                path: name.to_owned(),
+                source: std::io::Error::new(io.kind(), io.to_string()),
+            },
+        },
+        _ => SourceError::Malformed {
+            path: name.to_owned(),
+            line: e.position().map_or(0, csv::Position::line),
+            reason: e.to_string(),
+        },
+    }
+}
+
+/// The key (and customer reference) of the record starting at `line`.
+fn row_item(
+    record: &csv::ByteRecord,
+    line: u64,
+    name: &str,
+    id_at: usize,
+    ref_at: Option<usize>,
+) -> Result<Item, SourceError> {
+    let text = |at: usize| -> Result<Option<&str>, SourceError> {
+        field(record, at)
+            .map(std::str::from_utf8)
+            .transpose()
+            .map_err(|_| SourceError::NotUtf8 {
+                path: name.to_owned(),
+                line,
+            })
+    };
+    let raw = text(id_at)?.unwrap_or_default();
+    let customer_ref = ref_at
+        .map(text)
+        .transpose()?
+        .flatten()
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .map(|r| r.chars().take(255).collect());
+    let seq = i64::try_from(line).unwrap_or(i64::MAX);
+    Ok(Item::from_raw(seq, raw, customer_ref, || {
+        format!("{name} line {line}")
+    }))
+}
+
 /// The parsing itself, free of channels: calls `emit` for each row until it returns
 /// `false`. Returns whether every row was emitted.
 pub fn read_items(
@@ -145,23 +198,7 @@ pub fn read_items(
         .terminator(csv::Terminator::Any(b'\n'))
         .from_reader(tally.wrap(decoded).chain(&b"\n"[..]));
     let mut record = csv::ByteRecord::new();
-    let malformed = |e: csv::Error| match e.kind() {
-        csv::ErrorKind::Io(io) => match DecodeError::of(io) {
-            Some(decode) => SourceError::Encoding {
-                path: name.to_owned(),
-                source: decode.clone(),
-            },
-            None => SourceError::Io {
-                path: name.to_owned(),
-                source: std::io::Error::new(io.kind(), io.to_string()),
-            },
-        },
-        _ => SourceError::Malformed {
-            path: name.to_owned(),
-            line: e.position().map_or(0, csv::Position::line),
-            reason: e.to_string(),
-        },
-    };
+    let malformed = malformed(name);
 
     // The header: the first record.
     if !reader.read_byte_record(&mut record).map_err(malformed)? {
@@ -180,25 +217,7 @@ pub fn read_items(
         if record.len() == 1 && field(&record, 0).is_some_and(<[u8]>::is_empty) {
             continue;
         }
-        let text = |at: usize| -> Result<Option<&str>, SourceError> {
-            field(&record, at)
-                .map(std::str::from_utf8)
-                .transpose()
-                .map_err(|_| SourceError::NotUtf8 {
-                    path: name.to_owned(),
-                    line,
-                })
-        };
-        let raw = text(id_at)?.unwrap_or_default();
-        let customer_ref = ref_at
-            .map(text)
-            .transpose()?
-            .flatten()
-            .map(str::trim)
-            .filter(|r| !r.is_empty())
-            .map(|r| r.chars().take(255).collect());
-        let seq = i64::try_from(line).unwrap_or(i64::MAX);
-        let item = Item::from_raw(seq, raw, customer_ref, || format!("{name} line {line}"));
+        let item = row_item(&record, line, name, id_at, ref_at)?;
         if !emit(item) {
             return Ok(false);
         }

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::domain::{PayerId, RejectReason};
+use crate::sql_errors::is_unreachable;
 
 /// Items per message on the channel from a reader to the pipeline.
 pub const CHUNK: usize = 1000;
@@ -196,14 +197,7 @@ impl SourceError {
     /// unreachable.
     pub fn is_bad_input(&self) -> bool {
         match self {
-            Self::Database { source, .. } => !matches!(
-                source,
-                sqlx::Error::Io(_)
-                    | sqlx::Error::PoolTimedOut
-                    | sqlx::Error::PoolClosed
-                    | sqlx::Error::WorkerCrashed
-                    | sqlx::Error::Protocol(_)
-            ),
+            Self::Database { source, .. } => !is_unreachable(source),
             _ => true,
         }
     }

@@ -84,30 +84,7 @@ pub fn read_items(
 ) -> Result<bool, SourceError> {
     let name = path.display().to_string();
     let mut workbook = open(path)?;
-    let names = workbook.sheet_names();
-    let sheet = match sheet {
-        Some(s) if names.iter().any(|n| n == s) => s.to_owned(),
-        Some(s) => {
-            return Err(SourceError::Workbook {
-                path: name,
-                reason: format!(
-                    "no sheet named {s:?} (sheets: {})",
-                    names
-                        .iter()
-                        .map(|n| format!("{n:?}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            });
-        }
-        None => names
-            .first()
-            .cloned()
-            .ok_or_else(|| SourceError::Workbook {
-                path: name.clone(),
-                reason: "the workbook has no sheet".to_owned(),
-            })?,
-    };
+    let sheet = sheet_named(&workbook.sheet_names(), sheet, &name)?;
     let at = format!("{name} sheet {sheet}");
     let mut cells = workbook
         .worksheet_cells_reader(&sheet)
@@ -145,6 +122,28 @@ pub fn read_items(
         });
     }
     Ok(true)
+}
+
+/// The sheet to read: the one `--sheet` names (it must exist), else the first.
+fn sheet_named(names: &[String], sheet: Option<&str>, name: &str) -> Result<String, SourceError> {
+    match sheet {
+        Some(s) if names.iter().any(|n| n == s) => Ok(s.to_owned()),
+        Some(s) => Err(SourceError::Workbook {
+            path: name.to_owned(),
+            reason: format!(
+                "no sheet named {s:?} (sheets: {})",
+                names
+                    .iter()
+                    .map(|n| format!("{n:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }),
+        None => names.first().cloned().ok_or_else(|| SourceError::Workbook {
+            path: name.to_owned(),
+            reason: "the workbook has no sheet".to_owned(),
+        }),
+    }
 }
 
 /// Turns a sheet's non-empty rows into items: the first is the header.

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use crate::sql_errors::is_unreachable;
+
 /// What can go wrong with the results database.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -67,21 +69,15 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Query { source, .. } | Self::Connect { source, .. } => {
-                matches!(
-                    source,
-                    sqlx::Error::Io(_)
-                        | sqlx::Error::PoolTimedOut
-                        | sqlx::Error::PoolClosed
-                        | sqlx::Error::WorkerCrashed
-                        | sqlx::Error::Protocol(_)
-                ) || matches!(source, sqlx::Error::Database(db) if db.code().is_some_and(|c| {
-                    // PostgreSQL admin shutdown, connection failure, too many connections;
-                    // MySQL server gone away; a deadlock or serialization failure, whose
-                    // transaction the server rolled back whole (two shards finishing at once).
-                    c.starts_with("57P") || c.starts_with("08") || c == "53300"
-                    || c == "2006" || c == "2013"
-                    || c == "40001" || c == "40P01" || c == "1213"
-                }))
+                is_unreachable(source)
+                    || matches!(source, sqlx::Error::Database(db) if db.code().is_some_and(|c| {
+                        // PostgreSQL admin shutdown, connection failure, too many connections;
+                        // MySQL server gone away; a deadlock or serialization failure, whose
+                        // transaction the server rolled back whole (two shards finishing at once).
+                        c.starts_with("57P") || c.starts_with("08") || c == "53300"
+                        || c == "2006" || c == "2013"
+                        || c == "40001" || c == "40P01" || c == "1213"
+                    }))
             }
             _ => false,
         }

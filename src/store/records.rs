@@ -7,34 +7,7 @@ use sqlx::any::AnyRow;
 use super::error::{StoreError, ctx};
 use crate::domain::{KeyDetails, KeyStatus, LookupOutcome, PayType};
 
-/// The state of a run (and of each shard of it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RunState {
-    Running,
-    Completed,
-    Interrupted,
-    Failed,
-}
-
-impl RunState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Running => "running",
-            Self::Completed => "completed",
-            Self::Interrupted => "interrupted",
-            Self::Failed => "failed",
-        }
-    }
-
-    pub fn parse(s: &str) -> Self {
-        match s {
-            "completed" => Self::Completed,
-            "interrupted" => Self::Interrupted,
-            "failed" => Self::Failed,
-            _ => Self::Running,
-        }
-    }
-}
+pub use crate::domain::RunState;
 
 /// A run as the `reconcile_runs` table holds it.
 #[derive(Debug, Clone)]

@@ -7,9 +7,9 @@
 use std::time::Duration;
 
 use payple_reconcile::domain::PayerId;
-use payple_reconcile::payple::classify::{
-    AuthVerdict, CodeBook, Verdict, cause_of, classify_auth, classify_lookup,
-};
+use payple_reconcile::payple::cause::cause_of;
+use payple_reconcile::payple::classify::{AuthVerdict, Verdict, classify_auth, classify_lookup};
+use payple_reconcile::payple::codebook::CodeBook;
 use payple_reconcile::payple::wire::Fields;
 use payple_reconcile::payple::{TEST_ORIGIN, lookup_url};
 use serde_json::json;

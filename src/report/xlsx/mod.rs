@@ -12,7 +12,7 @@
 //! is a string (never a formula), neutralised like the CSV's.
 
 mod sheet;
-mod summary;
+mod summary_sheet;
 
 use std::io::{IsTerminal, Write};
 use std::path::Path;
@@ -29,7 +29,7 @@ use crate::store::reports::{ActionCursor, ActionGroup};
 use crate::store::{CheckRecord, RunRecord, Store};
 
 pub use sheet::{EXCEL_MAX_ROWS, part_name};
-pub use summary::duration_secs;
+pub use summary_sheet::duration_secs;
 
 /// The worksheets, in order.
 pub const SHEETS: [&str; 4] = ["Summary", "Action", "Keys", "Changes"];
@@ -159,8 +159,8 @@ pub async fn write_workbook<W: Write + Send>(
     let xlsx = |source| ReportError::Xlsx { source };
     let formats = Formats::new();
     let mut workbook = Workbook::new();
-    let facts = summary::load(store, run, previous).await?;
-    summary::write(&mut workbook, &facts, &formats).map_err(xlsx)?;
+    let facts = summary_sheet::load(store, run, previous).await?;
+    summary_sheet::write(&mut workbook, &facts, &formats).map_err(xlsx)?;
     let action = write_action(&mut workbook, store, run.id, previous, &formats, options).await?;
     let keys = write_keys(&mut workbook, store, run.id, &formats, options).await?;
     let changes = write_changes(&mut workbook, store, run.id, previous, &formats, options).await?;
@@ -211,21 +211,42 @@ async fn write_keys(
         &formats.header,
     )
     .map_err(xlsx)?;
-    let mut cursor = String::new();
+    write_pages(
+        page,
+        String::new(),
+        async |cursor: &String| {
+            store
+                .checks_page(run_id, cursor, &[], page)
+                .await
+                .map_err(ReportError::store(run_id))
+        },
+        |last: &CheckRecord| last.payer_id.clone(),
+        |record| key_row(&mut seq, workbook, record, formats),
+    )
+    .await?;
+    seq.finish(workbook).map_err(xlsx)
+}
+
+/// The page loop every sheet shares: fetches pages of `page` rows (each after the
+/// cursor the previous page's last row gives, starting at `cursor`) and writes every row,
+/// until a page comes back short.
+async fn write_pages<R, C>(
+    page: i64,
+    mut cursor: C,
+    mut fetch: impl AsyncFnMut(&C) -> Result<Vec<R>, ReportError>,
+    after: impl Fn(&R) -> C,
+    mut write: impl FnMut(&R) -> Result<(), XlsxError>,
+) -> Result<(), ReportError> {
     loop {
-        let rows = store
-            .checks_page(run_id, &cursor, &[], page)
-            .await
-            .map_err(ReportError::store(run_id))?;
-        for record in &rows {
-            key_row(&mut seq, workbook, record, formats).map_err(xlsx)?;
+        let rows = fetch(&cursor).await?;
+        for row in &rows {
+            write(row).map_err(|source| ReportError::Xlsx { source })?;
         }
         match rows.last() {
-            Some(last) if full(&rows, page) => cursor.clone_from(&last.payer_id),
-            _ => break,
+            Some(last) if full(&rows, page) => cursor = after(last),
+            _ => return Ok(()),
         }
     }
-    seq.finish(workbook).map_err(xlsx)
 }
 
 fn full<T>(rows: &[T], page: i64) -> bool {
@@ -278,26 +299,24 @@ async fn write_action(
         &formats.header,
     )
     .map_err(xlsx)?;
+    let previous = previous.map(|p| p.id);
     for group in [ActionGroup::NewlyGone, ActionGroup::Rest] {
-        let mut cursor = ActionCursor::default();
-        loop {
-            let rows = store
-                .action_page(run_id, previous.map(|p| p.id), group, &cursor, page)
-                .await
-                .map_err(ReportError::store(run_id))?;
-            for record in &rows {
-                action_row(&mut seq, workbook, record, group, formats).map_err(xlsx)?;
-            }
-            match rows.last() {
-                Some(last) if full(&rows, page) => {
-                    cursor = ActionCursor {
-                        customer_ref: last.customer_ref.clone().unwrap_or_default(),
-                        payer_id: last.payer_id.clone(),
-                    };
-                }
-                _ => break,
-            }
-        }
+        write_pages(
+            page,
+            ActionCursor::default(),
+            async |cursor: &ActionCursor| {
+                store
+                    .action_page(run_id, previous, group, cursor, page)
+                    .await
+                    .map_err(ReportError::store(run_id))
+            },
+            |last| ActionCursor {
+                customer_ref: last.customer_ref.clone().unwrap_or_default(),
+                payer_id: last.payer_id.clone(),
+            },
+            |record| action_row(&mut seq, workbook, record, group, formats),
+        )
+        .await?;
     }
     seq.finish(workbook).map_err(xlsx)
 }

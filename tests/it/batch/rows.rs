@@ -3,7 +3,8 @@
 use std::collections::{HashMap, HashSet};
 
 use payple_reconcile::domain::{KeyDetails, KeyStatus, PayType};
-use payple_reconcile::payple::classify::{CodeBook, worth_second_look};
+use payple_reconcile::payple::cause::worth_second_look;
+use payple_reconcile::payple::codebook::CodeBook;
 use payple_reconcile::simulator::{SimKey, SimKind, derive_key};
 use payple_reconcile::store::{CheckRecord, RunRecord, RunState};
 use serde_json::{Value, json};

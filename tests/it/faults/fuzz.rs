@@ -7,7 +7,8 @@
 use std::time::Instant;
 
 use payple_reconcile::domain::PayerId;
-use payple_reconcile::payple::classify::{CodeBook, CodeClass, Verdict, classify_lookup};
+use payple_reconcile::payple::classify::{Verdict, classify_lookup};
+use payple_reconcile::payple::codebook::{CodeBook, CodeClass};
 use payple_reconcile::payple::wire::Fields;
 use payple_reconcile::source::Item;
 use payple_reconcile::source::csv_file::read_items;

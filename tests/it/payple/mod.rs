@@ -18,7 +18,7 @@ use futures::StreamExt;
 use payple_reconcile::domain::{
     KeyDetails, KeyStatus, LookupOutcome, PayType, PayerId, mask_payer_id,
 };
-use payple_reconcile::payple::classify::CodeBook;
+use payple_reconcile::payple::codebook::CodeBook;
 use payple_reconcile::payple::health::HealthConfig;
 use payple_reconcile::payple::{ClientConfig, PaypleClient, Rate};
 use payple_reconcile::simulator::{

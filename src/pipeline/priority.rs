@@ -1,4 +1,4 @@
-//! A budgeted run's lookup phase: the priority queue prepared (next charge dates read from
+//! A budgeted run's priority order: the queue prepared (next charge dates read from
 //! the source, the order computed by the database), and the key stream cut where the
 //! budget ends.
 
