@@ -179,6 +179,32 @@ pub fn end_deadline(signalled: Instant, grace: Duration, began: Instant) -> Inst
     (signalled + grace).max(began + END_FLOOR)
 }
 
+/// A token cancelled when `limit` resolves (an [`Shutdown::end_limit`], say): what the
+/// end-of-run work watches. Dropping it stops the waiting task.
+pub struct Cutter {
+    pub cut: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Cutter {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// [`Cutter`] for `limit`.
+pub fn cut_at(limit: impl Future<Output = ()> + Send + 'static) -> Cutter {
+    let cut = CancellationToken::new();
+    let task = tokio::spawn({
+        let cut = cut.clone();
+        async move {
+            limit.await;
+            cut.cancel();
+        }
+    });
+    Cutter { cut, task }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

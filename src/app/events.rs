@@ -3,7 +3,6 @@
 //! `--events-budget` and the shutdown grace. Delivery never changes a run's exit code.
 
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use super::{AppError, print_json};
 use crate::domain::RunStats;
@@ -13,7 +12,7 @@ use crate::report::ReportError;
 use crate::report::output::Output;
 use crate::report::select::open_store;
 use crate::settings::{BatchSettings, EventsCmdSettings};
-use crate::shutdown::Shutdown;
+use crate::shutdown::{Shutdown, cut_at};
 use crate::store::{RunRecord, RunState, Store};
 
 pub(super) async fn events(
@@ -59,7 +58,7 @@ async fn deliver(
 ) -> Result<DeliveryCounts, EventsError> {
     events::write_pending_runs(store, true).await?;
     let cut = cut_at(shutdown.end_limit(grace, Instant::now()));
-    let counts = events::deliver_pending(store, config, &cut.0).await;
+    let counts = events::deliver_pending(store, config, &cut.cut).await;
     log_counts(counts.as_ref().ok());
     counts
 }
@@ -83,7 +82,7 @@ pub(super) async fn after_run(
     }
     let config = batch.events.as_ref()?;
     let cut = cut_at(shutdown.end_limit(batch.shutdown_grace, Instant::now()));
-    match events::deliver_pending(store, config, &cut.0).await {
+    match events::deliver_pending(store, config, &cut.cut).await {
         Ok(counts) => {
             log_counts(Some(&counts));
             Some(counts)
@@ -147,25 +146,4 @@ pub(super) async fn write_jsonl(
         "events written"
     );
     Ok(())
-}
-
-/// A token cancelled when `limit` resolves; the waiting task ends with the guard.
-struct Cut(CancellationToken, tokio::task::JoinHandle<()>);
-
-impl Drop for Cut {
-    fn drop(&mut self) {
-        self.1.abort();
-    }
-}
-
-fn cut_at(limit: impl Future<Output = ()> + Send + 'static) -> Cut {
-    let token = CancellationToken::new();
-    let task = tokio::spawn({
-        let token = token.clone();
-        async move {
-            limit.await;
-            token.cancel();
-        }
-    });
-    Cut(token, task)
 }

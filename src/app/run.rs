@@ -19,7 +19,7 @@ use crate::report::export::write_metrics;
 use crate::report::metrics;
 use crate::report::notice;
 use crate::settings::{BatchSettings, NotifySettings, PaypleSettings, RunReport, RunSettings};
-use crate::shutdown::Shutdown;
+use crate::shutdown::{Shutdown, cut_at};
 use crate::store::{RunRecord, RunState, Store};
 
 pub(super) async fn run(
@@ -418,28 +418,4 @@ pub(super) async fn notify_failed(
     let notifier = notifier.cut_by(cutter.cut.clone());
     let notice = Notice::failed(None, i64::from(exit.code()), error);
     notifier.send(&crate::notify::body(n.format, &notice)).await;
-}
-
-/// A token cancelled when `limit` resolves (the task stops with the value).
-struct Cutter {
-    cut: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Cutter {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-fn cut_at(limit: impl Future<Output = ()> + Send + 'static) -> Cutter {
-    let cut = CancellationToken::new();
-    let task = tokio::spawn({
-        let cut = cut.clone();
-        async move {
-            limit.await;
-            cut.cancel();
-        }
-    });
-    Cutter { cut, task }
 }
