@@ -106,6 +106,41 @@ pub fn is_loopback(url: &url::Url) -> bool {
     }
 }
 
+/// One failed attempt at a secret URL, told without the URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// Worth another attempt: the connection failed, or a 5xx, 429 or 408 answer.
+    Transient(String),
+    /// Not worth one (another non-2xx answer).
+    Final(String),
+}
+
+/// Whether an answer may pass if asked again: a server error, 429 or 408.
+pub fn retryable(status: reqwest::StatusCode) -> bool {
+    status.is_server_error()
+        || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+        || status == reqwest::StatusCode::REQUEST_TIMEOUT
+}
+
+/// Sends `request` once: `Ok` on a 2xx answer, else what failed, without the URL.
+pub async fn send_once(request: reqwest::RequestBuilder) -> Result<(), Failure> {
+    let answer = request
+        .send()
+        .await
+        // reqwest's errors name the URL: strip it, the URL is a secret.
+        .map_err(|e| Failure::Transient(describe(&e.without_url())))?;
+    let status = answer.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let why = format!("HTTP {status}");
+    if retryable(status) {
+        Err(Failure::Transient(why))
+    } else {
+        Err(Failure::Final(why))
+    }
+}
+
 /// An error and its causes on one line; call it on `e.without_url()` when the URL is a
 /// secret.
 pub fn describe(e: &reqwest::Error) -> String {
@@ -160,6 +195,27 @@ mod tests {
                 reason: "no query"
             }
         );
+    }
+
+    #[test]
+    fn server_errors_429_and_408_are_worth_another_attempt() {
+        use reqwest::StatusCode;
+        for status in [
+            StatusCode::INTERNAL_SERVER_ERROR,
+            StatusCode::BAD_GATEWAY,
+            StatusCode::TOO_MANY_REQUESTS,
+            StatusCode::REQUEST_TIMEOUT,
+        ] {
+            assert!(super::retryable(status), "{status}");
+        }
+        for status in [
+            StatusCode::BAD_REQUEST,
+            StatusCode::NOT_FOUND,
+            StatusCode::FOUND,
+            StatusCode::GONE,
+        ] {
+            assert!(!super::retryable(status), "{status}");
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@
 
 use std::time::Duration;
 
-use crate::http::SecretUrl;
+use crate::http::{Failure, SecretUrl, send_once};
 use crate::report::metrics::{self, EXIT_CODE, LAST_SUCCESS, RunMetrics};
 use crate::shutdown::Shutdown;
 
@@ -159,18 +159,6 @@ fn keep(text: &str, keep: impl Fn(&str) -> bool) -> String {
     out
 }
 
-/// Whether an answer may pass if asked again.
-pub fn retryable(status: reqwest::StatusCode) -> bool {
-    status.is_server_error()
-        || status == reqwest::StatusCode::TOO_MANY_REQUESTS
-        || status == reqwest::StatusCode::REQUEST_TIMEOUT
-}
-
-enum Failure {
-    Transient(String),
-    Final(String),
-}
-
 /// Pushes `text` to the target's group with `POST`: one attempt plus [`RETRIES`], each
 /// bounded by [`ATTEMPT_TIMEOUT`]. It ends at the latest `grace` after the first signal
 /// (which may have come during the run), at once at a second; it never changes how the
@@ -248,27 +236,14 @@ pub async fn push_counted(
 }
 
 async fn attempt(client: &reqwest::Client, url: &str, text: &str) -> Result<(), Failure> {
-    let answer = client
+    let request = client
         .post(url)
         .header(
             reqwest::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )
-        .body(text.to_owned())
-        .send()
-        .await
-        // reqwest's errors name the URL: strip it, the URL is a secret.
-        .map_err(|e| Failure::Transient(crate::http::describe(&e.without_url())))?;
-    let status = answer.status();
-    if status.is_success() {
-        return Ok(());
-    }
-    let why = format!("HTTP {status}");
-    if retryable(status) {
-        Err(Failure::Transient(why))
-    } else {
-        Err(Failure::Final(why))
-    }
+        .body(text.to_owned());
+    send_once(request).await
 }
 
 #[cfg(test)]
@@ -360,9 +335,9 @@ mod tests {
     #[test]
     fn transient_answers_are_retried() {
         use reqwest::StatusCode;
-        assert!(retryable(StatusCode::BAD_GATEWAY));
-        assert!(retryable(StatusCode::TOO_MANY_REQUESTS));
-        assert!(!retryable(StatusCode::BAD_REQUEST));
-        assert!(!retryable(StatusCode::FOUND));
+        assert!(crate::http::retryable(StatusCode::BAD_GATEWAY));
+        assert!(crate::http::retryable(StatusCode::TOO_MANY_REQUESTS));
+        assert!(!crate::http::retryable(StatusCode::BAD_REQUEST));
+        assert!(!crate::http::retryable(StatusCode::FOUND));
     }
 }

@@ -13,7 +13,7 @@ use crate::http::SecretUrl;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-pub use post::{Delivery, Notifier, NotifierConfig, retryable_status};
+pub use post::{Delivery, Notifier, NotifierConfig};
 
 /// How many newly gone customers a message lists.
 pub const NEWLY_GONE_SHOWN: usize = 10;

@@ -6,11 +6,11 @@
 
 use std::time::Duration;
 
-use reqwest::StatusCode;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::{NotifyError, WebhookUrl};
+use crate::http::{Failure, send_once};
 
 /// How to send.
 #[derive(Debug, Clone)]
@@ -31,13 +31,6 @@ pub struct Delivery {
     pub failed: u32,
 }
 
-/// Whether an HTTP answer may pass if asked again.
-pub fn retryable_status(status: StatusCode) -> bool {
-    status.is_server_error()
-        || status == StatusCode::TOO_MANY_REQUESTS
-        || status == StatusCode::REQUEST_TIMEOUT
-}
-
 /// Posts messages to the configured webhooks.
 #[derive(Debug)]
 pub struct Notifier {
@@ -45,14 +38,6 @@ pub struct Notifier {
     config: NotifierConfig,
     /// Cancelled when sending must stop (the shutdown grace is over).
     cut: Option<CancellationToken>,
-}
-
-/// One failed attempt, without the URL.
-enum Failure {
-    /// Worth another attempt.
-    Transient(String),
-    /// Not worth one (a 4xx answer).
-    Final(String),
 }
 
 impl Notifier {
@@ -138,23 +123,6 @@ impl Notifier {
     }
 
     async fn attempt(&self, url: &WebhookUrl, body: &Value) -> Result<(), Failure> {
-        let answer = self
-            .client
-            .post(url.expose())
-            .json(body)
-            .send()
-            .await
-            // reqwest's errors name the URL: strip it, the URL is a secret.
-            .map_err(|e| Failure::Transient(crate::http::describe(&e.without_url())))?;
-        let status = answer.status();
-        if status.is_success() {
-            return Ok(());
-        }
-        let why = format!("HTTP {status}");
-        if retryable_status(status) {
-            Err(Failure::Transient(why))
-        } else {
-            Err(Failure::Final(why))
-        }
+        send_once(self.client.post(url.expose()).json(body)).await
     }
 }

@@ -162,10 +162,10 @@ fn json_body_has_the_documented_fields() {
 #[test]
 fn retry_decisions() {
     use reqwest::StatusCode;
-    assert!(retryable_status(StatusCode::INTERNAL_SERVER_ERROR));
-    assert!(retryable_status(StatusCode::TOO_MANY_REQUESTS));
-    assert!(!retryable_status(StatusCode::NOT_FOUND));
-    assert!(!retryable_status(StatusCode::BAD_REQUEST));
+    assert!(crate::http::retryable(StatusCode::INTERNAL_SERVER_ERROR));
+    assert!(crate::http::retryable(StatusCode::TOO_MANY_REQUESTS));
+    assert!(!crate::http::retryable(StatusCode::NOT_FOUND));
+    assert!(!crate::http::retryable(StatusCode::BAD_REQUEST));
 }
 
 #[test]
