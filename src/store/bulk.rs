@@ -16,8 +16,8 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool};
+use sqlx::postgres::{PgConnectOptions, PgPool};
 use sqlx::{AssertSqlSafe, ConnectOptions, Row};
 
 use super::dialect::Dialect;
@@ -34,6 +34,16 @@ pub(super) const MYSQL_ROWS: usize = 1024;
 
 /// Where `attempts` stands among a packed row's fields (stored as an integer).
 const ATTEMPTS: usize = 16;
+
+/// A pool of [`NATIVE_CONNECTIONS`], connected on first use.
+fn lazy_pool<DB: sqlx::Database>(
+    options: <DB::Connection as sqlx::Connection>::Options,
+) -> sqlx::Pool<DB> {
+    sqlx::pool::PoolOptions::<DB>::new()
+        .acquire_timeout(Duration::from_secs(30))
+        .max_connections(NATIVE_CONNECTIONS)
+        .connect_lazy_with(options)
+}
 
 /// A native pool for the dialect's bulk statements.
 #[derive(Debug, Clone)]
@@ -58,23 +68,13 @@ impl Native {
                 let options = PgConnectOptions::from_str(url)
                     .map_err(connect_error)?
                     .log_slow_statements(level, slow);
-                Self::Postgres(
-                    PgPoolOptions::new()
-                        .acquire_timeout(Duration::from_secs(30))
-                        .max_connections(NATIVE_CONNECTIONS)
-                        .connect_lazy_with(options),
-                )
+                Self::Postgres(lazy_pool(options))
             }
             Dialect::MySql => {
                 let options = MySqlConnectOptions::from_str(url)
                     .map_err(connect_error)?
                     .log_slow_statements(level, slow);
-                Self::MySql(
-                    MySqlPoolOptions::new()
-                        .acquire_timeout(Duration::from_secs(30))
-                        .max_connections(NATIVE_CONNECTIONS)
-                        .connect_lazy_with(options),
-                )
+                Self::MySql(lazy_pool(options))
             }
         };
         Ok(Some(native))
