@@ -59,13 +59,18 @@ async fn wait_for_run(store: &payple_reconcile::store::Store, child: &mut tokio:
     tokio::time::sleep(Duration::from_millis(300)).await;
 }
 
-/// SIGTERM to `child`; its output and the time from the signal to its exit.
-async fn terminate(child: tokio::process::Child) -> (std::process::Output, Duration) {
+/// SIGTERM to `child` while it is `doing` something: it exits 143 within [`BOUND`] of the
+/// signal (the time is printed as a figure); its output.
+async fn terminate(child: tokio::process::Child, doing: &str) -> std::process::Output {
     let pid = child.id().expect("child pid");
     let signalled = Instant::now();
     kill("TERM", pid);
     let out = helpers::wait_output(child, Duration::from_secs(90)).await;
-    (out, signalled.elapsed())
+    let took = signalled.elapsed();
+    eprintln!("figures: SIGTERM {doing}: exit after {took:?}");
+    assert_exit(&out, 143);
+    assert!(took < BOUND, "exiting took {took:?} after SIGTERM {doing}");
+    out
 }
 
 /// Keys from stdin, a pipe the test keeps open after a few rows: SIGTERM ends the run
@@ -89,11 +94,8 @@ async fn sigterm_while_reading_keys_from_a_pipe_that_stays_open() {
         .expect("write keys");
     stdin.flush().await.expect("flush");
     wait_for_run(&set.store, &mut child).await;
-    let (out, took) = terminate(child).await;
-    eprintln!("figures: SIGTERM while reading a pipe: exit after {took:?}");
+    terminate(child, "while reading a pipe").await;
     drop(stdin);
-    assert_exit(&out, 143);
-    assert!(took < BOUND, "exiting took {took:?} after SIGTERM");
     assert_eq!(only_run(&set.store).await.state, RunState::Interrupted);
     set.close().await;
 }
@@ -115,10 +117,7 @@ async fn sigterm_while_waiting_for_a_fifo_with_no_writer() {
         .await;
     let mut child = set.spawn(&[]);
     wait_for_run(&set.store, &mut child).await;
-    let (out, took) = terminate(child).await;
-    eprintln!("figures: SIGTERM while opening a FIFO with no writer: exit after {took:?}");
-    assert_exit(&out, 143);
-    assert!(took < BOUND, "exiting took {took:?} after SIGTERM");
+    terminate(child, "while opening a FIFO with no writer").await;
     assert_eq!(only_run(&set.store).await.state, RunState::Interrupted);
     set.close().await;
 }
@@ -137,10 +136,7 @@ async fn sigterm_while_reading_a_cust_key_file_fifo() {
         .await;
     let child = set.spawn(&[]);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (out, took) = terminate(child).await;
-    eprintln!("figures: SIGTERM while reading a --cust-key-file FIFO: exit after {took:?}");
-    assert_exit(&out, 143);
-    assert!(took < BOUND, "exiting took {took:?} after SIGTERM");
+    let out = terminate(child, "while reading a --cust-key-file FIFO").await;
     let lines = helpers::json_lines(&out);
     assert_eq!(lines.len(), 1, "{lines:?}");
     let error = lines[0]["error"].as_str().unwrap_or_default();
@@ -211,10 +207,7 @@ async fn sigterm_with_two_hanging_webhooks_exits_within_the_grace() {
         .await;
     let mut child = set.spawn(&[]);
     helpers::wait_for_rows(&set.store, 20, Duration::from_secs(20), POLL, &mut child).await;
-    let (out, took) = terminate(child).await;
-    eprintln!("figures: SIGTERM with two hanging webhooks: exit after {took:?}");
-    assert_exit(&out, 143);
-    assert!(took < BOUND, "exiting took {took:?} after SIGTERM");
+    let out = terminate(child, "with two hanging webhooks").await;
     let text = std::fs::read_to_string(&metrics).expect("the metrics file is written");
     assert!(text.contains("payple_reconcile_"), "{text}");
     let stderr = stderr_of(&out);
