@@ -6,8 +6,9 @@
 //! # Decisions
 //! [`verdict`] is the one pure decision about an answer: 2xx delivered, 410 the endpoint
 //! gone (delivery stops, events stay pending), anything else (429, 5xx, timeouts, other
-//! 4xx) tried again after [`retry_delay`]. An event still pending past
-//! [`DeliveryConfig::max_age`] is marked `expired`.
+//! 4xx) tried again after [`pause`]: the backoff, or longer when a 429 or 503 asks for it
+//! with `Retry-After`. A pause that would outlast the budget leaves the event pending for the
+//! next pass. An event still pending past [`DeliveryConfig::max_age`] is marked `expired`.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::EventsError;
 use super::sign::Signer;
+use crate::payple::classify::parse_retry_after;
 use crate::store::{OutboxRow, Store};
 
 /// The merchant's endpoint: a secret URL ([`SecretUrl`]: https or loopback http, shown by
@@ -111,6 +113,30 @@ pub const MAX_DELAY: Duration = Duration::from_secs(60);
 pub fn retry_delay(base: Duration, attempt: u32, unit: f64) -> Duration {
     let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
     exp.min(MAX_DELAY).mul_f64(0.5 + unit.clamp(0.0, 1.0) / 2.0)
+}
+
+/// The pause before attempt `attempt + 1`: the jittered backoff, or the receiver's own
+/// `Retry-After` when that is longer (a receiver that asks for an hour gets its hour, or the
+/// event waits for the next pass).
+pub fn pause(base: Duration, attempt: u32, unit: f64, asked: Option<Duration>) -> Duration {
+    retry_delay(base, attempt, unit).max(asked.unwrap_or_default())
+}
+
+/// The receiver's requested pause: `Retry-After` in seconds, read on 429 and 503 only.
+fn asked_pause(status: u16, headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    if status != 429 && status != 503 {
+        return None;
+    }
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after)
+}
+
+/// An HTTP answer: its status and the pause it asked for.
+struct Answer {
+    status: u16,
+    asked: Option<Duration>,
 }
 
 /// Pending events read per pass at most.
@@ -222,8 +248,9 @@ impl Pass<'_> {
                 () = tokio::time::sleep_until(self.deadline) => return false,
                 answer = self.send(event) => answer,
             };
+            let asked = answer.as_ref().ok().and_then(|a| a.asked);
             let (delivered, error) = match answer {
-                Ok(status) => match verdict(status) {
+                Ok(Answer { status, .. }) => match verdict(status) {
                     Verdict::Delivered => (true, None),
                     Verdict::Disabled => {
                         if !self.disabled.swap(true, Ordering::Relaxed) {
@@ -253,8 +280,16 @@ impl Pass<'_> {
             }
             self.failed.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(event_id = %event.event_id, attempt, error = ?error, "event not delivered");
-            let delay = retry_delay(self.config.backoff, attempt, rand::random::<f64>());
+            let delay = pause(self.config.backoff, attempt, rand::random::<f64>(), asked);
             if Instant::now() + delay >= self.deadline {
+                if let Some(asked) = asked {
+                    tracing::info!(
+                        event_id = %event.event_id,
+                        retry_after_seconds = asked.as_secs(),
+                        "the events endpoint asked for a pause past the delivery budget: \
+                         the event stays pending"
+                    );
+                }
                 return false;
             }
             tokio::select! {
@@ -265,8 +300,8 @@ impl Pass<'_> {
         }
     }
 
-    /// One signed POST; the status, or why there was none (never the URL).
-    async fn send(&self, event: &OutboxRow) -> Result<u16, String> {
+    /// One signed POST; the answer, or why there was none (never the URL).
+    async fn send(&self, event: &OutboxRow) -> Result<Answer, String> {
         let timestamp = chrono::Utc::now().timestamp();
         let signature =
             self.config
@@ -283,7 +318,13 @@ impl Pass<'_> {
             .send()
             .await;
         match answer {
-            Ok(response) => Ok(response.status().as_u16()),
+            Ok(response) => {
+                let status = response.status().as_u16();
+                Ok(Answer {
+                    status,
+                    asked: asked_pause(status, response.headers()),
+                })
+            }
             Err(e) if e.is_timeout() => Err("timed out".to_owned()),
             Err(e) if e.is_connect() => Err("cannot connect".to_owned()),
             Err(_) => Err("transport error".to_owned()),
@@ -313,6 +354,30 @@ mod tests {
         assert_eq!(retry_delay(base, 3, 1.0), Duration::from_secs(4));
         assert_eq!(retry_delay(base, 30, 1.0), MAX_DELAY);
         assert!(retry_delay(base, 2, 0.3) < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_longer_retry_after_wins_over_the_backoff() {
+        let base = Duration::from_secs(1);
+        let hour = Duration::from_secs(3600);
+        assert_eq!(pause(base, 1, 1.0, None), Duration::from_secs(1));
+        assert_eq!(pause(base, 1, 1.0, Some(hour)), hour);
+        assert_eq!(
+            pause(base, 3, 1.0, Some(Duration::from_secs(1))),
+            Duration::from_secs(4),
+            "a shorter Retry-After never shortens the backoff"
+        );
+    }
+
+    #[test]
+    fn retry_after_is_read_on_429_and_503_only() {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(reqwest::header::RETRY_AFTER, "7".parse().expect("value"));
+        let seven = Some(Duration::from_secs(7));
+        assert_eq!(asked_pause(429, &headers), seven);
+        assert_eq!(asked_pause(503, &headers), seven);
+        assert_eq!(asked_pause(500, &headers), None);
+        assert_eq!(asked_pause(429, &reqwest::header::HeaderMap::new()), None);
     }
 
     #[test]

@@ -35,6 +35,8 @@ enum Mode {
     Gone,
     /// 200 after this many milliseconds.
     Slow(u64),
+    /// 429 with `Retry-After: N` (seconds) to the first try of each event id, 204 after.
+    PauseFirst(u64),
 }
 
 /// One request as received.
@@ -45,6 +47,8 @@ struct Hit {
     /// The signature checked here with ring, independently of the sender.
     verified: bool,
     answered: u16,
+    /// When it arrived.
+    at: std::time::Instant,
 }
 
 #[derive(Clone)]
@@ -119,7 +123,11 @@ fn verify(headers: &HeaderMap, body: &[u8]) -> bool {
         })
 }
 
-async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> StatusCode {
+async fn receive(
+    State(r): State<Receiver>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, HeaderMap) {
     let id = headers
         .get("webhook-id")
         .and_then(|v| v.to_str().ok())
@@ -127,8 +135,14 @@ async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> 
         .to_owned();
     let verified = verify(&headers, &body);
     let seen = r.hits().iter().any(|h| h.id == id);
+    let mut answer_headers = HeaderMap::new();
     let status = match r.mode {
         Mode::Accept => StatusCode::OK,
+        Mode::PauseFirst(secs) if !seen => {
+            answer_headers.insert("retry-after", secs.into());
+            StatusCode::TOO_MANY_REQUESTS
+        }
+        Mode::PauseFirst(_) => StatusCode::NO_CONTENT,
         Mode::FailFirst if !seen => StatusCode::INTERNAL_SERVER_ERROR,
         Mode::FailFirst => StatusCode::NO_CONTENT,
         Mode::Gone => StatusCode::GONE,
@@ -142,8 +156,9 @@ async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> 
         body: body.to_vec(),
         verified,
         answered: status.as_u16(),
+        at: std::time::Instant::now(),
     });
-    status
+    (status, answer_headers)
 }
 
 /// A loopback URL nobody listens on.
@@ -374,6 +389,56 @@ async fn a_receiver_down_all_night_loses_nothing() {
     again.env("PAYPLE_EVENTS_URL", &receiver.url);
     assert_exit(&output_of(again).await, 0);
     assert_eq!(receiver.hits().len(), 4, "nothing twice");
+    sim.shutdown().await;
+    setup.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_retry_after_is_waited_before_the_next_try() {
+    let (setup, sim, _) = two_nights(TestDb::sqlite(), 40, 2).await;
+    let receiver = Receiver::start(Mode::PauseFirst(2)).await;
+    let out = output_of(night2(&setup, &sim, &receiver.url, &[])).await;
+    assert_exit(&out, 0);
+    assert_eq!(summary_of(&out)["events"]["delivered"], 2);
+    let mut per_id: BTreeMap<String, Vec<Hit>> = BTreeMap::new();
+    for h in receiver.hits() {
+        per_id.entry(h.id.clone()).or_default().push(h);
+    }
+    assert_eq!(per_id.len(), 2);
+    for tries in per_id.values() {
+        let answered: Vec<u16> = tries.iter().map(|h| h.answered).collect();
+        assert_eq!(answered, vec![429, 204]);
+        let waited = tries[1].at - tries[0].at;
+        assert!(
+            waited >= Duration::from_secs(2),
+            "asked for 2 s, tried again after {waited:?} (backoff 20 ms)"
+        );
+    }
+    sim.shutdown().await;
+    setup.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_past_the_budget_leaves_the_events_pending() {
+    let (setup, sim, _) = two_nights(TestDb::sqlite(), 40, 3).await;
+    let receiver = Receiver::start(Mode::PauseFirst(3600)).await;
+    let out = output_of(night2(
+        &setup,
+        &sim,
+        &receiver.url,
+        &["--events-budget", "3s"],
+    ))
+    .await;
+    assert_exit(&out, 0);
+    assert_eq!(
+        summary_of(&out)["events"],
+        json!({"delivered": 0, "pending": 3, "expired": 0})
+    );
+    assert_eq!(
+        receiver.hits().len(),
+        3,
+        "one try each, then the pause asked for"
+    );
     sim.shutdown().await;
     setup.close().await;
 }
