@@ -246,10 +246,7 @@ async fn after_run(
     let mut extras = metrics::Extras::default();
     // The run's own end, in Unix seconds: an "already completed" answer is about an
     // earlier night. `None` (metrics then say now) when it has none.
-    let ended = record
-        .finished_at
-        .as_deref()
-        .and_then(metrics::unix_seconds);
+    let ended = record.finished_at.map(metrics::unix_seconds);
     if wants_metrics {
         extras.newly_gone = match &notice {
             Some(n) if record.state == RunState::Completed => {

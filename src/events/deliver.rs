@@ -127,8 +127,7 @@ pub async fn deliver_pending(
     let mut counts = DeliveryCounts::default();
     let cutoff = chrono::Utc::now()
         - chrono::Duration::from_std(config.max_age).unwrap_or(chrono::Duration::MAX);
-    let cutoff = cutoff.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    counts.expired = store.expire_events(&cutoff).await?;
+    counts.expired = store.expire_events(cutoff).await?;
     if counts.expired > 0 {
         tracing::warn!(
             expired = counts.expired,

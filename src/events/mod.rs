@@ -15,6 +15,7 @@ pub mod sign;
 
 use crate::report::ReportError;
 use crate::report::changes::{ChangeStream, PAGE_ROWS, pair_up};
+use crate::store::time::time_text;
 use crate::store::{OutboxEvent, RunRecord, RunState, Store, StoreError};
 
 pub use deliver::{DeliveryConfig, DeliveryCounts, Endpoint, deliver_pending};
@@ -59,10 +60,7 @@ pub async fn stream_events(
     after: &RunRecord,
     mut each: impl FnMut(Event),
 ) -> Result<(), EventsError> {
-    let timestamp = after
-        .finished_at
-        .clone()
-        .unwrap_or_else(|| after.started_at.clone());
+    let timestamp = time_text(after.finished_at.unwrap_or(after.started_at));
     let mut stream = ChangeStream::new(store, before.id, after.id, PAGE_ROWS);
     while let Some((earlier, later)) = stream.next_rows().await? {
         pair_up(earlier, later, |x, y| {

@@ -421,10 +421,10 @@ mod tests {
         let run = RunRecord {
             id: 4,
             run_key: None,
-            started_at: String::new(),
+            started_at: chrono::DateTime::UNIX_EPOCH,
             finished_at: None,
             source: "csv keys.csv".to_owned(),
-            source_spec: String::new(),
+            source_spec: Err(String::new()),
             options: String::new(),
             state: RunState::Completed,
             shard_count: 1,

@@ -18,7 +18,7 @@ use crate::payple::PaypleClient;
 use crate::shutdown::Shutdown;
 use crate::store::retrying;
 use crate::store::writer::{self, WriterConfig, WriterError, WriterStats};
-use crate::store::{CheckRow, StagedKey, Store, StoreError, now_text};
+use crate::store::{CheckRow, StagedKey, Store, StoreError};
 
 /// Keys read per page of the run's key list.
 const PAGE: i64 = 1000;
@@ -296,7 +296,7 @@ impl<'a> Sink<'a> {
                 payer_id: key.payer_id,
                 customer_ref: key.customer_ref,
                 outcome,
-                checked_at: now_text(),
+                checked_at: chrono::Utc::now(),
             };
             if self.sender.send(row).await.is_err() {
                 // The writer stopped: its error says why.

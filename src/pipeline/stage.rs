@@ -6,7 +6,7 @@ use crate::domain::{LookupOutcome, rejected_placeholder};
 use crate::settings::Shard;
 use crate::shutdown::Shutdown;
 use crate::source::{self, Item, SourceError, SourceSpec};
-use crate::store::{CheckRow, StagedKey, Staging, Store, now_text};
+use crate::store::{CheckRow, StagedKey, Staging, Store};
 
 use super::error::RunError;
 
@@ -34,7 +34,7 @@ pub fn rejected_row(item: &Item) -> Option<CheckRow> {
         payer_id: rejected_placeholder(*seq),
         customer_ref: customer_ref.clone(),
         outcome: LookupOutcome::rejected(reason, location.clone()),
-        checked_at: now_text(),
+        checked_at: chrono::Utc::now(),
     })
 }
 

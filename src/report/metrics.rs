@@ -88,11 +88,9 @@ pub fn from_stats(stats: &RunStats, ended: f64, previous: Option<&str>) -> RunMe
     }
 }
 
-/// A stored time (UTC RFC 3339 text) as Unix seconds; `None` if unreadable.
-pub fn unix_seconds(stored: &str) -> Option<f64> {
-    chrono::DateTime::parse_from_rfc3339(stored)
-        .ok()
-        .map(|t| t.timestamp_millis() as f64 / 1000.0)
+/// A time as Unix seconds, to the millisecond.
+pub fn unix_seconds(t: chrono::DateTime<chrono::Utc>) -> f64 {
+    t.timestamp_millis() as f64 / 1000.0
 }
 
 /// The last success time recorded in an earlier metrics file (`None` if absent, zero or
@@ -334,11 +332,8 @@ mod tests {
 
     #[test]
     fn stored_times_as_unix_seconds() {
-        assert_eq!(
-            unix_seconds("2026-11-28T00:00:01.500Z"),
-            Some(1_795_824_001.5)
-        );
-        assert_eq!(unix_seconds("yesterday"), None);
+        let at = crate::store::time::parse_time("2026-11-28T00:00:01.500Z").expect("a time");
+        assert_eq!(unix_seconds(at), 1_795_824_001.5);
     }
 
     #[test]

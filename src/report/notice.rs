@@ -43,7 +43,7 @@ pub async fn load(
             failed: run.counts.failed,
             rejected: run.counts.rejected,
         },
-        duration_secs: duration_secs(&run.started_at, run.finished_at.as_deref()),
+        duration_secs: duration_secs(run.started_at, run.finished_at),
         changes,
         newly_gone,
         report,

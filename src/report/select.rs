@@ -142,7 +142,7 @@ pub fn changes_title(before: &RunRecord, after: &RunRecord) -> String {
             "run {} ({}, started {})",
             r.id,
             r.state.as_str(),
-            kst_label(&r.started_at)
+            kst_label(r.started_at)
         )
     };
     format!("Changes from {} to {}", describe(before), describe(after))

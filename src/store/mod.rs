@@ -33,6 +33,7 @@ mod recheck;
 mod records;
 pub mod reports;
 mod runs;
+pub mod time;
 pub mod writer;
 
 pub use connect::{CONNECT_TIMEOUT, Store};
@@ -44,7 +45,7 @@ pub use packed::PackedRow;
 pub use recheck::{FailedCode, FailedSelection};
 pub use records::{
     CheckRecord, CheckRow, Lease, MAX_ROWS_PER_STATEMENT, NewRun, RunRecord, RunState, ShardRecord,
-    StagedKey, StatusCounts, now_text,
+    StagedKey, StatusCounts, StoredSource,
 };
 pub use runs::Staging;
 

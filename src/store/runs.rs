@@ -5,8 +5,10 @@ use super::connect::Store;
 use super::dialect::{Dialect, json_rows};
 use super::error::{StoreError, ctx};
 use super::records::{
-    NewRun, RUN_COLUMNS, RunRecord, RunState, ShardRecord, StagedKey, now_text, run_record, to_i64,
+    NewRun, RUN_COLUMNS, RunRecord, RunState, ShardRecord, StagedKey, run_record, to_i64,
 };
+use super::time::time_text;
+use chrono::Utc;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
@@ -25,9 +27,9 @@ impl Store {
         };
         let query = sqlx::query(self.sql(&sql))
             .bind(new.run_key.clone())
-            .bind(now_text())
+            .bind(time_text(Utc::now()))
             .bind(new.source.clone())
-            .bind(new.source_spec.clone())
+            .bind(serde_json::to_string(&new.source_spec).unwrap_or_default())
             .bind(new.options.clone())
             .bind(i64::from(new.shard_count));
         if returning {
@@ -166,7 +168,7 @@ impl Store {
         exit_code: i32,
         error: Option<String>,
     ) -> Result<RunRecord, StoreError> {
-        let now = now_text();
+        let now = time_text(Utc::now());
         // One transaction, with the run row locked before the shards are read: shards that
         // finish at the same moment are serialized, and the last one sees every other.
         let lock = if self.dialect == Dialect::Sqlite {
@@ -260,7 +262,7 @@ impl Store {
         sqlx::query(self.sql(&insert))
             .bind(run_id)
             .bind(i64::from(shard_index))
-            .bind(now_text())
+            .bind(time_text(Utc::now()))
             .execute(&self.pool)
             .await
             .map_err(ctx("starting a shard"))?;

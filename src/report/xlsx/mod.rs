@@ -17,7 +17,7 @@ mod summary_sheet;
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 
-use chrono::{DateTime, Datelike, Timelike};
+use chrono::{DateTime, Datelike, Timelike, Utc};
 use rust_xlsxwriter::{Color, ExcelDateTime, Format, Workbook, XlsxError};
 
 use super::ReportError;
@@ -117,15 +117,13 @@ impl Formats {
     }
 }
 
-/// A stored UTC time (RFC 3339) as an Excel date-time in KST; `None` if it does not parse.
-pub fn excel_kst(stored: &str) -> Option<ExcelDateTime> {
-    let t = DateTime::parse_from_rfc3339(stored.trim()).ok()?;
+/// A time as an Excel date-time in KST; `None` outside Excel's years.
+pub fn excel_kst(t: DateTime<Utc>) -> Option<ExcelDateTime> {
     excel_time(&t.with_timezone(&KST).naive_local())
 }
 
-/// A stored time as an Excel date-time in UTC.
-fn excel_utc(stored: &str) -> Option<ExcelDateTime> {
-    let t = DateTime::parse_from_rfc3339(stored.trim()).ok()?;
+/// A time as an Excel date-time in UTC.
+fn excel_utc(t: DateTime<Utc>) -> Option<ExcelDateTime> {
     excel_time(&t.naive_utc())
 }
 
@@ -268,13 +266,13 @@ fn key_row(
         let format = if col == 2 { formats.status(cell) } else { None };
         out.text(col, cell, format)?;
     }
-    match excel_kst(&record.checked_at) {
+    match excel_kst(record.checked_at) {
         Some(t) => out.datetime(times, &t, &formats.datetime)?,
-        None => out.text(times, "", None)?,
+        None => out.text(times, &row.checked_at_kst, None)?,
     }
-    match excel_utc(&record.checked_at) {
+    match excel_utc(record.checked_at) {
         Some(t) => out.datetime(times + 1, &t, &formats.datetime)?,
-        None => out.text(times + 1, &record.checked_at, None)?,
+        None => out.text(times + 1, &row.checked_at_utc, None)?,
     }
     Ok(())
 }
@@ -345,7 +343,7 @@ fn action_row(
     out.text(3, &row.status, formats.status(&row.status))?;
     out.text(4, &row.result_code, None)?;
     out.text(5, &row.result_msg, None)?;
-    if let Some(t) = excel_kst(&record.checked_at) {
+    if let Some(t) = excel_kst(record.checked_at) {
         out.datetime(6, &t, &formats.datetime)?;
     }
     Ok(())
@@ -391,19 +389,19 @@ mod tests {
 
     #[test]
     fn times_become_kst_date_times() {
-        let t = excel_kst("2026-11-26T17:05:03.250Z").unwrap();
+        let at = |text| crate::store::time::parse_time(text).expect("a time");
+        let t = excel_kst(at("2026-11-26T17:05:03.250Z")).unwrap();
         let expected = ExcelDateTime::from_ymd(2026, 11, 27)
             .unwrap()
             .and_hms(2, 5, 3.25)
             .unwrap();
         assert_eq!(t.to_excel(), expected.to_excel());
-        let utc = excel_utc("2026-11-26T17:05:03Z").unwrap();
+        let utc = excel_utc(at("2026-11-26T17:05:03Z")).unwrap();
         let expected = ExcelDateTime::from_ymd(2026, 11, 26)
             .unwrap()
             .and_hms(17, 5, 3)
             .unwrap();
         assert_eq!(utc.to_excel(), expected.to_excel());
-        assert!(excel_kst("garbage").is_none());
     }
 
     #[test]
