@@ -9,6 +9,7 @@
 
 mod post;
 
+use crate::domain::RunState;
 use crate::http::SecretUrl;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -129,7 +130,7 @@ pub struct Notice {
     /// `None` when the run could not start (no run was recorded).
     pub run_id: Option<i64>,
     pub run_key: Option<String>,
-    pub state: String,
+    pub state: RunState,
     pub exit_code: Option<i64>,
     pub keys: KeyCounts,
     pub duration_secs: Option<f64>,
@@ -151,7 +152,7 @@ impl Notice {
         Self {
             run_id,
             run_key: None,
-            state: "failed".to_owned(),
+            state: RunState::Failed,
             exit_code: Some(exit_code),
             keys: KeyCounts::default(),
             duration_secs: None,
@@ -165,7 +166,7 @@ impl Notice {
 
     /// Completed with every key resolved (exit 0).
     pub fn clean(&self) -> bool {
-        self.state == "completed" && self.exit_code == Some(0)
+        self.state == RunState::Completed && self.exit_code == Some(0)
     }
 }
 
@@ -238,7 +239,10 @@ pub fn headline(notice: &Notice) -> String {
         None => String::new(),
     };
     match notice.run_id {
-        Some(id) => format!("Payple reconcile run {id} {}{exit}{changes}", notice.state),
+        Some(id) => format!(
+            "Payple reconcile run {id} {}{exit}{changes}",
+            notice.state.as_str()
+        ),
         None => format!("Payple reconcile: the run could not start{exit}"),
     }
 }
@@ -280,7 +284,7 @@ fn detail_lines(notice: &Notice) -> Vec<String> {
             c.new_keys,
             c.missing_keys
         )),
-        None if notice.state != "completed" => {
+        None if notice.state != RunState::Completed => {
             lines.push("*Changes:* not compared: the run did not complete".to_owned());
         }
         None => lines.push("*Changes:* no previous completed run to compare with".to_owned()),

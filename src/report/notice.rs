@@ -35,7 +35,7 @@ pub async fn load(
     Ok(Notice {
         run_id: Some(run.id),
         run_key: run.run_key.clone(),
-        state: run.state.as_str().to_owned(),
+        state: run.state,
         exit_code: run.exit_code,
         keys: KeyCounts {
             active: run.counts.active,
