@@ -44,8 +44,8 @@ pub use outbox::{OutboxCounts, OutboxEvent, OutboxRow};
 pub use packed::PackedRow;
 pub use recheck::{FailedCode, FailedSelection};
 pub use records::{
-    CheckRecord, CheckRow, Lease, MAX_ROWS_PER_STATEMENT, NewRun, RunRecord, RunState, ShardRecord,
-    StagedKey, StatusCounts, StoredSource,
+    CheckRecord, CheckRow, Lease, MAX_ROWS_PER_STATEMENT, NewRun, RunRecord, RunState, ShardEnd,
+    ShardRecord, StagedKey, StatusCounts, StoredSource,
 };
 pub use runs::Staging;
 

@@ -47,6 +47,18 @@ pub struct ShardRecord {
     pub lookups: i64,
 }
 
+/// How one shard of a run ended, as [`Store::finish_shard`](super::Store::finish_shard)
+/// records it.
+#[derive(Debug, Clone)]
+pub struct ShardEnd {
+    pub shard_index: u32,
+    pub state: RunState,
+    pub auth_calls: u64,
+    pub lookups: u64,
+    /// Why the shard stopped, if something did.
+    pub error: Option<String>,
+}
+
 /// Who holds a run lease, and until when.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {

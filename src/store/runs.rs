@@ -5,7 +5,8 @@ use super::connect::Store;
 use super::dialect::{Dialect, json_rows};
 use super::error::{StoreError, ctx};
 use super::records::{
-    NewRun, RUN_COLUMNS, RunRecord, RunState, ShardRecord, StagedKey, run_record, to_i64,
+    NewRun, RUN_COLUMNS, RunRecord, RunState, ShardEnd, ShardRecord, StagedKey, StatusCounts,
+    run_record, to_i64,
 };
 use super::time::time_text;
 use chrono::Utc;
@@ -87,16 +88,6 @@ impl Store {
         Ok(())
     }
 
-    pub async fn set_exit_code(&self, run_id: i64, code: i32) -> Result<(), StoreError> {
-        sqlx::query(self.sql("UPDATE reconcile_runs SET exit_code = ? WHERE id = ?"))
-            .bind(i64::from(code))
-            .bind(run_id)
-            .execute(&self.pool)
-            .await
-            .map_err(ctx("recording the exit code"))?;
-        Ok(())
-    }
-
     pub async fn run(&self, id: i64) -> Result<Option<RunRecord>, StoreError> {
         let sql = format!("SELECT {RUN_COLUMNS} FROM reconcile_runs WHERE id = ?");
         let row = sqlx::query(self.sql(&sql))
@@ -155,46 +146,79 @@ impl Store {
         rows.iter().map(run_record).collect()
     }
 
-    /// Recounts a run's rows and records the outcome of one shard; the run is `completed`
-    /// once every shard is.
-    #[allow(clippy::too_many_arguments)]
+    /// Recounts a run's rows and records how one shard ended, with the exit code that
+    /// `exit_code` settles from the run's recounted rows (stored once); the run is
+    /// `completed` once every shard is. Returns the run's record.
     pub async fn finish_shard(
         &self,
         run_id: i64,
-        shard_index: u32,
-        state: RunState,
-        auth_calls: u64,
-        lookups: u64,
-        exit_code: i32,
-        error: Option<String>,
+        end: &ShardEnd,
+        exit_code: &(dyn Fn(&StatusCounts) -> i32 + Sync),
     ) -> Result<RunRecord, StoreError> {
         let now = time_text(Utc::now());
         // One transaction, with the run row locked before the shards are read: shards that
         // finish at the same moment are serialized, and the last one sees every other.
+        let mut tx = self.pool.begin().await.map_err(ctx("finishing a shard"))?;
+        self.mark_shard_ended(&mut tx, run_id, end, &now).await?;
+        let (shard_count, shards) = self.locked_shards(&mut tx, run_id).await?;
+        let totals = ShardTotals::sum(&shards).map_err(ctx("reading shards"))?;
+        let counts = self.count_statuses(&mut *tx, run_id).await?;
+        let state = totals.run_state(shard_count, end.state);
+        let tally = RunTally {
+            state,
+            finished_at: (state != RunState::Running).then_some(now),
+            keys: totals.keys.filter(|_| shards.len() as i64 == shard_count),
+            exit_code: exit_code(&counts),
+            totals,
+            counts,
+        };
+        self.write_run_end(&mut tx, run_id, &tally, end.error.clone())
+            .await?;
+        tx.commit().await.map_err(ctx("finishing a run"))?;
+        self.run(run_id).await?.ok_or(StoreError::NoSuchRun(run_id))
+    }
+
+    /// Records the shard's state, end time and calls.
+    async fn mark_shard_ended(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        run_id: i64,
+        end: &ShardEnd,
+        now: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(self.sql(
+            "UPDATE run_shards SET state = ?, finished_at = ?, auth_calls = auth_calls + ?, \
+             lookups = lookups + ? WHERE run_id = ? AND shard_index = ?",
+        ))
+        .bind(end.state.as_str())
+        .bind(now.to_owned())
+        .bind(to_i64(end.auth_calls))
+        .bind(to_i64(end.lookups))
+        .bind(run_id)
+        .bind(i64::from(end.shard_index))
+        .execute(conn)
+        .await
+        .map_err(ctx("finishing a shard"))?;
+        Ok(())
+    }
+
+    /// The run's shard count and its shards' `state, keys_total, duplicates, auth_calls,
+    /// lookups` rows, locked (outside SQLite, whose one writer serializes them anyway).
+    async fn locked_shards(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        run_id: i64,
+    ) -> Result<(i64, Vec<AnyRow>), StoreError> {
         let lock = if self.dialect == Dialect::Sqlite {
             ""
         } else {
             " FOR UPDATE"
         };
-        let mut tx = self.pool.begin().await.map_err(ctx("finishing a shard"))?;
-        sqlx::query(self.sql(
-            "UPDATE run_shards SET state = ?, finished_at = ?, auth_calls = auth_calls + ?, \
-             lookups = lookups + ? WHERE run_id = ? AND shard_index = ?",
-        ))
-        .bind(state.as_str())
-        .bind(now.clone())
-        .bind(to_i64(auth_calls))
-        .bind(to_i64(lookups))
-        .bind(run_id)
-        .bind(i64::from(shard_index))
-        .execute(&mut *tx)
-        .await
-        .map_err(ctx("finishing a shard"))?;
         let shard_count: i64 = sqlx::query_scalar(self.sql(&format!(
             "SELECT shard_count FROM reconcile_runs WHERE id = ?{lock}"
         )))
         .bind(run_id)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut *conn)
         .await
         .map_err(ctx("finishing a run"))?
         .ok_or(StoreError::NoSuchRun(run_id))?;
@@ -203,21 +227,30 @@ impl Store {
              WHERE run_id = ?{lock}"
         )))
         .bind(run_id)
-        .fetch_all(&mut *tx)
+        .fetch_all(conn)
         .await
         .map_err(ctx("reading shards"))?;
-        let totals = ShardTotals::sum(&shards).map_err(ctx("reading shards"))?;
-        let counts = self.count_statuses(&mut *tx, run_id).await?;
-        let run_state = totals.run_state(shard_count, state);
+        Ok((shard_count, shards))
+    }
+
+    /// Writes the run's recounted state, totals and exit code.
+    async fn write_run_end(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        run_id: i64,
+        tally: &RunTally,
+        error: Option<String>,
+    ) -> Result<(), StoreError> {
+        let (totals, counts) = (&tally.totals, &tally.counts);
         sqlx::query(self.sql(
             "UPDATE reconcile_runs SET state = ?, finished_at = ?, keys_total = ?, \
              duplicates = ?, active_count = ?, gone_count = ?, failed_count = ?, \
              rejected_count = ?, auth_calls = ?, lookups = ?, exit_code = ?, error = ? \
              WHERE id = ?",
         ))
-        .bind(run_state.as_str())
-        .bind((run_state != RunState::Running).then_some(now))
-        .bind(totals.keys.filter(|_| shards.len() as i64 == shard_count))
+        .bind(tally.state.as_str())
+        .bind(tally.finished_at.clone())
+        .bind(tally.keys)
         .bind(totals.duplicates)
         .bind(counts.active)
         .bind(counts.gone)
@@ -225,14 +258,13 @@ impl Store {
         .bind(counts.rejected)
         .bind(totals.auth_calls)
         .bind(totals.lookups)
-        .bind(i64::from(exit_code))
+        .bind(i64::from(tally.exit_code))
         .bind(error)
         .bind(run_id)
-        .execute(&mut *tx)
+        .execute(conn)
         .await
         .map_err(ctx("finishing a run"))?;
-        tx.commit().await.map_err(ctx("finishing a run"))?;
-        self.run(run_id).await?.ok_or(StoreError::NoSuchRun(run_id))
+        Ok(())
     }
 
     /// Marks a run `running` again (resume).
@@ -569,6 +601,17 @@ impl Staging<'_> {
         }
         Ok(())
     }
+}
+
+/// What the end of a shard writes to its run's row.
+struct RunTally {
+    state: RunState,
+    finished_at: Option<String>,
+    /// `None` while a shard has not finished staging.
+    keys: Option<i64>,
+    exit_code: i32,
+    totals: ShardTotals,
+    counts: StatusCounts,
 }
 
 /// The shards of a run added up.
