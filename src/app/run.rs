@@ -6,7 +6,9 @@ use std::sync::Arc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{AppError, payple_client, print_json};
+use super::error::AppError;
+use super::open::payple_client;
+use super::output::print_json;
 use crate::domain::RunStats;
 use crate::exit::ExitStatus;
 use crate::notify::{Notice, Notifier};
@@ -133,7 +135,7 @@ async fn batch_run(
     if let Some(error) = &end.error {
         tracing::error!("{error}");
         if end.ended.is_none() {
-            print_json(&super::ErrorLine::new(end.exit, error));
+            print_json(&super::output::ErrorLine::new(end.exit, error));
         }
     }
     let error = end.error.as_ref().map(ToString::to_string);
