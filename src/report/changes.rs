@@ -19,8 +19,8 @@
 use std::cmp::Ordering;
 use std::io::{self, Write};
 
-use super::ReportError;
 use super::csv::CsvOut;
+use super::error::ReportError;
 use super::table::Layout;
 use crate::domain::{KeyStatus, PayType, mask_payer_id};
 use crate::store::{CheckRecord, LatestRecord, Store};

@@ -2,8 +2,8 @@
 //! against the previous completed run (counted in one flat-memory pass of the run-to-run
 //! merge, keeping the first newly gone keys).
 
-use super::ReportError;
 use super::changes::{ChangeKind, ChangeStream, PAGE_ROWS};
+use super::error::ReportError;
 use super::xlsx::duration_secs;
 use crate::notify::{ChangeCounts, GoneKey, KeyCounts, NEWLY_GONE_SHOWN, Notice};
 use crate::store::{RunRecord, RunState, Store};

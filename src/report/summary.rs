@@ -4,8 +4,8 @@
 
 use chrono::{DateTime, Utc};
 
-use super::ReportError;
 use super::csv::kst_label;
+use super::error::ReportError;
 use super::neutral::terminal;
 use super::table;
 use crate::domain::KeyStatus;

@@ -20,9 +20,9 @@ use std::path::Path;
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use rust_xlsxwriter::{Color, ExcelDateTime, Format, Workbook, XlsxError};
 
-use super::ReportError;
 use super::changes::{CHANGES_HEADER, ChangeStream, PAGE_ROWS};
 use super::csv::{KST, REPORT_HEADER, report_row};
+use super::error::ReportError;
 use super::output::Output;
 use crate::domain::mask_payer_id;
 use crate::store::reports::{ActionCursor, ActionGroup};

@@ -5,7 +5,7 @@
 
 use rust_xlsxwriter::{Chart, ChartDataLabel, Workbook, Worksheet, XlsxError};
 
-use super::super::ReportError;
+use super::super::error::ReportError;
 use super::super::summary::{self as run_summary, Summary};
 use super::sheet::{col_num, column_width};
 use chrono::{DateTime, Utc};
