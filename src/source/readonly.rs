@@ -19,7 +19,7 @@ use sqlx::AnyPool;
 use sqlx::ConnectOptions;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 
-use super::SourceError;
+use super::error::SourceError;
 
 /// How long connecting to the source database may take before the run stops.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
