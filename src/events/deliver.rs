@@ -19,7 +19,7 @@ use futures::StreamExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::EventsError;
+use super::error::EventsError;
 use super::sign::Signer;
 use crate::store::{OutboxRow, Store};
 
