@@ -10,24 +10,29 @@
 //! computes). A table longer than a worksheet continues on the next (`Keys (2)`, …); the
 //! rows per worksheet are a parameter so that tests can use a small one. Every text cell
 //! is a string (never a formula), neutralised like the CSV's.
+//!
+//! `cells` holds the shared formats and the Excel times, `sheet` the paging of a sheet,
+//! `summary_sheet` the Summary sheet; this file writes the others.
 
+mod cells;
 mod sheet;
 mod summary_sheet;
 
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 
-use chrono::{DateTime, Datelike, Timelike, Utc};
-use rust_xlsxwriter::{Color, ExcelDateTime, Format, Workbook, XlsxError};
+use rust_xlsxwriter::{Workbook, XlsxError};
 
 use super::changes::{CHANGES_HEADER, ChangeStream, PAGE_ROWS};
-use super::csv::{KST, REPORT_HEADER, report_row};
+use super::csv::{REPORT_HEADER, report_row};
 use super::error::ReportError;
 use super::output::Output;
 use crate::domain::mask_payer_id;
 use crate::store::reports::{ActionCursor, ActionGroup};
 use crate::store::{CheckRecord, RunRecord, Store};
+use cells::{Formats, excel_utc};
 
+pub use cells::{DATETIME_FORMAT, excel_kst};
 pub use sheet::{EXCEL_MAX_ROWS, part_name};
 pub use summary_sheet::duration_secs;
 
@@ -44,9 +49,6 @@ pub const ACTION_HEADER: [&str; 7] = [
     "result_msg",
     "checked_at_kst",
 ];
-
-/// How Excel shows the check times.
-pub const DATETIME_FORMAT: &str = "yyyy-mm-dd hh:mm:ss";
 
 /// Workbook options.
 #[derive(Debug, Clone, Copy)]
@@ -72,76 +74,6 @@ pub struct WorkbookStats {
     pub keys: u64,
     pub action: u64,
     pub changes: u64,
-}
-
-/// The formats the sheets share.
-pub(crate) struct Formats {
-    pub header: Format,
-    pub datetime: Format,
-    pub title: Format,
-    active: Format,
-    gone: Format,
-    failed: Format,
-    rejected: Format,
-}
-
-impl Formats {
-    fn new() -> Self {
-        let fill = |bg: u32, fg: u32| {
-            Format::new()
-                .set_background_color(Color::RGB(bg))
-                .set_font_color(Color::RGB(fg))
-        };
-        Self {
-            header: Format::new()
-                .set_bold()
-                .set_background_color(Color::RGB(0xD9E1F2)),
-            datetime: Format::new().set_num_format(DATETIME_FORMAT),
-            title: Format::new().set_bold().set_font_size(14),
-            active: fill(0xC6EFCE, 0x006100),
-            gone: fill(0xFFC7CE, 0x9C0006),
-            failed: fill(0xFFEB9C, 0x9C5700),
-            rejected: fill(0xD9D9D9, 0x404040),
-        }
-    }
-
-    /// The fill of a status cell.
-    pub fn status(&self, status: &str) -> Option<&Format> {
-        match status {
-            "active" => Some(&self.active),
-            "gone" => Some(&self.gone),
-            "failed" => Some(&self.failed),
-            "rejected" => Some(&self.rejected),
-            _ => None,
-        }
-    }
-}
-
-/// A time as an Excel date-time in KST; `None` outside Excel's years.
-pub fn excel_kst(t: DateTime<Utc>) -> Option<ExcelDateTime> {
-    excel_time(&t.with_timezone(&KST).naive_local())
-}
-
-/// A time as an Excel date-time in UTC.
-fn excel_utc(t: DateTime<Utc>) -> Option<ExcelDateTime> {
-    excel_time(&t.naive_utc())
-}
-
-fn excel_time(t: &chrono::NaiveDateTime) -> Option<ExcelDateTime> {
-    let seconds = f64::from(t.second()) + f64::from(t.nanosecond() / 1_000_000) / 1000.0;
-    ExcelDateTime::from_ymd(
-        u16::try_from(t.year()).ok()?,
-        u8::try_from(t.month()).ok()?,
-        u8::try_from(t.day()).ok()?,
-    )
-    .and_then(|d| {
-        d.and_hms(
-            u16::try_from(t.hour()).ok().unwrap_or(0),
-            t.minute() as u8,
-            seconds,
-        )
-    })
-    .ok()
 }
 
 /// Writes run `run`'s workbook into `out` (a file; the zip is streamed), reading the store
@@ -386,23 +318,6 @@ async fn write_changes(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn times_become_kst_date_times() {
-        let at = |text| crate::store::time::parse_time(text).expect("a time");
-        let t = excel_kst(at("2026-11-26T17:05:03.250Z")).unwrap();
-        let expected = ExcelDateTime::from_ymd(2026, 11, 27)
-            .unwrap()
-            .and_hms(2, 5, 3.25)
-            .unwrap();
-        assert_eq!(t.to_excel(), expected.to_excel());
-        let utc = excel_utc(at("2026-11-26T17:05:03Z")).unwrap();
-        let expected = ExcelDateTime::from_ymd(2026, 11, 26)
-            .unwrap()
-            .and_hms(17, 5, 3)
-            .unwrap();
-        assert_eq!(utc.to_excel(), expected.to_excel());
-    }
 
     #[test]
     fn action_labels() {

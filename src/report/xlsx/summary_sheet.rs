@@ -10,7 +10,7 @@ use super::super::summary::{self as run_summary, Summary};
 use super::sheet::{col_num, column_width};
 use chrono::{DateTime, Utc};
 
-use super::{Formats, excel_kst};
+use super::cells::{Formats, excel_kst};
 use crate::domain::KeyStatus;
 use crate::report::neutral::neutralise;
 use crate::report::table::display_width;
