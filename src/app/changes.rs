@@ -3,7 +3,8 @@
 
 use std::path::PathBuf;
 
-use super::{AppError, with_store};
+use super::error::AppError;
+use super::open::with_store;
 use crate::exit::ExitStatus;
 use crate::report::ReportError;
 use crate::report::changes::{ChangeStream, ChangeWriter, PAGE_ROWS};

@@ -4,7 +4,8 @@
 
 use tokio::time::Instant;
 
-use super::{AppError, print_json};
+use super::error::AppError;
+use super::output::print_json;
 use crate::domain::RunStats;
 use crate::events::{self, DeliveryConfig, DeliveryCounts, EventsError};
 use crate::exit::ExitStatus;

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use futures::StreamExt;
 use serde::Serialize;
 
-use super::{AppError, payple_client, print_json};
+use super::error::AppError;
+use super::open::payple_client;
+use super::output::print_json;
 use crate::domain::{KeyDetails, KeyStatus, LookupOutcome, mask_payer_id};
 use crate::exit::ExitStatus;
 use crate::pipeline;

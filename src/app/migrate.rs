@@ -1,6 +1,6 @@
 //! `migrate`: create or upgrade the results schema.
 
-use super::AppError;
+use super::error::AppError;
 use crate::exit::ExitStatus;
 use crate::settings::DatabaseSettings;
 use crate::store::Store;

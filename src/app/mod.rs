@@ -4,7 +4,8 @@
 //! # Layout
 //! Every subcommand is `async fn(XSettings) -> Result<ExitStatus, AppError>`;
 //! [`AppError::exit_status`] (in `error`) is the one place an error becomes an exit code, and a run's
-//! own end is decided by [`crate::pipeline::end::conclude`].
+//! own end is decided by [`crate::pipeline::end::conclude`]. What subcommands open first
+//! (the Payple client, the results database) is in `open`; what they print, in `output`.
 
 mod changes;
 mod error;
@@ -12,31 +13,23 @@ mod events;
 mod lookup;
 mod migrate;
 mod notify;
+mod open;
+mod output;
 mod report;
 mod run;
 mod simulate;
 mod summary;
 
-use std::io::Write;
-use std::net::{Ipv4Addr, SocketAddr};
-
-use secrecy::ExposeSecret;
-use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::cli::Cli;
-use crate::domain::mask_payer_id;
 use crate::exit::ExitStatus;
-use crate::payple::{ClientConfig, PaypleClient};
-use crate::report::ReportError;
-use crate::report::select::open_store;
-use crate::settings::{self, PaypleSettings, PaypleTarget, ProcessEnv, Settings};
+use crate::settings::{self, ProcessEnv, Settings};
 use crate::shutdown::{Shutdown, Signal};
-use crate::simulator::{self, Partner, SimConfig, SimHandle};
-use crate::store::Store;
 
 pub use error::{AppError, PaypleStep, ReportStep, SimulatorRole};
 pub use lookup::LookupLine;
+pub use output::{ErrorLine, print_json};
 
 /// Runs the parsed command line: validates it, runs the subcommand, logs an error, and
 /// returns the exit status. Signals are listened for from the start: a signal while the
@@ -114,22 +107,6 @@ fn failure_webhooks(cli: &Cli) -> Option<settings::NotifySettings> {
     }
 }
 
-/// The line a command that ends without its own output prints on stdout.
-#[derive(Debug, Serialize)]
-pub struct ErrorLine {
-    pub error: String,
-    pub exit_code: u8,
-}
-
-impl ErrorLine {
-    pub fn new(status: ExitStatus, error: &dyn std::fmt::Display) -> Self {
-        Self {
-            error: error.to_string(),
-            exit_code: status.code(),
-        }
-    }
-}
-
 /// A command line clap refused: help and version print and exit 0; a usage error prints
 /// clap's message on stderr, the JSON error line on stdout, and exits 3 (a configuration
 /// error; 2 means "some keys failed").
@@ -157,68 +134,4 @@ async fn dispatch(settings: Settings, shutdown: &Shutdown) -> Result<ExitStatus,
         Settings::Notify(s) => notify::notify(s).await,
         Settings::Events(s) => events::events(s, shutdown).await,
     }
-}
-
-/// Prints one JSON line on stdout.
-pub fn print_json(value: &impl Serialize) {
-    let mut out = std::io::stdout().lock();
-    if let Ok(line) = serde_json::to_string(value) {
-        let _ = writeln!(out, "{line}");
-        let _ = out.flush();
-    }
-}
-
-/// The Payple client the settings ask for. For `--simulator` the built-in simulator is
-/// started first and the client configuration completed with its URL; keep the handle
-/// alive as long as the client is used.
-async fn payple_client(
-    payple: &PaypleSettings,
-) -> Result<(PaypleClient, Option<SimHandle>), AppError> {
-    let (config, sim) = match &payple.target {
-        PaypleTarget::Origin(_) => (payple.client.clone(), None),
-        PaypleTarget::Simulator => {
-            let sim = start_simulator(&payple.client).await?;
-            let url = sim.url();
-            let origin =
-                url::Url::parse(&url).map_err(|source| AppError::SimulatorUrl { url, source })?;
-            (payple.client.clone().with_origin(origin), Some(sim))
-        }
-    };
-    let client = PaypleClient::new(config).map_err(AppError::building)?;
-    Ok((client, sim))
-}
-
-/// Starts the in-process simulator for `--simulator` on an ephemeral loopback port,
-/// accepting the partner id, custKey and Referer the job is configured with (the test
-/// partner's unless the environment names another).
-async fn start_simulator(client: &ClientConfig) -> Result<SimHandle, AppError> {
-    let partner = Partner {
-        cst_id: client.cst_id.expose_secret().to_owned(),
-        cust_key: client.cust_key.expose_secret().to_owned(),
-        referer: client.referer.clone(),
-    };
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-    let handle = simulator::start(SimConfig::accepting(partner), addr)
-        .await
-        .map_err(AppError::simulator(SimulatorRole::BuiltIn))?;
-    tracing::info!(url = %handle.url(), "built-in Payple simulator started");
-    tracing::info!(
-        partner = %mask_payer_id(client.cst_id.expose_secret()),
-        referer = %client.referer,
-        "built-in simulator accepts the configured partner"
-    );
-    Ok(handle)
-}
-
-/// Opens the results database for reading (never creating a SQLite file), runs `work`,
-/// and closes it whatever `work` returned.
-async fn with_store(
-    url: &str,
-    work: impl AsyncFnOnce(&Store) -> Result<(), ReportError>,
-) -> Result<ExitStatus, AppError> {
-    let store = open_store(url).await?;
-    let result = work(&store).await;
-    store.close().await;
-    result?;
-    Ok(ExitStatus::Success)
 }

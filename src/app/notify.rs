@@ -4,7 +4,9 @@
 
 use serde::Serialize;
 
-use super::{AppError, print_json, with_store};
+use super::error::AppError;
+use super::open::with_store;
+use super::output::print_json;
 use crate::exit::ExitStatus;
 use crate::notify::{Notifier, NotifyOn};
 use crate::report::ReportError;

@@ -1,6 +1,7 @@
 //! `report`: a run's rows as the finance CSV, or the run as the finance workbook.
 
-use super::{AppError, with_store};
+use super::error::AppError;
+use super::open::with_store;
 use crate::exit::ExitStatus;
 use crate::report::deliver::write_run_report;
 use crate::report::select::resolve_run;

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{AppError, payple_client, print_json};
+use super::error::AppError;
+use super::open::payple_client;
+use super::output::print_json;
 use crate::domain::RunStats;
 use crate::exit::ExitStatus;
 use crate::notify::{Notice, Notifier};
@@ -113,18 +115,9 @@ async fn batch_run(
     client: Arc<PaypleClient>,
     shutdown: &Shutdown,
 ) -> Result<ExitStatus, AppError> {
-    let store = match Store::open_until(&batch.database_url, &shutdown.stop).await {
+    let store = match open_store(batch, shutdown).await? {
         Ok(store) => store,
-        Err(e) => {
-            let Some(signal) = shutdown.signal() else {
-                return Err(e.into());
-            };
-            // Stopped while another process was migrating: logged, and the signal's exit
-            // code without the error line.
-            tracing::error!("{e}");
-            let doing = "waiting for the results database";
-            return Ok(AppError::Stopped { signal, doing }.exit_status());
-        }
+        Err(exit) => return Ok(exit),
     };
     // The source has its own read-only connection, even when it is the results database.
     let source_db = if reads_database(batch) {
@@ -138,47 +131,85 @@ async fn batch_run(
     } else {
         None
     };
-    let mut end = pipeline::run(batch, &store, client, source_db, shutdown).await;
+    let end = pipeline::run(batch, &store, client, source_db, shutdown).await;
     if let Some(error) = &end.error {
         tracing::error!("{error}");
         if end.ended.is_none() {
-            print_json(&super::ErrorLine::new(end.exit, error));
+            print_json(&super::output::ErrorLine::new(end.exit, error));
         }
     }
-    let mut exit = end.exit;
     let error = end.error.as_ref().map(ToString::to_string);
-    if end.ended.is_none()
-        && let Some(n) = &batch.notify
-    {
-        let error = error
-            .clone()
-            .unwrap_or_else(|| "the run ended without a summary".to_owned());
+    let exit = match end.ended {
+        Some(ended) => end_recorded(batch, &store, ended, end.exit, error, shutdown).await,
+        None => {
+            tell_unrecorded(batch, end.exit, error, shutdown).await;
+            end.exit
+        }
+    };
+    store.close().await;
+    Ok(exit)
+}
+
+/// The results database, or the signal's exit status when a signal came while another
+/// process was migrating it (logged, without the error line).
+async fn open_store(
+    batch: &BatchSettings,
+    shutdown: &Shutdown,
+) -> Result<Result<Store, ExitStatus>, AppError> {
+    match Store::open_until(&batch.database_url, &shutdown.stop).await {
+        Ok(store) => Ok(Ok(store)),
+        Err(e) => {
+            let Some(signal) = shutdown.signal() else {
+                return Err(e.into());
+            };
+            tracing::error!("{e}");
+            let doing = "waiting for the results database";
+            Ok(Err(AppError::Stopped { signal, doing }.exit_status()))
+        }
+    }
+}
+
+/// A run whose end was not recorded: the notification says it failed and the
+/// Pushgateway gets its exit code.
+async fn tell_unrecorded(
+    batch: &BatchSettings,
+    exit: ExitStatus,
+    error: Option<String>,
+    shutdown: &Shutdown,
+) {
+    if let Some(n) = &batch.notify {
+        let error = error.unwrap_or_else(|| "the run ended without a summary".to_owned());
         let limit = shutdown.end_limit(batch.shutdown_grace, Instant::now());
         notify_failed(n, exit, error, limit).await;
     }
-    if end.ended.is_none()
-        && let Some(target) = &batch.metrics_push
-    {
+    if let Some(target) = &batch.metrics_push {
         let text = pushgateway::exit_code_body(exit.code());
         pushgateway::push_counted(target, text, shutdown, batch.shutdown_grace).await;
     }
-    if let Some(ended) = &mut end.ended {
-        // Before the stats are printed: they say what was delivered.
-        let events = super::events::after_run(batch, &store, &ended.stats, shutdown).await;
-        ended.stats.events = events.map(|c| c.tally());
-    }
-    if let Some(ended) = &end.ended {
-        log_stats(&ended.stats);
-        print_json(&ended.stats);
-        for failure in after_run(batch, &store, ended, error, shutdown).await {
-            tracing::error!("{failure}");
-            if exit == ExitStatus::Success {
-                exit = failure.exit_status();
-            }
+}
+
+/// A run whose end was recorded: its events delivered, its stats logged and printed, then
+/// what follows it ([`after_run`]); a failure there turns a success into its exit status.
+async fn end_recorded(
+    batch: &BatchSettings,
+    store: &Store,
+    mut ended: Ended,
+    mut exit: ExitStatus,
+    error: Option<String>,
+    shutdown: &Shutdown,
+) -> ExitStatus {
+    // Before the stats are printed: they say what was delivered.
+    let events = super::events::after_run(batch, store, &ended.stats, shutdown).await;
+    ended.stats.events = events.map(|c| c.tally());
+    log_stats(&ended.stats);
+    print_json(&ended.stats);
+    for failure in after_run(batch, store, &ended, error, shutdown).await {
+        tracing::error!("{failure}");
+        if exit == ExitStatus::Success {
+            exit = failure.exit_status();
         }
     }
-    store.close().await;
-    Ok(exit)
+    exit
 }
 
 fn log_stats(stats: &RunStats) {
@@ -216,47 +247,22 @@ async fn after_run(
     let cutter = cut_at(shutdown.end_limit(batch.shutdown_grace, Instant::now()));
     let cut = &cutter.cut;
     let mut failed = Vec::new();
-    let mut written = None;
-    if let Some(RunReport { path, shape }) = &batch.report {
-        tokio::select! {
-            biased;
-            () = cut.cancelled() => tracing::error!(
-                output = %path.display(),
-                "report not written: the shutdown grace is over"
-            ),
-            report = run_report(store, record, path, *shape) => match report {
-                Ok(()) => written = Some(path.display().to_string()),
-                Err(e) => failed.push(AppError::after_run(e)),
-            },
-        }
-    }
-    // A run key that had already completed, with nothing to re-check: nothing ran (not
-    // even the partner auth every real run starts with), nothing to tell.
-    let ran_now = stats.auth_calls > 0 || stats.checked_now > 0;
-    // The notice is built once: the metrics reuse its count of newly gone keys.
-    let notice = match &batch.notify {
-        Some(_) if ran_now => tokio::select! {
-            biased;
-            () = cut.cancelled() => None,
-            notice = load_notice(store, record, written.clone()) => notice,
-        },
-        _ => None,
+    let written = match &batch.report {
+        Some(report) => report_within(store, record, report, cut)
+            .await
+            .unwrap_or_else(|e| {
+                failed.push(AppError::after_run(e));
+                None
+            }),
+        None => None,
     };
-    let wants_metrics = batch.metrics_file.is_some() || batch.metrics_push.is_some();
+    let notice = notice_within(batch, store, ended, written.clone(), cut).await;
     let mut extras = metrics::Extras::default();
     // The run's own end, in Unix seconds: an "already completed" answer is about an
     // earlier night. `None` (metrics then say now) when it has none.
-    let ended = record
-        .finished_at
-        .as_deref()
-        .and_then(metrics::unix_seconds);
-    if wants_metrics {
-        extras.newly_gone = match &notice {
-            Some(n) if record.state == RunState::Completed => {
-                n.changes.as_ref().map(|c| c.newly_gone)
-            }
-            _ => newly_gone(store, record).await,
-        };
+    let ended = record.finished_at.map(metrics::unix_seconds);
+    if batch.metrics_file.is_some() || batch.metrics_push.is_some() {
+        extras.newly_gone = newly_gone_of(store, record, notice.as_ref()).await;
     }
     // Before any notification: a webhook that hangs must not cost the metrics.
     if let Some(path) = &batch.metrics_file
@@ -271,7 +277,7 @@ async fn after_run(
             Some(push_metrics(target, stats, ended, &extras, batch, shutdown, cut).await);
     }
     extras.notify_failures = match &batch.notify {
-        Some(_) if !ran_now => Some(0),
+        Some(_) if !ran_now(stats) => Some(0),
         Some(n) => Some(notify_after(n, stats, notice, written, error, cut).await),
         None => None,
     };
@@ -286,6 +292,55 @@ async fn after_run(
         failed.push(AppError::after_run(e));
     }
     failed
+}
+
+/// Whether this process ran the run: a run key that had already completed, with nothing
+/// to re-check, ran nothing (not even the partner auth every real run starts with) and
+/// has nothing to tell.
+fn ran_now(stats: &RunStats) -> bool {
+    stats.auth_calls > 0 || stats.checked_now > 0
+}
+
+/// The run's notice for `--notify`, built once (the metrics reuse its count of newly
+/// gone keys); `None` without `--notify`, when nothing ran now or when `cut` comes first.
+async fn notice_within(
+    batch: &BatchSettings,
+    store: &Store,
+    Ended { record, stats }: &Ended,
+    written: Option<String>,
+    cut: &CancellationToken,
+) -> Option<Notice> {
+    if batch.notify.is_none() || !ran_now(stats) {
+        return None;
+    }
+    tokio::select! {
+        biased;
+        () = cut.cancelled() => None,
+        notice = load_notice(store, record, written) => notice,
+    }
+}
+
+/// Writes the run's report unless `cut` comes first (logged); where it was written, if it
+/// was.
+async fn report_within(
+    store: &Store,
+    record: &RunRecord,
+    RunReport { path, shape }: &RunReport,
+    cut: &CancellationToken,
+) -> Result<Option<String>, ReportError> {
+    tokio::select! {
+        biased;
+        () = cut.cancelled() => {
+            tracing::error!(
+                output = %path.display(),
+                "report not written: the shutdown grace is over"
+            );
+            Ok(None)
+        }
+        report = run_report(store, record, path, *shape) => {
+            report.map(|()| Some(path.display().to_string()))
+        }
+    }
 }
 
 /// Writes the run's report to `path`.
@@ -307,11 +362,15 @@ async fn run_report(
     Ok(())
 }
 
-/// Keys gone since the previous completed run, for a run that completed; `None` when
-/// there is nothing to compare (or it cannot be read, which is logged).
-async fn newly_gone(store: &Store, record: &RunRecord) -> Option<u64> {
+/// Keys gone since the previous completed run, for a run that completed, from its
+/// `notice` when one was built; `None` when there is nothing to compare (or it cannot be
+/// read, which is logged).
+async fn newly_gone_of(store: &Store, record: &RunRecord, notice: Option<&Notice>) -> Option<u64> {
     if record.state != RunState::Completed {
         return None;
+    }
+    if let Some(n) = notice {
+        return n.changes.as_ref().map(|c| c.newly_gone);
     }
     match notice::load(store, record, None).await {
         Ok(notice) => notice.changes.map(|c| c.newly_gone),
@@ -337,8 +396,7 @@ async fn push_metrics(
     let ended = ended.unwrap_or_else(|| chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
     let mut m = metrics::from_stats(stats, ended, None);
     extras.apply(&mut m);
-    let ran_now = stats.auth_calls > 0 || stats.checked_now > 0;
-    let text = pushgateway::body(&m, ran_now && metrics::succeeded(stats));
+    let text = pushgateway::body(&m, ran_now(stats) && metrics::succeeded(stats));
     tokio::select! {
         biased;
         () = cut.cancelled() => {

@@ -1,6 +1,7 @@
 //! `simulate`: serve the Payple simulator on loopback until SIGINT or SIGTERM.
 
-use super::{AppError, SimulatorRole};
+use super::error::AppError;
+use super::error::SimulatorRole;
 use crate::exit::ExitStatus;
 use crate::settings::SimulateSettings;
 use crate::shutdown::Shutdown;

@@ -3,7 +3,8 @@
 use std::io::Write;
 use std::path::Path;
 
-use super::{AppError, with_store};
+use super::error::AppError;
+use super::open::with_store;
 use crate::exit::ExitStatus;
 use crate::report::output::Output;
 use crate::report::select::resolve_run;

@@ -20,7 +20,7 @@ use futures::StreamExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::EventsError;
+use super::error::EventsError;
 use super::sign::Signer;
 use crate::payple::classify::parse_retry_after;
 use crate::store::{OutboxRow, Store};
@@ -153,8 +153,7 @@ pub async fn deliver_pending(
     let mut counts = DeliveryCounts::default();
     let cutoff = chrono::Utc::now()
         - chrono::Duration::from_std(config.max_age).unwrap_or(chrono::Duration::MAX);
-    let cutoff = cutoff.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    counts.expired = store.expire_events(&cutoff).await?;
+    counts.expired = store.expire_events(cutoff).await?;
     if counts.expired > 0 {
         tracing::warn!(
             expired = counts.expired,

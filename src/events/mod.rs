@@ -10,27 +10,18 @@
 //! sends what is pending, in order per key, bounded in concurrency and time.
 
 pub mod deliver;
+mod error;
 pub mod payload;
 pub mod sign;
 
-use crate::report::ReportError;
 use crate::report::changes::{ChangeStream, PAGE_ROWS, pair_up};
+use crate::store::time::time_text;
 use crate::store::{OutboxEvent, RunRecord, RunState, Store, StoreError};
 
 pub use deliver::{DeliveryConfig, DeliveryCounts, Endpoint, deliver_pending};
+pub use error::EventsError;
 pub use payload::Event;
 pub use sign::Signer;
-
-/// Why events could not be built, written or delivered.
-#[derive(Debug, thiserror::Error)]
-pub enum EventsError {
-    #[error("events: {0}")]
-    Store(#[from] StoreError),
-    #[error("events: {0}")]
-    Read(#[from] ReportError),
-    #[error("cannot build the HTTP client for events: {0}")]
-    Client(#[source] reqwest::Error),
-}
 
 /// The completed run before `run` (the one its changes are measured against), if any.
 pub async fn previous_completed(
@@ -59,10 +50,7 @@ pub async fn stream_events(
     after: &RunRecord,
     mut each: impl FnMut(Event),
 ) -> Result<(), EventsError> {
-    let timestamp = after
-        .finished_at
-        .clone()
-        .unwrap_or_else(|| after.started_at.clone());
+    let timestamp = time_text(after.finished_at.unwrap_or(after.started_at));
     let mut stream = ChangeStream::new(store, before.id, after.id, PAGE_ROWS);
     while let Some((earlier, later)) = stream.next_rows().await? {
         pair_up(earlier, later, |x, y| {

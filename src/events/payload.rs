@@ -5,6 +5,7 @@
 //! function `changes` uses; this file only says which changes are events and what their
 //! JSON holds. Fields are only ever added within a [`VERSION`].
 
+use chrono::{DateTime, Utc};
 use ring::digest;
 use serde::Serialize;
 
@@ -80,7 +81,8 @@ struct Side<'a> {
     card_mask: Option<&'a str>,
     bank_name: Option<&'a str>,
     bank_mask: Option<&'a str>,
-    checked_at: &'a str,
+    #[serde(serialize_with = "crate::store::time::serialize")]
+    checked_at: DateTime<Utc>,
 }
 
 fn nonempty(v: &Option<String>) -> Option<&str> {
@@ -101,7 +103,7 @@ fn side(r: &CheckRecord) -> Side<'_> {
         card_mask: nonempty(&d.card_mask).filter(|_| card),
         bank_name: nonempty(&d.bank_name).filter(|_| bank),
         bank_mask: nonempty(&d.bank_mask).filter(|_| bank),
-        checked_at: &r.checked_at,
+        checked_at: r.checked_at,
     }
 }
 
@@ -199,7 +201,7 @@ mod tests {
             ),
             result_msg: None,
             attempts: 1,
-            checked_at: "2026-12-01T17:00:00.000Z".to_owned(),
+            checked_at: crate::store::time::parse_time("2026-12-01T17:00:00.000Z").expect("a time"),
         };
         LatestRecord {
             payer_id: id.to_owned(),

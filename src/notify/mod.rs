@@ -8,55 +8,17 @@
 //! URLs are secrets ([`WebhookUrl`]): only their host is ever shown.
 
 mod post;
+mod webhook;
 
-use crate::http::SecretUrl;
+use crate::domain::RunState;
 use serde::Serialize;
 use serde_json::{Value, json};
 
 pub use post::{Delivery, Notifier, NotifierConfig};
+pub use webhook::{NotifyError, WebhookUrl};
 
 /// How many newly gone customers a message lists.
 pub const NEWLY_GONE_SHOWN: usize = 10;
-
-/// What can be wrong with the notification configuration.
-#[derive(Debug, thiserror::Error)]
-pub enum NotifyError {
-    #[error("notification URL: {0}")]
-    Url(#[from] crate::http::UrlError),
-    #[error("cannot build the HTTP client for notifications: {0}")]
-    Client(#[source] reqwest::Error),
-}
-
-/// A webhook URL: a secret (it carries the token that lets anyone post), checked and
-/// shown as every secret URL is ([`SecretUrl`]: https or loopback http, host only).
-#[derive(Clone, Debug)]
-pub struct WebhookUrl(SecretUrl);
-
-impl WebhookUrl {
-    /// Parses one URL.
-    pub fn parse(value: &str) -> Result<Self, NotifyError> {
-        Ok(Self(SecretUrl::parse(value)?))
-    }
-
-    /// Splits `PAYPLE_NOTIFY_URL`-style text (one URL, or several separated by commas).
-    pub fn parse_list(value: &str) -> Result<Vec<Self>, NotifyError> {
-        value
-            .split(',')
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .map(Self::parse)
-            .collect()
-    }
-
-    /// The host, which is what logs show.
-    pub fn host(&self) -> &str {
-        self.0.host()
-    }
-
-    pub(crate) fn expose(&self) -> &str {
-        self.0.expose()
-    }
-}
 
 /// The message format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -129,7 +91,7 @@ pub struct Notice {
     /// `None` when the run could not start (no run was recorded).
     pub run_id: Option<i64>,
     pub run_key: Option<String>,
-    pub state: String,
+    pub state: RunState,
     pub exit_code: Option<i64>,
     pub keys: KeyCounts,
     pub duration_secs: Option<f64>,
@@ -151,7 +113,7 @@ impl Notice {
         Self {
             run_id,
             run_key: None,
-            state: "failed".to_owned(),
+            state: RunState::Failed,
             exit_code: Some(exit_code),
             keys: KeyCounts::default(),
             duration_secs: None,
@@ -165,7 +127,7 @@ impl Notice {
 
     /// Completed with every key resolved (exit 0).
     pub fn clean(&self) -> bool {
-        self.state == "completed" && self.exit_code == Some(0)
+        self.state == RunState::Completed && self.exit_code == Some(0)
     }
 }
 
@@ -238,7 +200,10 @@ pub fn headline(notice: &Notice) -> String {
         None => String::new(),
     };
     match notice.run_id {
-        Some(id) => format!("Payple reconcile run {id} {}{exit}{changes}", notice.state),
+        Some(id) => format!(
+            "Payple reconcile run {id} {}{exit}{changes}",
+            notice.state.as_str()
+        ),
         None => format!("Payple reconcile: the run could not start{exit}"),
     }
 }
@@ -280,7 +245,7 @@ fn detail_lines(notice: &Notice) -> Vec<String> {
             c.new_keys,
             c.missing_keys
         )),
-        None if notice.state != "completed" => {
+        None if notice.state != RunState::Completed => {
             lines.push("*Changes:* not compared: the run did not complete".to_owned());
         }
         None => lines.push("*Changes:* no previous completed run to compare with".to_owned()),

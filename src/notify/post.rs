@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::{NotifyError, WebhookUrl};
+use super::webhook::{NotifyError, WebhookUrl};
 use crate::http::{Failure, send_once};
 
 /// How to send.

@@ -6,7 +6,7 @@ fn notice() -> Notice {
     Notice {
         run_id: Some(42),
         run_key: Some("2026-11-28".to_owned()),
-        state: "completed".to_owned(),
+        state: RunState::Completed,
         exit_code: Some(0),
         keys: KeyCounts {
             active: 180,
@@ -71,7 +71,7 @@ fn when_to_send() {
     assert!(should_send(NotifyOn::Problems, &gone));
     for (state, exit) in [("completed", 2), ("interrupted", 143), ("failed", 1)] {
         let bad = Notice {
-            state: state.to_owned(),
+            state: RunState::parse(state),
             exit_code: Some(exit),
             ..notice()
         };
@@ -193,7 +193,7 @@ fn durations_read_like_a_person_would_say_them() {
 #[test]
 fn a_run_that_did_not_complete_is_not_compared() {
     let interrupted = Notice {
-        state: "interrupted".to_owned(),
+        state: RunState::Interrupted,
         exit_code: Some(143),
         changes: None,
         ..notice()

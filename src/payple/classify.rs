@@ -129,31 +129,35 @@ pub fn classify_lookup(reply: &Fields, asked: &PayerId, book: &CodeBook) -> Verd
         return v;
     }
     match (success, code.as_str()) {
-        (true, "0000") => {
-            if echoed.is_none() {
-                return Verdict::Failed {
-                    code: codes::MISMATCH.to_owned(),
-                    msg: "success reply without the PCD_PAYER_ID it is about".to_owned(),
-                };
-            }
-            match details(reply) {
-                Some(details) => Verdict::Active {
-                    details: Box::new(details),
-                    code,
-                    msg,
-                },
-                None => Verdict::Failed {
-                    code: codes::NO_PAY_TYPE.to_owned(),
-                    msg: format!(
-                        "success reply with PCD_PAY_TYPE {:?}",
-                        reply.get("PCD_PAY_TYPE").unwrap_or_default()
-                    ),
-                },
-            }
-        }
+        (true, "0000") => active(reply, echoed.is_some(), code, msg),
         _ => Verdict::Failed {
             msg: msg_or("no message"),
             code,
+        },
+    }
+}
+
+/// A success reply (code 0000): the key is active, when the reply says which key it is
+/// about (`echoed`) and what it points at.
+fn active(reply: &Fields, echoed: bool, code: String, msg: Option<String>) -> Verdict {
+    if !echoed {
+        return Verdict::Failed {
+            code: codes::MISMATCH.to_owned(),
+            msg: "success reply without the PCD_PAYER_ID it is about".to_owned(),
+        };
+    }
+    match details(reply) {
+        Some(details) => Verdict::Active {
+            details: Box::new(details),
+            code,
+            msg,
+        },
+        None => Verdict::Failed {
+            code: codes::NO_PAY_TYPE.to_owned(),
+            msg: format!(
+                "success reply with PCD_PAY_TYPE {:?}",
+                reply.get("PCD_PAY_TYPE").unwrap_or_default()
+            ),
         },
     }
 }

@@ -10,7 +10,7 @@ use crate::budget::BudgetStop;
 use crate::domain::RunStats;
 use crate::exit::ExitStatus;
 use crate::shutdown::Signal;
-use crate::store::{RunRecord, RunState, StatusCounts, StoreError, retrying};
+use crate::store::{RunRecord, RunState, ShardEnd, StatusCounts, StoreError, retrying};
 
 /// How the work on a run ended.
 #[derive(Debug)]
@@ -57,7 +57,7 @@ pub enum Tally<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Conclusion {
     pub state: RunState,
-    /// The exit status recorded with the shard; [`Conclusion::exit`] settles it.
+    /// The exit status before the run's recorded counts; [`Conclusion::exit`] settles it.
     pub provisional: ExitStatus,
 }
 
@@ -204,10 +204,10 @@ impl RunContext<'_> {
         {
             tracing::warn!(error = %e, "could not record the run's coverage");
         }
-        // Failed or rejected keys anywhere in the run (a resume included) make exit code 2.
+        // Failed or rejected keys anywhere in the run (a resume included) make exit code 2;
+        // `record_end` stored the same code, settled from the counts it recounted.
         let exit = decided.exit(Tally::Recorded(&record.counts));
-        self.settle_exit_code(&mut record, decided.provisional, exit)
-            .await;
+        record.exit_code = Some(i64::from(exit.code()));
         let client = &self.client;
         let elapsed = self.started.elapsed();
         let mut stats = stats_of(
@@ -235,47 +235,24 @@ impl RunContext<'_> {
         )
     }
 
-    /// Records the end of this shard (retried): the decided state and the provisional
-    /// exit code; returns the whole run's record.
+    /// Records the end of this shard (retried): the decided state, and the exit code
+    /// settled against the run's recounted rows; returns the whole run's record.
     async fn record_end(
         &self,
         run_id: i64,
         decided: Conclusion,
         message: Option<String>,
     ) -> Result<RunRecord, StoreError> {
-        let (shard, client) = (self.settings.shard, &self.client);
-        let code = i32::from(decided.provisional.code());
-        retrying(|| {
-            self.store.finish_shard(
-                run_id,
-                shard.index,
-                decided.state,
-                client.auth_calls(),
-                client.lookups(),
-                code,
-                message.clone(),
-            )
-        })
-        .await
-    }
-
-    /// Stores the settled exit code when the counts changed it, and puts it in `record`
-    /// (which `finish_shard` returned with the provisional one).
-    async fn settle_exit_code(
-        &self,
-        record: &mut RunRecord,
-        provisional: ExitStatus,
-        exit: ExitStatus,
-    ) {
-        if exit != provisional
-            && let Err(e) = self
-                .store
-                .set_exit_code(record.id, i32::from(exit.code()))
-                .await
-        {
-            tracing::warn!(error = %e, "could not record the exit code");
-        }
-        record.exit_code = Some(i64::from(exit.code()));
+        let end = ShardEnd {
+            shard_index: self.settings.shard.index,
+            state: decided.state,
+            auth_calls: self.client.auth_calls(),
+            lookups: self.client.lookups(),
+            error: message,
+        };
+        let exit_code =
+            |counts: &StatusCounts| i32::from(decided.exit(Tally::Recorded(counts)).code());
+        retrying(|| self.store.finish_shard(run_id, &end, &exit_code)).await
     }
 }
 
@@ -421,10 +398,10 @@ mod tests {
         let run = RunRecord {
             id: 4,
             run_key: None,
-            started_at: String::new(),
+            started_at: chrono::DateTime::UNIX_EPOCH,
             finished_at: None,
             source: "csv keys.csv".to_owned(),
-            source_spec: String::new(),
+            source_spec: Err(String::new()),
             options: String::new(),
             state: RunState::Completed,
             shard_count: 1,

@@ -65,7 +65,7 @@ mod tests {
             name: "reconcile".to_owned(),
             run_id: 1,
             holder: "other".to_owned(),
-            expires_at: String::new(),
+            expires_at: chrono::DateTime::UNIX_EPOCH,
         });
         assert_eq!(held.exit_status(), ExitStatus::Config);
     }

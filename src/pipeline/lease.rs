@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use crate::shutdown::Shutdown;
+use crate::store::time::time_text;
 use crate::store::{Lease, Store, StoreError};
 
 use super::error::RunError;
@@ -111,7 +112,7 @@ pub async fn take(
         Holder::Elsewhere => {
             tracing::info!(
                 previous = %first.holder,
-                expires_at = %first.expires_at,
+                expires_at = %time_text(first.expires_at),
                 "the run's lease is held on another machine; waiting for it to expire (a live holder renews it)"
             );
             wait_for_expiry(store, name, holder, run_id, held_run, first, shutdown).await
@@ -161,7 +162,7 @@ fn held_error(name: &str, run_id: i64, lease: &Lease) -> RunError {
             run_id
         },
         holder: lease.holder.clone(),
-        expires_at: lease.expires_at.clone(),
+        expires_at: lease.expires_at,
     })
 }
 

@@ -18,7 +18,7 @@ use crate::payple::PaypleClient;
 use crate::shutdown::Shutdown;
 use crate::store::retrying;
 use crate::store::writer::{self, WriterConfig, WriterError, WriterStats};
-use crate::store::{CheckRow, StagedKey, Store, StoreError, now_text};
+use crate::store::{CheckRow, StagedKey, Store, StoreError};
 
 /// Keys read per page of the run's key list.
 const PAGE: i64 = 1000;
@@ -144,29 +144,8 @@ impl RunContext<'_> {
             if !out.drain(first, client, deferred.as_mut()).await {
                 return;
             }
-            let deferred = deferred.unwrap_or_default();
-            // After a signal or a spent outage budget, held keys get no row: a resume
-            // looks them up again.
-            if deferred.is_empty()
-                || shutdown.stop.is_cancelled()
-                || client.is_unavailable()
-                || limits.hit().is_some()
-            {
-                return;
-            }
-            tracing::info!(
-                keys = deferred.len(),
-                "looking up once more the keys whose lookups failed transiently or with an \
-                 unknown code"
-            );
-            let again =
-                stream::iter(deferred.into_iter().map(Ok)).take_until(halted(shutdown, client));
-            out.drain(
-                look_up(again, client, &shutdown.stop, concurrency),
-                client,
-                None,
-            )
-            .await;
+            self.look_up_again(&mut out, deferred.unwrap_or_default(), &limits)
+                .await;
         };
         tokio::select! {
             _ = drain => {}
@@ -179,6 +158,38 @@ impl RunContext<'_> {
         looked.unavailable = client.is_unavailable();
         looked.deadline_hit = limits.hit();
         looked
+    }
+
+    /// The second pass: the keys the first one held back, looked up once more. After a
+    /// signal, a spent outage budget or a spent time budget they get no row: a resume
+    /// looks them up again.
+    async fn look_up_again(
+        &self,
+        out: &mut Sink<'_>,
+        deferred: Vec<Attempted>,
+        limits: &priority::Limits,
+    ) {
+        let (client, shutdown) = (&self.client, self.shutdown);
+        if deferred.is_empty()
+            || shutdown.stop.is_cancelled()
+            || client.is_unavailable()
+            || limits.hit().is_some()
+        {
+            return;
+        }
+        tracing::info!(
+            keys = deferred.len(),
+            "looking up once more the keys whose lookups failed transiently or with an \
+             unknown code"
+        );
+        let again = stream::iter(deferred.into_iter().map(Ok)).take_until(halted(shutdown, client));
+        let concurrency = self.settings.concurrency.get();
+        out.drain(
+            look_up(again, client, &shutdown.stop, concurrency),
+            client,
+            None,
+        )
+        .await;
     }
 }
 
@@ -296,7 +307,7 @@ impl<'a> Sink<'a> {
                 payer_id: key.payer_id,
                 customer_ref: key.customer_ref,
                 outcome,
-                checked_at: now_text(),
+                checked_at: chrono::Utc::now(),
             };
             if self.sender.send(row).await.is_err() {
                 // The writer stopped: its error says why.

@@ -185,7 +185,9 @@ impl RunContext<'_> {
 
     /// An unfinished run, with the source it was started with.
     async fn reopen(&self, run: RunRecord) -> Result<(i64, SourceSpec), RunError> {
-        let spec: SourceSpec = serde_json::from_str(&run.source_spec)
+        let spec = run
+            .source_spec
+            .clone()
             .map_err(|e| ConfigError::unreadable_resumed_source(run.id, e))?;
         self.store.reopen_run(run.id).await?;
         tracing::info!(run_id = run.id, source = %run.source, "continuing run");
@@ -198,7 +200,7 @@ impl RunContext<'_> {
         let new = NewRun {
             run_key: settings.run_key.clone(),
             source: settings.source.describe(),
-            source_spec: serde_json::to_string(&settings.source).unwrap_or_default(),
+            source_spec: settings.source.clone(),
             options: options_json(settings, &self.client),
             shard_count: settings.shard.count.get(),
         };

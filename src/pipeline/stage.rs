@@ -6,7 +6,7 @@ use crate::domain::{LookupOutcome, rejected_placeholder};
 use crate::settings::Shard;
 use crate::shutdown::Shutdown;
 use crate::source::{self, Item, SourceError, SourceSpec};
-use crate::store::{CheckRow, StagedKey, Staging, Store, now_text};
+use crate::store::{CheckRow, StagedKey, Staging, Store};
 
 use super::error::RunError;
 
@@ -34,7 +34,7 @@ pub fn rejected_row(item: &Item) -> Option<CheckRow> {
         payer_id: rejected_placeholder(*seq),
         customer_ref: customer_ref.clone(),
         outcome: LookupOutcome::rejected(reason, location.clone()),
-        checked_at: now_text(),
+        checked_at: chrono::Utc::now(),
     })
 }
 
@@ -57,6 +57,38 @@ async fn stage_sorted(
     Ok(n)
 }
 
+/// One chunk of the source: this shard's keys go to `keys`; returns how many valid keys
+/// the chunk held (every shard's) and the rejected rows this shard records.
+fn take_chunk(chunk: &[Item], shard: Shard, keys: &mut Vec<StagedKey>) -> (u64, Vec<CheckRow>) {
+    let mut valid = 0;
+    let mut rejected_rows = Vec::new();
+    for item in chunk {
+        match item {
+            Item::Key {
+                seq,
+                id,
+                customer_ref,
+            } => {
+                valid += 1;
+                if shard.owns(id.stable_hash()) {
+                    keys.push(StagedKey {
+                        seq: *seq,
+                        payer_id: id.expose().to_owned(),
+                        customer_ref: customer_ref.clone(),
+                        prior_attempts: 0,
+                    });
+                }
+            }
+            // Rejected rows have no key to hash: the first shard records them.
+            Item::Rejected { .. } if shard.index == 0 => {
+                rejected_rows.extend(rejected_row(item));
+            }
+            Item::Rejected { .. } => {}
+        }
+    }
+    (valid, rejected_rows)
+}
+
 /// Reads `spec` into the run's key list.
 pub async fn stage(
     store: &Store,
@@ -77,31 +109,8 @@ pub async fn stage(
     // A pipe that stays open or a FIFO with no writer blocks its reader, not this loop.
     while let Some(chunk) = source::next_or_stop(&mut items, &shutdown.stop).await {
         let chunk = chunk.ok_or(RunError::Interrupted)??;
-        let mut rejected_rows = Vec::new();
-        source_keys += chunk
-            .iter()
-            .filter(|i| matches!(i, Item::Key { .. }))
-            .count() as u64;
-        for item in &chunk {
-            match item {
-                Item::Key {
-                    seq,
-                    id,
-                    customer_ref,
-                } if shard.owns(id.stable_hash()) => keys.push(StagedKey {
-                    seq: *seq,
-                    payer_id: id.expose().to_owned(),
-                    customer_ref: customer_ref.clone(),
-                    prior_attempts: 0,
-                }),
-                Item::Key { .. } => {}
-                // Rejected rows have no key to hash: the first shard records them.
-                Item::Rejected { .. } if shard.index == 0 => {
-                    rejected_rows.extend(rejected_row(item));
-                }
-                Item::Rejected { .. } => {}
-            }
-        }
+        let (valid, rejected_rows) = take_chunk(&chunk, shard, &mut keys);
+        source_keys += valid;
         rejected += rejected_rows.len() as i64;
         staging.write_rejected(&rejected_rows).await?;
         if keys.len() >= SORT_ROWS {

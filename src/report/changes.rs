@@ -19,8 +19,8 @@
 use std::cmp::Ordering;
 use std::io::{self, Write};
 
-use super::ReportError;
 use super::csv::CsvOut;
+use super::error::ReportError;
 use super::table::Layout;
 use crate::domain::{KeyStatus, PayType, mask_payer_id};
 use crate::store::{CheckRecord, LatestRecord, Store};
@@ -491,7 +491,7 @@ mod tests {
             payer_id: id.to_owned(),
             customer_ref: Some(format!("C-{id}")),
             status: KeyStatus::parse(status).expect("a known status"),
-            checked_at: "2026-11-26T17:00:00Z".to_owned(),
+            checked_at: crate::store::time::parse_time("2026-11-26T17:00:00Z").expect("a time"),
             ..CheckRecord::default()
         }
     }
@@ -599,7 +599,7 @@ mod tests {
                 payer_name: Some("다른이름".to_owned()),
                 ..a.details.clone()
             },
-            checked_at: "2026-11-27T17:00:00Z".to_owned(),
+            checked_at: crate::store::time::parse_time("2026-11-27T17:00:00Z").expect("a time"),
             attempts: 3,
             ..a.clone()
         };

@@ -94,7 +94,7 @@ pub fn shown_payer_id(record: &CheckRecord) -> String {
 /// Builds the report row of a stored result row.
 pub fn report_row(record: &CheckRecord) -> ReportRow {
     let text = |v: &Option<String>| v.clone().unwrap_or_default();
-    let (kst, utc) = kst_and_utc(&record.checked_at);
+    let (kst, utc) = kst_and_utc(record.checked_at);
     let d = &record.details;
     ReportRow {
         customer_ref: text(&record.customer_ref),
@@ -117,24 +117,17 @@ pub fn report_row(record: &CheckRecord) -> ReportRow {
     }
 }
 
-/// A stored time (UTC, RFC 3339) as (KST, UTC) report text. A value that does not parse
-/// is kept verbatim in the UTC column and the KST column stays empty.
-pub fn kst_and_utc(stored: &str) -> (String, String) {
-    match DateTime::parse_from_rfc3339(stored.trim()) {
-        Ok(t) => (
-            t.with_timezone(&KST).format(TIME_FORMAT).to_string(),
-            t.with_timezone(&Utc).format(TIME_FORMAT).to_string(),
-        ),
-        Err(_) => (String::new(), stored.to_owned()),
-    }
+/// A time as (KST, UTC) report text.
+pub fn kst_and_utc(t: DateTime<Utc>) -> (String, String) {
+    (
+        t.with_timezone(&KST).format(TIME_FORMAT).to_string(),
+        t.format(TIME_FORMAT).to_string(),
+    )
 }
 
-/// A stored UTC time shown in KST (`2026-11-27 02:00:05 KST`), or verbatim if unparsable.
-pub fn kst_label(stored: &str) -> String {
-    match kst_and_utc(stored) {
-        (kst, _) if !kst.is_empty() => format!("{kst} KST"),
-        (_, raw) => raw,
-    }
+/// A time shown in KST (`2026-11-27 02:00:05 KST`).
+pub fn kst_label(t: DateTime<Utc>) -> String {
+    format!("{} KST", t.with_timezone(&KST).format(TIME_FORMAT))
 }
 
 /// A CSV writer for finance: optional BOM, a header, every cell neutralised (no control
@@ -229,28 +222,28 @@ mod tests {
             result_code: Some("0000".to_owned()),
             result_msg: Some("회원조회 성공".to_owned()),
             attempts: 1,
-            checked_at: "2026-11-26T17:05:03.123Z".to_owned(),
+            checked_at: crate::store::time::parse_time("2026-11-26T17:05:03.123Z").unwrap(),
         }
     }
 
     #[test]
     fn times_are_shown_in_kst_and_utc() {
+        let at = |text| crate::store::time::parse_time(text).expect("a time");
         assert_eq!(
-            kst_and_utc("2026-11-26T17:05:03.123Z"),
+            kst_and_utc(at("2026-11-26T17:05:03.123Z")),
             (
                 "2026-11-27 02:05:03".to_owned(),
                 "2026-11-26 17:05:03".to_owned()
             )
         );
         assert_eq!(
-            kst_and_utc("2026-11-26T23:00:00+09:00").1,
+            kst_and_utc(at("2026-11-26T23:00:00+09:00")).1,
             "2026-11-26 14:00:00"
         );
         assert_eq!(
-            kst_and_utc("garbage"),
-            (String::new(), "garbage".to_owned())
+            kst_label(at("2026-11-26T17:05:03Z")),
+            "2026-11-27 02:05:03 KST"
         );
-        assert_eq!(kst_label("2026-11-26T17:05:03Z"), "2026-11-27 02:05:03 KST");
     }
 
     #[test]

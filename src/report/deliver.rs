@@ -4,8 +4,8 @@
 
 use std::path::Path;
 
-use super::ReportError;
 use super::changes::PAGE_ROWS;
+use super::error::ReportError;
 use super::export::write_report;
 use super::notice;
 use super::output::ReportFormat;

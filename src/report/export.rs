@@ -6,8 +6,9 @@ use std::path::Path;
 
 use super::changes::PAGE_ROWS;
 use super::csv::ReportWriter;
+use super::error::ReportError;
+use super::metrics;
 use super::output::{Output, write_atomic};
-use super::{ReportError, metrics};
 use crate::domain::{KeyStatus, RunStats};
 use crate::store::Store;
 

@@ -88,11 +88,9 @@ pub fn from_stats(stats: &RunStats, ended: f64, previous: Option<&str>) -> RunMe
     }
 }
 
-/// A stored time (UTC RFC 3339 text) as Unix seconds; `None` if unreadable.
-pub fn unix_seconds(stored: &str) -> Option<f64> {
-    chrono::DateTime::parse_from_rfc3339(stored)
-        .ok()
-        .map(|t| t.timestamp_millis() as f64 / 1000.0)
+/// A time as Unix seconds, to the millisecond.
+pub fn unix_seconds(t: chrono::DateTime<chrono::Utc>) -> f64 {
+    t.timestamp_millis() as f64 / 1000.0
 }
 
 /// The last success time recorded in an earlier metrics file (`None` if absent, zero or
@@ -107,24 +105,45 @@ pub fn previous_last_success(text: &str) -> Option<f64> {
         .find(|v| v.is_finite() && *v > 0.0)
 }
 
-fn metric(out: &mut String, name: &str, help: &str, samples: &[(&str, String)]) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} gauge");
-    for (labels, value) in samples {
-        let _ = writeln!(out, "{name}{labels} {value}");
+/// One gauge: its name, its help text and its samples (labels, value).
+struct Gauge {
+    name: &'static str,
+    help: &'static str,
+    samples: Vec<(String, String)>,
+}
+
+impl Gauge {
+    /// A gauge with one unlabelled sample.
+    fn one(name: &'static str, help: &'static str, value: impl ToString) -> Self {
+        Self {
+            name,
+            help,
+            samples: vec![(String::new(), value.to_string())],
+        }
+    }
+
+    fn write(&self, out: &mut String) {
+        let name = self.name;
+        let _ = writeln!(out, "# HELP {name} {}", self.help);
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for (labels, value) in &self.samples {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
     }
 }
 
 /// The metrics in Prometheus text format (version 0.0.4).
 pub fn render(m: &RunMetrics) -> String {
     let mut out = String::new();
-    metric(
-        &mut out,
-        "payple_reconcile_run_duration_seconds",
-        "Wall-clock duration of the last run of this process.",
-        &[("", m.duration_secs.to_string())],
-    );
-    let keys: Vec<(String, String)> = KeyStatus::ALL
+    for gauge in run_gauges(m).into_iter().chain(after_run_gauges(m)) {
+        gauge.write(&mut out);
+    }
+    out
+}
+
+/// The gauges every run has: its duration, keys, calls, exit code and last success.
+fn run_gauges(m: &RunMetrics) -> Vec<Gauge> {
+    let keys = KeyStatus::ALL
         .iter()
         .map(|s| {
             (
@@ -133,74 +152,82 @@ pub fn render(m: &RunMetrics) -> String {
             )
         })
         .collect();
-    let keys: Vec<(&str, String)> = keys.iter().map(|(l, v)| (l.as_str(), v.clone())).collect();
-    metric(
-        &mut out,
-        "payple_reconcile_keys",
-        "Keys of the last run per status (the whole run, all shards so far).",
-        &keys,
-    );
-    metric(
-        &mut out,
-        "payple_reconcile_auth_calls",
-        "Partner auth calls made by the last run.",
-        &[("", m.auth_calls.to_string())],
-    );
-    metric(
-        &mut out,
-        "payple_reconcile_lookups",
-        "PUSERINFO lookups (HTTP requests, retries included) made by the last run.",
-        &[("", m.lookups.to_string())],
-    );
-    metric(
-        &mut out,
-        EXIT_CODE,
-        "Exit code of the last run (0 all resolved, 2 some failed, 3 configuration, 4 Payple unavailable, 1 internal).",
-        &[("", m.exit_code.to_string())],
-    );
-    metric(
-        &mut out,
-        LAST_SUCCESS,
-        "Unix time the last successful run (completed, no failed keys) ended; 0 if none yet.",
-        &[("", m.last_success.unwrap_or(0.0).to_string())],
-    );
-    if let Some(failures) = m.notify_failures {
-        metric(
-            &mut out,
-            "payple_reconcile_notify_failures",
-            "Run notifications of the last run that could not be delivered (after retries).",
-            &[("", failures.to_string())],
-        );
-    }
-    if let Some(gone) = m.newly_gone {
-        metric(
-            &mut out,
-            "payple_reconcile_keys_newly_gone",
-            "Keys active in the previous completed run and gone in the last run.",
-            &[("", gone.to_string())],
-        );
-    }
-    if let Some(e) = m.events {
-        metric(
-            &mut out,
-            "payple_reconcile_events",
-            "Per-key events after the last run: delivered and expired by it, pending in the outbox.",
-            &[
-                ("{state=\"delivered\"}", e.delivered.to_string()),
-                ("{state=\"pending\"}", e.pending.to_string()),
-                ("{state=\"expired\"}", e.expired.to_string()),
-            ],
-        );
-    }
-    if let Some(failures) = m.push_failures {
-        metric(
-            &mut out,
-            "payple_reconcile_metrics_push_failures",
-            "Pushes of the last run's metrics to the Pushgateway that failed (after retries).",
-            &[("", failures.to_string())],
-        );
-    }
-    out
+    vec![
+        Gauge::one(
+            "payple_reconcile_run_duration_seconds",
+            "Wall-clock duration of the last run of this process.",
+            m.duration_secs,
+        ),
+        Gauge {
+            name: "payple_reconcile_keys",
+            help: "Keys of the last run per status (the whole run, all shards so far).",
+            samples: keys,
+        },
+        Gauge::one(
+            "payple_reconcile_auth_calls",
+            "Partner auth calls made by the last run.",
+            m.auth_calls,
+        ),
+        Gauge::one(
+            "payple_reconcile_lookups",
+            "PUSERINFO lookups (HTTP requests, retries included) made by the last run.",
+            m.lookups,
+        ),
+        Gauge::one(
+            EXIT_CODE,
+            "Exit code of the last run (0 all resolved, 2 some failed, 3 configuration, 4 Payple unavailable, 1 internal).",
+            m.exit_code,
+        ),
+        Gauge::one(
+            LAST_SUCCESS,
+            "Unix time the last successful run (completed, no failed keys) ended; 0 if none yet.",
+            m.last_success.unwrap_or(0.0),
+        ),
+    ]
+}
+
+/// The gauges of what followed the run, each when it was done: notifications, changes,
+/// events and metric pushes.
+fn after_run_gauges(m: &RunMetrics) -> Vec<Gauge> {
+    let events = m.events.map(|e| Gauge {
+        name: "payple_reconcile_events",
+        help: "Per-key events after the last run: delivered and expired by it, pending in the outbox.",
+        samples: [
+            ("delivered", e.delivered),
+            ("pending", e.pending),
+            ("expired", e.expired),
+        ]
+        .into_iter()
+        .map(|(state, n)| (format!("{{state=\"{state}\"}}"), n.to_string()))
+        .collect(),
+    });
+    [
+        m.notify_failures.map(|n| {
+            Gauge::one(
+                "payple_reconcile_notify_failures",
+                "Run notifications of the last run that could not be delivered (after retries).",
+                n,
+            )
+        }),
+        m.newly_gone.map(|n| {
+            Gauge::one(
+                "payple_reconcile_keys_newly_gone",
+                "Keys active in the previous completed run and gone in the last run.",
+                n,
+            )
+        }),
+        events,
+        m.push_failures.map(|n| {
+            Gauge::one(
+                "payple_reconcile_metrics_push_failures",
+                "Pushes of the last run's metrics to the Pushgateway that failed (after retries).",
+                n,
+            )
+        }),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 #[cfg(test)]
@@ -334,11 +361,8 @@ mod tests {
 
     #[test]
     fn stored_times_as_unix_seconds() {
-        assert_eq!(
-            unix_seconds("2026-11-28T00:00:01.500Z"),
-            Some(1_795_824_001.5)
-        );
-        assert_eq!(unix_seconds("yesterday"), None);
+        let at = crate::store::time::parse_time("2026-11-28T00:00:01.500Z").expect("a time");
+        assert_eq!(unix_seconds(at), 1_795_824_001.5);
     }
 
     #[test]

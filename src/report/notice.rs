@@ -2,8 +2,8 @@
 //! against the previous completed run (counted in one flat-memory pass of the run-to-run
 //! merge, keeping the first newly gone keys).
 
-use super::ReportError;
 use super::changes::{ChangeKind, ChangeStream, PAGE_ROWS};
+use super::error::ReportError;
 use super::xlsx::duration_secs;
 use crate::notify::{ChangeCounts, GoneKey, KeyCounts, NEWLY_GONE_SHOWN, Notice};
 use crate::store::{RunRecord, RunState, Store};
@@ -35,7 +35,7 @@ pub async fn load(
     Ok(Notice {
         run_id: Some(run.id),
         run_key: run.run_key.clone(),
-        state: run.state.as_str().to_owned(),
+        state: run.state,
         exit_code: run.exit_code,
         keys: KeyCounts {
             active: run.counts.active,
@@ -43,7 +43,7 @@ pub async fn load(
             failed: run.counts.failed,
             rejected: run.counts.rejected,
         },
-        duration_secs: duration_secs(&run.started_at, run.finished_at.as_deref()),
+        duration_secs: duration_secs(run.started_at, run.finished_at),
         changes,
         newly_gone,
         report,

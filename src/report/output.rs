@@ -9,7 +9,7 @@ use std::fs::File;
 use std::io::{self, BufWriter, Stdout, Write};
 use std::path::{Path, PathBuf};
 
-use super::ReportError;
+use super::error::ReportError;
 
 /// The file format of a report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,10 +1,12 @@
-//! Which runs a report is about: opening the results database read-only, resolving
-//! `latest` and run ids, and the pair of runs `changes` compares.
+//! Which runs and rows a report is about: opening the results database read-only,
+//! `--run` ([`RunSelector`]: `latest` or a run id) resolved, the pair of runs `changes`
+//! compares, and the statuses `--status` names.
 
 use std::path::PathBuf;
 
 use super::csv::kst_label;
-use super::{ReportError, RunSelector};
+use super::error::ReportError;
+use crate::domain::KeyStatus;
 use crate::store::{Dialect, RunRecord, RunState, Store};
 
 /// Connects without migrating (report users may only read) and without creating a
@@ -142,10 +144,53 @@ pub fn changes_title(before: &RunRecord, after: &RunRecord) -> String {
             "run {} ({}, started {})",
             r.id,
             r.state.as_str(),
-            kst_label(&r.started_at)
+            kst_label(r.started_at)
         )
     };
     format!("Changes from {} to {}", describe(before), describe(after))
+}
+
+/// Parses `--status` values (already split at commas; blanks ignored, case-insensitive).
+/// An empty list means every status.
+pub fn parse_statuses(values: &[String]) -> Result<Vec<KeyStatus>, ReportError> {
+    let mut statuses = Vec::new();
+    for value in values {
+        let name = value.trim();
+        if name.is_empty() {
+            continue;
+        }
+        let status = KeyStatus::parse(&name.to_ascii_lowercase()).ok_or_else(|| {
+            ReportError::UnknownStatus {
+                given: name.to_owned(),
+            }
+        })?;
+        if !statuses.contains(&status) {
+            statuses.push(status);
+        }
+    }
+    Ok(statuses)
+}
+
+/// Which run a command is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunSelector {
+    /// The newest completed run (none completed: exit 3).
+    Latest,
+    Id(i64),
+}
+
+impl RunSelector {
+    /// Parses `--run`: a run id or `latest`.
+    pub fn parse(value: &str) -> Result<Self, ReportError> {
+        let value = value.trim();
+        if value.eq_ignore_ascii_case("latest") {
+            return Ok(Self::Latest);
+        }
+        value
+            .parse()
+            .map(Self::Id)
+            .map_err(|_| ReportError::BadRunSelector(value.to_owned()))
+    }
 }
 
 #[cfg(test)]
@@ -181,5 +226,27 @@ mod tests {
         assert_eq!(err.exit_status(), ExitStatus::Config);
         assert!(err.to_string().contains("none.db"), "{err}");
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn statuses_parse_case_insensitively_and_reject_unknown_names() {
+        let given = ["Active".to_owned(), " gone ".to_owned(), String::new()];
+        assert_eq!(
+            parse_statuses(&given).unwrap(),
+            vec![KeyStatus::Active, KeyStatus::Gone]
+        );
+        assert!(parse_statuses(&[]).unwrap().is_empty());
+        let err = parse_statuses(&["active".to_owned(), "expired".to_owned()]).unwrap_err();
+        assert_eq!(err.exit_status(), ExitStatus::Config);
+        let text = err.to_string();
+        assert!(text.contains("\"expired\"") && text.contains("active, gone, failed, rejected"));
+    }
+
+    #[test]
+    fn run_selectors() {
+        assert_eq!(RunSelector::parse("latest").unwrap(), RunSelector::Latest);
+        assert_eq!(RunSelector::parse(" 12 ").unwrap(), RunSelector::Id(12));
+        let err = RunSelector::parse("yesterday").unwrap_err();
+        assert_eq!(err.exit_status(), ExitStatus::Config);
     }
 }

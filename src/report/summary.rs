@@ -2,13 +2,15 @@
 //! counted by the database (`GROUP BY`), and how recently the source's keys were checked
 //! (coverage across partial runs), shown as text tables.
 
-use super::ReportError;
+use chrono::{DateTime, Utc};
+
 use super::csv::kst_label;
+use super::error::ReportError;
 use super::neutral::terminal;
 use super::table;
 use crate::domain::KeyStatus;
 use crate::store::reports::{GroupCount, Grouping};
-use crate::store::{Coverage, RunRecord, StatusCounts, Store, now_text};
+use crate::store::{Coverage, RunRecord, StatusCounts, Store};
 
 /// What `summary` shows about one run.
 #[derive(Debug, Clone)]
@@ -19,7 +21,7 @@ pub struct Summary {
     pub banks: Vec<GroupCount>,
     /// The run's source keys by how recently they were checked, as of the run's end.
     pub coverage: Coverage,
-    pub as_of: String,
+    pub as_of: DateTime<Utc>,
 }
 
 /// Counts a run's rows.
@@ -37,9 +39,9 @@ pub async fn load(store: &Store, run: RunRecord) -> Result<Summary, ReportError>
         .active_counts_by(id, Grouping::BankName)
         .await
         .map_err(ReportError::store(id))?;
-    let as_of = run.finished_at.clone().unwrap_or_else(now_text);
+    let as_of = run.finished_at.unwrap_or_else(Utc::now);
     let coverage = store
-        .coverage(id, &as_of)
+        .coverage(id, as_of)
         .await
         .map_err(ReportError::store(id))?;
     Ok(Summary {
@@ -81,7 +83,7 @@ fn groups(title: &str, empty: &str, rows: &[GroupCount]) -> String {
 
 /// Coverage as a table: keys checked within 1, 7 and 30 days, never checked, and the
 /// oldest latest check.
-fn coverage(c: &Coverage, as_of: &str) -> String {
+fn coverage(c: &Coverage, as_of: DateTime<Utc>) -> String {
     let n = c.source_keys;
     let mut rows: Vec<Vec<String>> = [("1 day", c.within_1d), ("7 days", c.within_7d)]
         .into_iter()
@@ -99,10 +101,7 @@ fn coverage(c: &Coverage, as_of: &str) -> String {
         &rows,
         &[false, true, true],
     ));
-    let oldest = c
-        .oldest_check
-        .as_deref()
-        .map_or_else(|| "none".to_owned(), kst_label);
+    let oldest = c.oldest_check.map_or_else(|| "none".to_owned(), kst_label);
     out.push_str(&format!("oldest check: {}\n", terminal(&oldest)));
     out
 }
@@ -112,7 +111,6 @@ pub fn render(s: &Summary) -> String {
     let run = &s.run;
     let finished = run
         .finished_at
-        .as_deref()
         .map(|f| format!(", finished {}", kst_label(f)))
         .unwrap_or_default();
     let key = run
@@ -125,7 +123,7 @@ pub fn render(s: &Summary) -> String {
         "run {}{key}: {}, started {}{finished}",
         run.id,
         run.state.as_str(),
-        kst_label(&run.started_at),
+        kst_label(run.started_at),
     );
     let mut out = format!("{}\n\n", terminal(&line));
     let total = s.counts.total();
@@ -159,7 +157,7 @@ pub fn render(s: &Summary) -> String {
         &s.banks,
     ));
     out.push('\n');
-    out.push_str(&coverage(&s.coverage, &s.as_of));
+    out.push_str(&coverage(&s.coverage, s.as_of));
     out
 }
 
@@ -168,14 +166,18 @@ mod tests {
     use super::*;
     use crate::store::RunState;
 
+    fn at(text: &str) -> chrono::DateTime<chrono::Utc> {
+        crate::store::time::parse_time(text).expect("a time")
+    }
+
     fn run() -> RunRecord {
         RunRecord {
             id: 4,
             run_key: Some("2026-11-27".to_owned()),
-            started_at: "2026-11-26T17:00:00.000Z".to_owned(),
-            finished_at: Some("2026-11-26T17:14:40.000Z".to_owned()),
+            started_at: at("2026-11-26T17:00:00.000Z"),
+            finished_at: Some(at("2026-11-26T17:14:40.000Z")),
             source: "csv".to_owned(),
-            source_spec: "keys.csv".to_owned(),
+            source_spec: Err("not stored".to_owned()),
             options: "{}".to_owned(),
             state: RunState::Completed,
             shard_count: 1,
@@ -215,9 +217,9 @@ mod tests {
                 within_1d: 4,
                 within_7d: 8,
                 within_30d: 9,
-                oldest_check: Some("2026-11-01T17:00:00.000Z".to_owned()),
+                oldest_check: Some(at("2026-11-01T17:00:00.000Z")),
             },
-            as_of: "2026-11-26T17:14:40.000Z".to_owned(),
+            as_of: at("2026-11-26T17:14:40.000Z"),
         };
         let text = render(&s);
         assert!(text.starts_with(

@@ -7,7 +7,7 @@ use tokio::time::Instant;
 
 use super::faults::Faults;
 use super::keys::{SimKey, SimKind};
-use super::lock;
+use super::lock::lock;
 use super::php::{
     INTERNAL_ERROR_PAGE, LOOKUP_URL, WORK, field, json_bytes, php_response, too_many,
 };

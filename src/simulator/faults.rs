@@ -12,7 +12,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
-use super::{SimError, lock};
+use super::error::SimError;
+use super::lock::lock;
 
 /// Faults applied to lookups (never to partner authentication). Fractions are drawn per
 /// lookup and are exclusive: their sum must not exceed 1.

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::SimError;
+use super::error::SimError;
 use crate::domain::stable_hash;
 
 /// What the simulator answers for one billing key.

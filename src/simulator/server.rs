@@ -12,13 +12,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::time::Instant;
 
-use super::SimStats;
 use super::faults::{Fault, Faults};
 use super::php::{
     AUTH_PATH, GARBAGE_PAGE, LOOKUP_PATH, asks_for_puserinfo, dropped_connection, field,
     huge_reply, internal_error, json_bytes, millis, parse_body, php_response, too_many,
 };
 use super::state::{Counters, LogLine, Shared};
+use super::stats::SimStats;
 use crate::domain::stable_hash;
 
 /// Builds the router over the shared state.

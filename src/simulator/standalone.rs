@@ -5,7 +5,9 @@ use std::future::Future;
 use std::io::Write;
 use std::net::SocketAddr;
 
-use super::{SimConfig, SimError, start};
+use super::config::SimConfig;
+use super::error::SimError;
+use super::handle::start;
 
 /// Runs the simulator until `shutdown` resolves: prints `listening on URL` as the only line
 /// on stdout, and the final [`super::SimStats`] as one JSON line on stderr.

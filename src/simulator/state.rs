@@ -13,11 +13,14 @@ use serde::Serialize;
 use tokio::time::Instant;
 use url::{Origin, Url};
 
+use super::config::{Partner, SimConfig};
+use super::error::SimError;
 use super::faults::{Dice, FailFirst, Faults, RateWindow};
 use super::keys::KeyBook;
+use super::lock::lock;
 use super::php::referer_origin;
+use super::stats::SimStats;
 use super::tokens::TokenBook;
-use super::{Partner, SimConfig, SimError, SimStats, lock};
 
 /// State shared by every request.
 pub(crate) struct Shared {

@@ -11,7 +11,8 @@ use tokio::sync::mpsc;
 
 use super::columns::ColumnNames;
 use super::decode::{DecodeError, Decoded, TextEncoding};
-use super::{CHUNK, Item, ItemReceiver, SourceError};
+use super::error::SourceError;
+use super::item::{CHUNK, Item, ItemReceiver};
 
 /// How a key file's text is laid out: `--csv-encoding`, `--delimiter`, `--id-column` and
 /// `--ref-column`. Stored with the run, so a resumed run reads the file the same way.

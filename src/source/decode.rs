@@ -178,74 +178,84 @@ impl<R: Read> Decoded<R> {
         }
         self.out.clear();
         self.out_at = 0;
-        match &mut self.state {
+        match self.state {
             State::Done => Ok(()),
-            State::Undecided => {
-                let pending = &self.raw[self.start..self.end];
-                let ascii = pending.iter().position(|b| !b.is_ascii());
-                let take = ascii.unwrap_or(pending.len());
-                self.out.extend_from_slice(&pending[..take]);
-                self.newlines += count_newlines(&pending[..take]);
-                self.start += take;
-                self.offset += take as u64;
-                if ascii.is_some() {
-                    // The window from the first non-ASCII byte decides.
-                    self.fill()?;
-                    let enc = self.guess()?;
-                    self.choose(enc);
-                } else if self.eof {
+            State::Undecided => self.pass_ascii(),
+            State::Decoding(_) => self.decode(),
+        }
+    }
+
+    /// Before the encoding is known: passes the ASCII bytes on, and at the first other
+    /// byte lets the window from there choose the encoding.
+    fn pass_ascii(&mut self) -> std::io::Result<()> {
+        let pending = &self.raw[self.start..self.end];
+        let ascii = pending.iter().position(|b| !b.is_ascii());
+        let take = ascii.unwrap_or(pending.len());
+        self.out.extend_from_slice(&pending[..take]);
+        self.newlines += count_newlines(&pending[..take]);
+        self.start += take;
+        self.offset += take as u64;
+        if ascii.is_some() {
+            // The window from the first non-ASCII byte decides.
+            self.fill()?;
+            let enc = self.guess()?;
+            self.choose(enc);
+        } else if self.eof {
+            self.state = State::Done;
+        }
+        Ok(())
+    }
+
+    /// Decodes the pending bytes with the chosen encoding; malformed input ends the stream
+    /// with an error saying where.
+    fn decode(&mut self) -> std::io::Result<()> {
+        let State::Decoding(decoder) = &mut self.state else {
+            return Ok(());
+        };
+        let last = self.eof;
+        let src = &self.raw[self.start..self.end];
+        let room = decoder
+            .max_utf8_buffer_length_without_replacement(src.len())
+            .unwrap_or(4 * src.len() + 16);
+        self.out.resize(room, 0);
+        let (result, read, written) =
+            decoder.decode_to_utf8_without_replacement(src, &mut self.out, last);
+        self.out.truncate(written);
+        self.newlines += count_newlines(&self.out);
+        match result {
+            DecoderResult::Malformed(bad, extra) => {
+                self.state = State::Done;
+                let at = self.offset + read as u64 - u64::from(extra) - u64::from(bad);
+                Err(self.malformed(at))
+            }
+            DecoderResult::InputEmpty | DecoderResult::OutputFull => {
+                self.start += read;
+                self.offset += read as u64;
+                if last && matches!(result, DecoderResult::InputEmpty) {
                     self.state = State::Done;
                 }
                 Ok(())
             }
-            State::Decoding(decoder) => {
-                let last = self.eof;
-                let src = &self.raw[self.start..self.end];
-                let room = decoder
-                    .max_utf8_buffer_length_without_replacement(src.len())
-                    .unwrap_or(4 * src.len() + 16);
-                self.out.resize(room, 0);
-                let (result, read, written) =
-                    decoder.decode_to_utf8_without_replacement(src, &mut self.out, last);
-                self.out.truncate(written);
-                self.newlines += count_newlines(&self.out);
-                match result {
-                    DecoderResult::Malformed(bad, extra) => {
-                        let at = self.offset + read as u64 - u64::from(extra) - u64::from(bad);
-                        let name = self.chosen.map_or("text", display_name);
-                        let what = if self.wanted.is_auto() {
-                            format!(
-                                "not valid {name} (the file was read as {name}, chosen from \
-                                 its first non-ASCII bytes); give --csv-encoding, or save the \
-                                 file as UTF-8"
-                            )
-                        } else {
-                            format!("not valid {name} (--csv-encoding {})", label(self.wanted))
-                        };
-                        self.state = State::Done;
-                        Err(DecodeError {
-                            line: self.newlines + 1,
-                            offset: at,
-                            what,
-                        }
-                        .into_io())
-                    }
-                    DecoderResult::InputEmpty => {
-                        self.start += read;
-                        self.offset += read as u64;
-                        if last {
-                            self.state = State::Done;
-                        }
-                        Ok(())
-                    }
-                    DecoderResult::OutputFull => {
-                        self.start += read;
-                        self.offset += read as u64;
-                        Ok(())
-                    }
-                }
-            }
         }
+    }
+
+    /// The error for malformed input at byte `at`, on the current line.
+    fn malformed(&self, at: u64) -> std::io::Error {
+        let name = self.chosen.map_or("text", display_name);
+        let what = if self.wanted.is_auto() {
+            format!(
+                "not valid {name} (the file was read as {name}, chosen from its first \
+                 non-ASCII bytes); give --csv-encoding, or save the file as UTF-8"
+            )
+        } else {
+            format!("not valid {name} (--csv-encoding {})", label(self.wanted))
+        };
+        DecodeError {
+            line: self.newlines + 1,
+            offset: at,
+            what,
+        }
+        .into_io()
     }
 
     /// UTF-8 if the window at `raw[start..]` is valid UTF-8 (a sequence cut by the

@@ -4,7 +4,9 @@
 use futures::TryStreamExt;
 use sqlx::{AnyPool, AssertSqlSafe, Row};
 
-use super::{CHUNK, SourceError, SourceSpec, validate_identifier};
+use super::error::SourceError;
+use super::item::CHUNK;
+use super::spec::{SourceSpec, validate_identifier};
 
 /// The SQL that reads keys and their dates: the table's key column and its date column
 /// read as text (a `DATE`, `DATETIME` or `TIMESTAMP` column as well as `YYYY-MM-DD` text:

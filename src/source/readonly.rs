@@ -19,7 +19,7 @@ use sqlx::AnyPool;
 use sqlx::ConnectOptions;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 
-use super::SourceError;
+use super::error::SourceError;
 
 /// How long connecting to the source database may take before the run stops.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -124,60 +124,14 @@ const EFFECT_FUNCTIONS: [&str; 34] = [
 /// of [`WRITING_WORDS`], a function of [`EFFECT_FUNCTIONS`], a `:=` assignment, or
 /// `NEXT VALUE FOR`. Quoted text and quoted identifiers are not looked at.
 pub fn side_effect(statement: &str) -> Option<String> {
-    let mut words: Vec<String> = Vec::new();
-    let mut chars = statement.chars().peekable();
-    let mut word = String::new();
-    let end_word = |word: &mut String, words: &mut Vec<String>| {
-        if !word.is_empty() {
-            words.push(std::mem::take(word).to_ascii_uppercase());
-        }
-    };
-    let mut calls = Vec::new();
-    while let Some(c) = chars.next() {
-        match c {
-            '\'' | '"' | '`' => {
-                end_word(&mut word, &mut words);
-                let mut escaped = false;
-                for q in chars.by_ref() {
-                    if q == '\\' && c == '\'' {
-                        escaped = !escaped;
-                        continue;
-                    }
-                    if q == c && !escaped {
-                        break;
-                    }
-                    escaped = false;
-                }
-                words.push(String::new());
-            }
-            ':' if chars.peek() == Some(&'=') => {
-                return Some("assigns a variable (:=)".to_owned());
-            }
-            c if c.is_alphanumeric() || c == '_' || c == '$' => word.push(c),
-            '(' => {
-                if !word.is_empty() {
-                    calls.push(word.to_ascii_uppercase());
-                }
-                end_word(&mut word, &mut words);
-            }
-            c if c.is_whitespace() => {
-                end_word(&mut word, &mut words);
-                // `f (x)` calls f too.
-                let mut look = chars.clone();
-                while look.peek().is_some_and(|n| n.is_whitespace()) {
-                    look.next();
-                }
-                if look.peek() == Some(&'(')
-                    && let Some(last) = words.last()
-                    && !last.is_empty()
-                {
-                    calls.push(last.clone());
-                }
-            }
-            _ => end_word(&mut word, &mut words),
-        }
+    let Tokens {
+        words,
+        calls,
+        assigns,
+    } = tokens(statement);
+    if assigns {
+        return Some("assigns a variable (:=)".to_owned());
     }
-    end_word(&mut word, &mut words);
     for (found, why) in WRITING_WORDS {
         if words.iter().any(|w| w == found) {
             return Some(format!("{why}: found {found}"));
@@ -198,6 +152,84 @@ pub fn side_effect(statement: &str) -> Option<String> {
         return Some("advances a sequence (NEXT VALUE FOR)".to_owned());
     }
     None
+}
+
+/// A statement read as words: what [`side_effect`] judges.
+struct Tokens {
+    /// Its words in upper case, in order; each quoted text or identifier is an empty word.
+    words: Vec<String>,
+    /// The names it calls (`f(` or `f (`), in upper case.
+    calls: Vec<String>,
+    /// Whether it has a `:=` outside quotes (reading stops there).
+    assigns: bool,
+}
+
+/// The words and calls of `statement`, quoted text skipped.
+fn tokens(statement: &str) -> Tokens {
+    let mut t = Tokens {
+        words: Vec::new(),
+        calls: Vec::new(),
+        assigns: false,
+    };
+    let mut chars = statement.chars().peekable();
+    let mut word = String::new();
+    let end_word = |word: &mut String, words: &mut Vec<String>| {
+        if !word.is_empty() {
+            words.push(std::mem::take(word).to_ascii_uppercase());
+        }
+    };
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' | '"' | '`' => {
+                end_word(&mut word, &mut t.words);
+                skip_quoted(&mut chars, c);
+                t.words.push(String::new());
+            }
+            ':' if chars.peek() == Some(&'=') => {
+                t.assigns = true;
+                return t;
+            }
+            c if c.is_alphanumeric() || c == '_' || c == '$' => word.push(c),
+            '(' => {
+                if !word.is_empty() {
+                    t.calls.push(word.to_ascii_uppercase());
+                }
+                end_word(&mut word, &mut t.words);
+            }
+            c if c.is_whitespace() => {
+                end_word(&mut word, &mut t.words);
+                // `f (x)` calls f too.
+                let mut look = chars.clone();
+                while look.peek().is_some_and(|n| n.is_whitespace()) {
+                    look.next();
+                }
+                if look.peek() == Some(&'(')
+                    && let Some(last) = t.words.last()
+                    && !last.is_empty()
+                {
+                    t.calls.push(last.clone());
+                }
+            }
+            _ => end_word(&mut word, &mut t.words),
+        }
+    }
+    end_word(&mut word, &mut t.words);
+    t
+}
+
+/// Skips to the end of text quoted with `quote` (backslash escapes inside `'...'`).
+fn skip_quoted(chars: &mut std::iter::Peekable<std::str::Chars<'_>>, quote: char) {
+    let mut escaped = false;
+    for q in chars.by_ref() {
+        if q == '\\' && quote == '\'' {
+            escaped = !escaped;
+            continue;
+        }
+        if q == quote && !escaped {
+            break;
+        }
+        escaped = false;
+    }
 }
 
 /// The statements of `sql` (text between `;` outside quotes and comments), empty ones

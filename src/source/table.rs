@@ -5,8 +5,10 @@ use futures::TryStreamExt;
 use sqlx::{AnyPool, AssertSqlSafe, Executor, Row};
 use tokio::sync::mpsc;
 
+use super::error::SourceError;
+use super::item::{CHUNK, Item, ItemReceiver};
 use super::readonly::{check_query, is_write_refused};
-use super::{CHUNK, Item, ItemReceiver, SourceError, SourceSpec, validate_identifier};
+use super::spec::{SourceSpec, validate_identifier};
 
 /// Streams the rows of `spec` from `pool` in a task.
 pub fn spawn(spec: SourceSpec, pool: Option<AnyPool>) -> ItemReceiver {

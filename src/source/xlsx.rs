@@ -10,7 +10,8 @@ use calamine::{DataRef, Reader, Xlsx, XlsxError};
 use tokio::sync::mpsc;
 
 use super::columns::ColumnNames;
-use super::{CHUNK, Item, ItemReceiver, SourceError};
+use super::error::SourceError;
+use super::item::{CHUNK, Item, ItemReceiver};
 
 type Workbook = Xlsx<BufReader<File>>;
 

@@ -232,7 +232,9 @@ pub(crate) async fn sqlite_with_run() -> (tempfile::TempDir, Store, i64) {
         .create_or_join_run(&super::records::NewRun {
             run_key: None,
             source: "test".to_owned(),
-            source_spec: "{}".to_owned(),
+            source_spec: crate::source::SourceSpec::Query {
+                sql: "SELECT 1".to_owned(),
+            },
             options: "{}".to_owned(),
             shard_count: 1,
         })

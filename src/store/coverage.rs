@@ -11,6 +11,8 @@
 use super::connect::Store;
 use super::error::{StoreError, ctx};
 use super::records::{CHECK_COLUMNS, CheckRecord, StagedKey, check_record};
+use super::time::{read_optional_time, time_text};
+use chrono::{DateTime, Utc};
 use sqlx::Row;
 
 /// How recently the keys of a run's source were checked, as of a moment.
@@ -24,7 +26,7 @@ pub struct Coverage {
     pub within_7d: i64,
     pub within_30d: i64,
     /// The stalest key's latest check (UTC RFC 3339), among keys ever checked.
-    pub oldest_check: Option<String>,
+    pub oldest_check: Option<DateTime<Utc>>,
 }
 
 impl Store {
@@ -168,15 +170,14 @@ impl Store {
             .map_err(ctx("reading a run's budget"))
     }
 
-    /// How recently the keys of `run_id`'s source had been checked as of `as_of` (UTC RFC
-    /// 3339), counting results of that run and earlier ones.
-    pub async fn coverage(&self, run_id: i64, as_of: &str) -> Result<Coverage, StoreError> {
-        let since = |days: i64| -> String {
-            chrono::DateTime::parse_from_rfc3339(as_of)
-                .map(|t| t.with_timezone(&chrono::Utc) - chrono::Duration::days(days))
-                .map(super::records::fmt_time)
-                .unwrap_or_default()
-        };
+    /// How recently the keys of `run_id`'s source had been checked as of `as_of`, counting
+    /// results of that run and earlier ones.
+    pub async fn coverage(
+        &self,
+        run_id: i64,
+        as_of: DateTime<Utc>,
+    ) -> Result<Coverage, StoreError> {
+        let since = |days: i64| time_text(as_of - chrono::Duration::days(days));
         let row = sqlx::query(self.sql(
             "SELECT COUNT(*), COUNT(l.last_check), \
                     COUNT(CASE WHEN l.last_check >= ? THEN 1 END), \
@@ -204,7 +205,7 @@ impl Store {
                 within_1d: row.try_get(2)?,
                 within_7d: row.try_get(3)?,
                 within_30d: row.try_get(4)?,
-                oldest_check: row.try_get(5)?,
+                oldest_check: read_optional_time(5, "last_check", run_id, row.try_get(5)?)?,
             })
         };
         read().map_err(ctx("measuring coverage"))

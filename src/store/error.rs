@@ -53,13 +53,14 @@ pub enum StoreError {
     #[error("run {0} does not exist")]
     NoSuchRun(i64),
     #[error(
-        "another run holds the lease {name:?}: run {run_id} ({holder}), alive until {expires_at}"
+        "another run holds the lease {name:?}: run {run_id} ({holder}), alive until {}",
+        super::time::time_text(*.expires_at)
     )]
     LeaseHeld {
         name: String,
         run_id: i64,
         holder: String,
-        expires_at: String,
+        expires_at: chrono::DateTime<chrono::Utc>,
     },
 }
 

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use super::connect::Store;
 use super::error::{StoreError, ctx};
-use super::records::{Lease, fmt_time};
+use super::records::Lease;
+use super::time::{read_time, time_text};
 use sqlx::Row;
 
 impl Store {
@@ -72,11 +73,12 @@ impl Store {
             .await
             .map_err(ctx("reading the run lease"))?;
         row.map(|r| {
+            let run_id = r.try_get(0)?;
             Ok(Lease {
-                run_id: r.try_get(0)?,
+                run_id,
                 holder: r.try_get(1)?,
-                heartbeat_at: r.try_get(2)?,
-                expires_at: r.try_get(3)?,
+                heartbeat_at: read_time(2, "heartbeat_at", run_id, &r.try_get::<String, _>(2)?)?,
+                expires_at: read_time(3, "expires_at", run_id, &r.try_get::<String, _>(3)?)?,
             })
         })
         .transpose()
@@ -164,5 +166,5 @@ impl Store {
 fn stamps(ttl: Duration) -> (String, String) {
     let now = chrono::Utc::now();
     let expires = now + chrono::Duration::from_std(ttl).unwrap_or_default();
-    (fmt_time(now), fmt_time(expires))
+    (time_text(now), time_text(expires))
 }

@@ -9,9 +9,10 @@
 //! once per key (staging, result rows, pending pages) go through a native pool beside it
 //! (`bulk`): array binds, statements prepared once and kept.
 //!
-//! The types live in `records`, the connection in `connect`, the errors in `error` and the
-//! SQL dialects in `dialect`; this file only names the modules. The queries live by
-//! subject in `runs` (runs, shards, staging), `checks` (result rows), `leases`, `reports`
+//! The types live in `records`, the connection in `connect`, the errors in `error`, the
+//! stored time format in `time` and the SQL dialects in `dialect`; this file only names the
+//! modules. The queries live by subject in `runs` (runs, staging), `shards` (a shard's
+//! start and end, the run recounted), `checks` (result rows), `leases`, `reports`
 //! (what the finance reports read), `recheck` (failed keys made pending again), `coverage`
 //! (budgeted runs' priority queue, latest results across partial runs, coverage) and
 //! `writer` (the single batching writer); `open` checks a SQLite file is safe to use and
@@ -33,6 +34,8 @@ mod recheck;
 mod records;
 pub mod reports;
 mod runs;
+mod shards;
+pub mod time;
 pub mod writer;
 
 pub use connect::{CONNECT_TIMEOUT, Store};
@@ -43,8 +46,8 @@ pub use outbox::{OutboxCounts, OutboxEvent, OutboxRow};
 pub use packed::PackedRow;
 pub use recheck::{FailedCode, FailedSelection};
 pub use records::{
-    CheckRecord, CheckRow, Lease, MAX_ROWS_PER_STATEMENT, NewRun, RunRecord, RunState, ShardRecord,
-    StagedKey, StatusCounts, now_text,
+    CheckRecord, CheckRow, Lease, MAX_ROWS_PER_STATEMENT, NewRun, RunRecord, RunState, ShardEnd,
+    ShardRecord, StagedKey, StatusCounts, StoredSource,
 };
 pub use runs::Staging;
 

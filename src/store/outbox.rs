@@ -5,7 +5,8 @@ use sqlx::Row;
 
 use super::connect::Store;
 use super::error::{StoreError, ctx};
-use super::records::now_text;
+use super::time::{read_optional_time, read_time, serialize, serialize_optional, time_text};
+use chrono::{DateTime, Utc};
 
 /// An event to write to the outbox.
 #[derive(Debug, Clone)]
@@ -28,10 +29,13 @@ pub struct OutboxRow {
     pub event_type: String,
     pub state: String,
     pub attempts: i64,
-    pub created_at: String,
-    pub last_attempt_at: Option<String>,
+    #[serde(serialize_with = "serialize")]
+    pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "serialize_optional")]
+    pub last_attempt_at: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
-    pub done_at: Option<String>,
+    #[serde(serialize_with = "serialize_optional")]
+    pub done_at: Option<DateTime<Utc>>,
     #[serde(skip)]
     pub payload: String,
 }
@@ -48,19 +52,20 @@ const COLUMNS: &str = "event_id, run_id, payer_sha256, event_type, state, attemp
                        last_attempt_at, last_error, done_at, payload";
 
 fn outbox_row(row: &sqlx::any::AnyRow) -> Result<OutboxRow, sqlx::Error> {
+    let run_id = row.try_get(1)?;
     Ok(OutboxRow {
         event_id: row.try_get(0)?,
-        run_id: row.try_get(1)?,
+        run_id,
         payer_sha256: row.try_get(2)?,
         event_type: row.try_get(3)?,
         state: row.try_get(4)?,
         attempts: row
             .try_get::<i64, _>(5)
             .or_else(|_| row.try_get::<i32, _>(5).map(i64::from))?,
-        created_at: row.try_get(6)?,
-        last_attempt_at: row.try_get(7)?,
+        created_at: read_time(6, "created_at", run_id, &row.try_get::<String, _>(6)?)?,
+        last_attempt_at: read_optional_time(7, "last_attempt_at", run_id, row.try_get(7)?)?,
         last_error: row.try_get(8)?,
-        done_at: row.try_get(9)?,
+        done_at: read_optional_time(9, "done_at", run_id, row.try_get(9)?)?,
         payload: row.try_get(10)?,
     })
 }
@@ -108,7 +113,7 @@ impl Store {
     }
 
     async fn insert_events(&self, run_id: i64, events: &[OutboxEvent]) -> Result<(), StoreError> {
-        let now = now_text();
+        let now = time_text(Utc::now());
         let mut tx = self.pool.begin().await.map_err(ctx("writing events"))?;
         sqlx::query(
             self.sql("INSERT INTO event_runs (run_id, events, written_at) VALUES (?, ?, ?)"),
@@ -185,7 +190,7 @@ impl Store {
         delivered: bool,
         error: Option<&str>,
     ) -> Result<(), StoreError> {
-        let now = now_text();
+        let now = time_text(Utc::now());
         let error = error.map(|e| e.chars().take(255).collect::<String>());
         let sql = if delivered {
             "UPDATE event_outbox SET state = 'delivered', attempts = attempts + 1, \
@@ -206,15 +211,14 @@ impl Store {
         Ok(())
     }
 
-    /// Marks pending events written before `cutoff` (RFC 3339 UTC) `expired`; returns how
-    /// many.
-    pub async fn expire_events(&self, cutoff: &str) -> Result<u64, StoreError> {
+    /// Marks pending events written before `cutoff` `expired`; returns how many.
+    pub async fn expire_events(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
         let done = sqlx::query(self.sql(
             "UPDATE event_outbox SET state = 'expired', done_at = ? \
              WHERE state = 'pending' AND created_at < ?",
         ))
-        .bind(now_text())
-        .bind(cutoff.to_owned())
+        .bind(time_text(Utc::now()))
+        .bind(time_text(cutoff))
         .execute(&self.pool)
         .await
         .map_err(ctx("expiring events"))?;

@@ -3,6 +3,7 @@
 
 use super::error::StoreError;
 use super::records::{CHECK_COLUMN_COUNT, CheckRow};
+use super::time::{parse_time, time_text};
 use crate::domain::{KeyDetails, KeyStatus, LookupOutcome, PayType};
 
 /// The columns a packed row holds: all but `run_id`.
@@ -16,10 +17,14 @@ pub(super) const PACKED_FIELDS: usize = CHECK_COLUMN_COUNT - 1;
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct PackedRow(pub(super) Box<str>);
 
-/// A row's columns after `run_id`, in `CHECK_COLUMNS` order, as texts (`attempts` is the
-/// caller's text of it): the one list of a result row's fields, which every database's
-/// insert reads from the packed form.
-fn column_texts<'a>(row: &'a CheckRow, attempts: &'a str) -> [Option<&'a str>; PACKED_FIELDS] {
+/// A row's columns after `run_id`, in `CHECK_COLUMNS` order, as texts (`attempts` and
+/// `checked_at` are the caller's texts of them): the one list of a result row's fields,
+/// which every database's insert reads from the packed form.
+fn column_texts<'a>(
+    row: &'a CheckRow,
+    attempts: &'a str,
+    checked_at: &'a str,
+) -> [Option<&'a str>; PACKED_FIELDS] {
     let o = &row.outcome;
     let d = &o.details;
     [
@@ -40,14 +45,15 @@ fn column_texts<'a>(row: &'a CheckRow, attempts: &'a str) -> [Option<&'a str>; P
         o.result_code.as_deref(),
         o.result_msg.as_deref(),
         Some(attempts),
-        Some(row.checked_at.as_str()),
+        Some(checked_at),
     ]
 }
 
 impl PackedRow {
     pub fn pack(row: &CheckRow) -> PackedRow {
         let attempts = row.outcome.attempts.to_string();
-        let text = serde_json::to_string(&column_texts(row, &attempts))
+        let checked_at = time_text(row.checked_at);
+        let text = serde_json::to_string(&column_texts(row, &attempts, &checked_at))
             .expect("an array of strings serialises");
         PackedRow(text.into_boxed_str())
     }
@@ -86,6 +92,7 @@ impl PackedRow {
         let status = status.as_deref().and_then(KeyStatus::parse);
         let attempts = attempts.as_deref().and_then(|a| a.parse().ok());
         let pay_type = pay_type.as_deref().map(PayType::parse);
+        let checked_at = checked_at.as_deref().and_then(parse_time);
         let (Some(payer_id), Some(status), Some(attempts), Some(checked_at)) =
             (payer_id, status, attempts, checked_at)
         else {
@@ -154,7 +161,7 @@ pub(super) fn full_row() -> CheckRow {
             result_msg: Some("line\nbreak \\ and \u{1F600}".to_owned()),
             attempts: 3,
         },
-        checked_at: "2026-11-28T09:00:00.123Z".to_owned(),
+        checked_at: parse_time("2026-11-28T09:00:00.123Z").expect("a time"),
     }
 }
 

@@ -1,23 +1,30 @@
 //! The store's typed records (runs, shards, leases, staged keys, result rows, counts per
 //! status), the columns they are read from, and the functions that read them from a row.
 
+use chrono::{DateTime, Utc};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::error::{StoreError, ctx};
+use super::time::{read_optional_time, read_time};
 use crate::domain::{KeyDetails, KeyStatus, LookupOutcome, PayType};
+use crate::source::SourceSpec;
 
 pub use crate::domain::RunState;
+
+/// The source a run was started with, as stored: its spec, or why the stored JSON does not
+/// read as one (only `--resume` needs it, and refuses then).
+pub type StoredSource = Result<SourceSpec, String>;
 
 /// A run as the `reconcile_runs` table holds it.
 #[derive(Debug, Clone)]
 pub struct RunRecord {
     pub id: i64,
     pub run_key: Option<String>,
-    pub started_at: String,
-    pub finished_at: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
     pub source: String,
-    pub source_spec: String,
+    pub source_spec: StoredSource,
     pub options: String,
     pub state: RunState,
     pub shard_count: u32,
@@ -40,13 +47,25 @@ pub struct ShardRecord {
     pub lookups: i64,
 }
 
+/// How one shard of a run ended, as [`Store::finish_shard`](super::Store::finish_shard)
+/// records it.
+#[derive(Debug, Clone)]
+pub struct ShardEnd {
+    pub shard_index: u32,
+    pub state: RunState,
+    pub auth_calls: u64,
+    pub lookups: u64,
+    /// Why the shard stopped, if something did.
+    pub error: Option<String>,
+}
+
 /// Who holds a run lease, and until when.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
     pub run_id: i64,
     pub holder: String,
-    pub heartbeat_at: String,
-    pub expires_at: String,
+    pub heartbeat_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
 }
 
 /// What a new run is about.
@@ -54,7 +73,7 @@ pub struct Lease {
 pub struct NewRun {
     pub run_key: Option<String>,
     pub source: String,
-    pub source_spec: String,
+    pub source_spec: SourceSpec,
     pub options: String,
     pub shard_count: u32,
 }
@@ -105,7 +124,7 @@ pub struct CheckRow {
     pub payer_id: String,
     pub customer_ref: Option<String>,
     pub outcome: LookupOutcome,
-    pub checked_at: String,
+    pub checked_at: DateTime<Utc>,
 }
 
 /// One result row as stored, for reports.
@@ -119,7 +138,7 @@ pub struct CheckRecord {
     pub result_code: Option<String>,
     pub result_msg: Option<String>,
     pub attempts: i64,
-    pub checked_at: String,
+    pub checked_at: DateTime<Utc>,
 }
 
 impl Default for CheckRecord {
@@ -134,7 +153,7 @@ impl Default for CheckRecord {
             result_code: None,
             result_msg: None,
             attempts: 0,
-            checked_at: String::new(),
+            checked_at: DateTime::UNIX_EPOCH,
         }
     }
 }
@@ -172,12 +191,6 @@ impl StatusCounts {
     }
 }
 
-/// The current time as stored: UTC, RFC 3339, milliseconds.
-pub fn now_text() -> String {
-    // `%Y-%m-%dT%H:%M:%S%.3fZ`, without parsing a format string for every result row.
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
 pub(super) const CHECK_COLUMNS: &str = "run_id, payer_id, customer_ref, status, pay_type, card_code, \
     card_name, card_mask, bank_code, bank_name, bank_mask, bank_account_type, payer_name, \
     payer_phone_mask, is_tax, result_code, result_msg, attempts, checked_at";
@@ -187,9 +200,6 @@ pub(super) const RUN_COLUMNS: &str = "id, run_key, started_at, finished_at, sour
     rejected_count, auth_calls, lookups, exit_code";
 /// Rows per multi-row statement: well under SQLite's 32,766 bind parameters.
 pub const MAX_ROWS_PER_STATEMENT: usize = 1000;
-pub(super) fn fmt_time(t: chrono::DateTime<chrono::Utc>) -> String {
-    t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
-}
 
 pub(super) fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
@@ -197,13 +207,15 @@ pub(super) fn to_i64(n: u64) -> i64 {
 
 pub(super) fn run_record(row: &AnyRow) -> Result<RunRecord, StoreError> {
     let read = || -> Result<RunRecord, sqlx::Error> {
+        let id = row.try_get(0)?;
         Ok(RunRecord {
-            id: row.try_get(0)?,
+            id,
             run_key: row.try_get(1)?,
-            started_at: row.try_get(2)?,
-            finished_at: row.try_get(3)?,
+            started_at: read_time(2, "started_at", id, &row.try_get::<String, _>(2)?)?,
+            finished_at: read_optional_time(3, "finished_at", id, row.try_get(3)?)?,
             source: row.try_get(4)?,
-            source_spec: row.try_get(5)?,
+            source_spec: serde_json::from_str(&row.try_get::<String, _>(5)?)
+                .map_err(|e| e.to_string()),
             options: row.try_get(6)?,
             state: RunState::parse(&row.try_get::<String, _>(7)?),
             shard_count: u32::try_from(row.try_get::<i64, _>(8)?).unwrap_or(1),
@@ -231,8 +243,9 @@ pub(super) fn check_record(row: &AnyRow) -> Result<CheckRecord, sqlx::Error> {
         None => None,
         Some(name) => Some(PayType::parse(name).ok_or_else(|| unknown_value(4, "pay_type", name))?),
     };
+    let run_id = row.try_get(0)?;
     Ok(CheckRecord {
-        run_id: row.try_get(0)?,
+        run_id,
         payer_id: row.try_get(1)?,
         customer_ref: row.try_get(2)?,
         status,
@@ -252,7 +265,7 @@ pub(super) fn check_record(row: &AnyRow) -> Result<CheckRecord, sqlx::Error> {
         result_code: row.try_get(15)?,
         result_msg: row.try_get(16)?,
         attempts: row.try_get(17)?,
-        checked_at: row.try_get(18)?,
+        checked_at: read_time(18, "checked_at", run_id, &row.try_get::<String, _>(18)?)?,
     })
 }
 
@@ -269,14 +282,6 @@ mod tests {
     use super::*;
     use crate::store::sqlite_with_run;
 
-    #[test]
-    fn times_are_stored_as_utc_rfc_3339_with_milliseconds() {
-        let text = now_text();
-        let parsed = chrono::NaiveDateTime::parse_from_str(&text, "%Y-%m-%dT%H:%M:%S%.3fZ")
-            .expect("the stored format");
-        assert_eq!(parsed.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(), text);
-        assert_eq!(text.len(), "2026-11-28T09:00:00.123Z".len(), "{text}");
-    }
     #[tokio::test]
     async fn unknown_statuses_are_not_read() {
         let (_dir, store, run_id) = sqlite_with_run().await;
@@ -287,7 +292,7 @@ mod tests {
                 &crate::domain::RejectReason::Empty,
                 "line 3".to_owned(),
             ),
-            checked_at: now_text(),
+            checked_at: Utc::now(),
         };
         store
             .insert_checks(run_id, &[rejected])
@@ -310,6 +315,23 @@ mod tests {
             .await
             .expect_err("an unknown status is refused");
         assert!(err.to_string().contains("paused"), "{err}");
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_bad_stored_time_is_an_error_naming_the_run_and_column() {
+        let (_dir, store, run_id) = sqlite_with_run().await;
+        sqlx::query("UPDATE reconcile_runs SET finished_at = 'yesterday'")
+            .execute(store.pool())
+            .await
+            .expect("update");
+        let err = store.run(run_id).await.expect_err("not a time");
+        let text = format!("{err}: {:?}", std::error::Error::source(&err));
+        assert!(text.contains(&format!("run {run_id}")), "{text}");
+        assert!(
+            text.contains("finished_at") && text.contains("yesterday"),
+            "{text}"
+        );
         store.close().await;
     }
 }

@@ -1,14 +1,13 @@
-//! Runs and their shards: creating, joining, resuming and finishing a run, and the list
-//! of keys each shard set out to check (staging, pending pages).
+//! Runs: creating, joining, reading and resuming a run, and the list of keys each shard
+//! set out to check (staging, pending pages). A shard's start and end are in `shards`.
 
 use super::connect::Store;
 use super::dialect::{Dialect, json_rows};
 use super::error::{StoreError, ctx};
-use super::records::{
-    NewRun, RUN_COLUMNS, RunRecord, RunState, ShardRecord, StagedKey, now_text, run_record, to_i64,
-};
+use super::records::{NewRun, RUN_COLUMNS, RunRecord, RunState, StagedKey, run_record};
+use super::time::time_text;
+use chrono::Utc;
 use sqlx::Row;
-use sqlx::any::AnyRow;
 
 impl Store {
     /// Creates a run in state `running` and returns its id.
@@ -25,9 +24,9 @@ impl Store {
         };
         let query = sqlx::query(self.sql(&sql))
             .bind(new.run_key.clone())
-            .bind(now_text())
+            .bind(time_text(Utc::now()))
             .bind(new.source.clone())
-            .bind(new.source_spec.clone())
+            .bind(serde_json::to_string(&new.source_spec).unwrap_or_default())
             .bind(new.options.clone())
             .bind(i64::from(new.shard_count));
         if returning {
@@ -82,16 +81,6 @@ impl Store {
             .execute(&self.pool)
             .await
             .map_err(ctx("retiring a run key"))?;
-        Ok(())
-    }
-
-    pub async fn set_exit_code(&self, run_id: i64, code: i32) -> Result<(), StoreError> {
-        sqlx::query(self.sql("UPDATE reconcile_runs SET exit_code = ? WHERE id = ?"))
-            .bind(i64::from(code))
-            .bind(run_id)
-            .execute(&self.pool)
-            .await
-            .map_err(ctx("recording the exit code"))?;
         Ok(())
     }
 
@@ -153,86 +142,6 @@ impl Store {
         rows.iter().map(run_record).collect()
     }
 
-    /// Recounts a run's rows and records the outcome of one shard; the run is `completed`
-    /// once every shard is.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn finish_shard(
-        &self,
-        run_id: i64,
-        shard_index: u32,
-        state: RunState,
-        auth_calls: u64,
-        lookups: u64,
-        exit_code: i32,
-        error: Option<String>,
-    ) -> Result<RunRecord, StoreError> {
-        let now = now_text();
-        // One transaction, with the run row locked before the shards are read: shards that
-        // finish at the same moment are serialized, and the last one sees every other.
-        let lock = if self.dialect == Dialect::Sqlite {
-            ""
-        } else {
-            " FOR UPDATE"
-        };
-        let mut tx = self.pool.begin().await.map_err(ctx("finishing a shard"))?;
-        sqlx::query(self.sql(
-            "UPDATE run_shards SET state = ?, finished_at = ?, auth_calls = auth_calls + ?, \
-             lookups = lookups + ? WHERE run_id = ? AND shard_index = ?",
-        ))
-        .bind(state.as_str())
-        .bind(now.clone())
-        .bind(to_i64(auth_calls))
-        .bind(to_i64(lookups))
-        .bind(run_id)
-        .bind(i64::from(shard_index))
-        .execute(&mut *tx)
-        .await
-        .map_err(ctx("finishing a shard"))?;
-        let shard_count: i64 = sqlx::query_scalar(self.sql(&format!(
-            "SELECT shard_count FROM reconcile_runs WHERE id = ?{lock}"
-        )))
-        .bind(run_id)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(ctx("finishing a run"))?
-        .ok_or(StoreError::NoSuchRun(run_id))?;
-        let shards = sqlx::query(self.sql(&format!(
-            "SELECT state, keys_total, duplicates, auth_calls, lookups FROM run_shards \
-             WHERE run_id = ?{lock}"
-        )))
-        .bind(run_id)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(ctx("reading shards"))?;
-        let totals = ShardTotals::sum(&shards).map_err(ctx("reading shards"))?;
-        let counts = self.count_statuses(&mut *tx, run_id).await?;
-        let run_state = totals.run_state(shard_count, state);
-        sqlx::query(self.sql(
-            "UPDATE reconcile_runs SET state = ?, finished_at = ?, keys_total = ?, \
-             duplicates = ?, active_count = ?, gone_count = ?, failed_count = ?, \
-             rejected_count = ?, auth_calls = ?, lookups = ?, exit_code = ?, error = ? \
-             WHERE id = ?",
-        ))
-        .bind(run_state.as_str())
-        .bind((run_state != RunState::Running).then_some(now))
-        .bind(totals.keys.filter(|_| shards.len() as i64 == shard_count))
-        .bind(totals.duplicates)
-        .bind(counts.active)
-        .bind(counts.gone)
-        .bind(counts.failed)
-        .bind(counts.rejected)
-        .bind(totals.auth_calls)
-        .bind(totals.lookups)
-        .bind(i64::from(exit_code))
-        .bind(error)
-        .bind(run_id)
-        .execute(&mut *tx)
-        .await
-        .map_err(ctx("finishing a run"))?;
-        tx.commit().await.map_err(ctx("finishing a run"))?;
-        self.run(run_id).await?.ok_or(StoreError::NoSuchRun(run_id))
-    }
-
     /// Marks a run `running` again (resume).
     pub async fn reopen_run(&self, run_id: i64) -> Result<(), StoreError> {
         sqlx::query(self.sql(
@@ -244,56 +153,6 @@ impl Store {
         .await
         .map_err(ctx("reopening a run"))?;
         Ok(())
-    }
-
-    /// The shard's row, created in state `running` if missing, and set running again.
-    pub async fn start_shard(
-        &self,
-        run_id: i64,
-        shard_index: u32,
-    ) -> Result<ShardRecord, StoreError> {
-        let insert = self.dialect.insert_ignoring(
-            "run_shards (run_id, shard_index, state, started_at)",
-            "(?, ?, 'running', ?)",
-            "run_id, shard_index",
-        );
-        sqlx::query(self.sql(&insert))
-            .bind(run_id)
-            .bind(i64::from(shard_index))
-            .bind(now_text())
-            .execute(&self.pool)
-            .await
-            .map_err(ctx("starting a shard"))?;
-        sqlx::query(self.sql(
-            "UPDATE run_shards SET state = 'running', finished_at = NULL \
-             WHERE run_id = ? AND shard_index = ?",
-        ))
-        .bind(run_id)
-        .bind(i64::from(shard_index))
-        .execute(&self.pool)
-        .await
-        .map_err(ctx("starting a shard"))?;
-        let row = sqlx::query(self.sql(
-            "SELECT state, staged, keys_total, duplicates, auth_calls, lookups \
-             FROM run_shards WHERE run_id = ? AND shard_index = ?",
-        ))
-        .bind(run_id)
-        .bind(i64::from(shard_index))
-        .fetch_one(&self.pool)
-        .await
-        .map_err(ctx("reading a shard"))?;
-        let read = |e| StoreError::Query {
-            doing: "reading a shard",
-            source: e,
-        };
-        Ok(ShardRecord {
-            state: RunState::parse(&row.try_get::<String, _>(0).map_err(read)?),
-            staged: row.try_get::<i64, _>(1).map_err(read)? != 0,
-            keys_total: row.try_get(2).map_err(read)?,
-            duplicates: row.try_get(3).map_err(read)?,
-            auth_calls: row.try_get(4).map_err(read)?,
-            lookups: row.try_get(5).map_err(read)?,
-        })
     }
 
     /// Starts writing a shard's key list (see [`Staging`]).
@@ -566,51 +425,6 @@ impl Staging<'_> {
             tx.commit().await.map_err(ctx("staging keys"))?;
         }
         Ok(())
-    }
-}
-
-/// The shards of a run added up.
-struct ShardTotals {
-    completed: i64,
-    /// `None` while a shard has not finished staging.
-    keys: Option<i64>,
-    duplicates: i64,
-    auth_calls: i64,
-    lookups: i64,
-}
-
-impl ShardTotals {
-    /// Adds up `state, keys_total, duplicates, auth_calls, lookups` rows.
-    fn sum(rows: &[AnyRow]) -> Result<Self, sqlx::Error> {
-        let mut t = Self {
-            completed: 0,
-            keys: Some(0),
-            duplicates: 0,
-            auth_calls: 0,
-            lookups: 0,
-        };
-        for row in rows {
-            let shard_state: String = row.try_get(0)?;
-            t.completed += i64::from(RunState::parse(&shard_state) == RunState::Completed);
-            let total: Option<i64> = row.try_get(1)?;
-            t.keys = t.keys.zip(total).map(|(a, b)| a + b);
-            t.duplicates += row.try_get::<i64, _>(2)?;
-            t.auth_calls += row.try_get::<i64, _>(3)?;
-            t.lookups += row.try_get::<i64, _>(4)?;
-        }
-        Ok(t)
-    }
-
-    /// The run's state once a shard ended in `shard_state`: completed when every shard
-    /// is, still running while a completed shard waits for the others.
-    fn run_state(&self, shard_count: i64, shard_state: RunState) -> RunState {
-        if self.completed == shard_count {
-            RunState::Completed
-        } else if shard_state == RunState::Completed {
-            RunState::Running
-        } else {
-            shard_state
-        }
     }
 }
 

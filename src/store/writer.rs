@@ -218,7 +218,7 @@ pub fn refused_row(row: &CheckRow, reason: &StoreError) -> CheckRow {
         payer_id: row.payer_id.clone(),
         customer_ref: None,
         outcome,
-        checked_at: row.checked_at.clone(),
+        checked_at: row.checked_at,
     }
 }
 
@@ -315,7 +315,7 @@ mod tests {
             payer_id: format!("key-{i:06}"),
             customer_ref: None,
             outcome: LookupOutcome::failed("X", "test", 1),
-            checked_at: crate::store::now_text(),
+            checked_at: chrono::Utc::now(),
         }
     }
 

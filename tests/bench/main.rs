@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use payple_reconcile::domain::{KeyDetails, KeyStatus, LookupOutcome};
 use payple_reconcile::simulator::{TEST_CST_ID, TEST_CUST_KEY, TEST_REFERER};
 use payple_reconcile::store::writer::BATCH_ROWS;
-use payple_reconcile::store::{CheckRow, Store, now_text};
+use payple_reconcile::store::{CheckRow, Store};
 use rand::RngCore;
 
 mod databases;
@@ -265,7 +265,7 @@ async fn write_rate(url: &str, rows: usize) -> f64 {
                 result_msg: Some("회원조회 성공".into()),
                 attempts: 1,
             },
-            checked_at: now_text(),
+            checked_at: chrono::Utc::now(),
         })
         .collect();
     let started = Instant::now();

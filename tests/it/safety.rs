@@ -495,7 +495,10 @@ async fn a_running_run_is_never_latest() {
         .create_or_join_run(&NewRun {
             run_key: None,
             source: "csv:keys.csv".into(),
-            source_spec: r#"{"kind":"csv","path":"keys.csv"}"#.into(),
+            source_spec: payple_reconcile::source::SourceSpec::Csv {
+                path: "keys.csv".into(),
+                format: Default::default(),
+            },
             options: "{}".into(),
             shard_count: 1,
         })

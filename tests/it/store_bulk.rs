@@ -5,8 +5,9 @@
 use std::time::Duration;
 
 use payple_reconcile::domain::{KeyDetails, KeyStatus, LookupOutcome, PayType};
+use payple_reconcile::store::time::parse_time;
 use payple_reconcile::store::writer::{self, STORE_REJECTED, WriterConfig};
-use payple_reconcile::store::{CheckRow, NewRun, StagedKey, Store, now_text};
+use payple_reconcile::store::{CheckRow, NewRun, StagedKey, Store};
 
 use crate::helpers::{self, TestDb};
 
@@ -15,7 +16,9 @@ async fn new_run(store: &Store) -> i64 {
         .create_or_join_run(&NewRun {
             run_key: None,
             source: "test".to_owned(),
-            source_spec: "{}".to_owned(),
+            source_spec: payple_reconcile::source::SourceSpec::Query {
+                sql: "SELECT 1".to_owned(),
+            },
             options: "{}".to_owned(),
             shard_count: 1,
         })
@@ -42,7 +45,7 @@ fn full_row(payer_id: &str, attempts: u32) -> CheckRow {
             result_msg: Some("line\nbreak \\ and \u{1F600}".to_owned()),
             attempts,
         },
-        checked_at: "2026-11-28T09:00:00.123Z".to_owned(),
+        checked_at: parse_time("2026-11-28T09:00:00.123Z").expect("a time"),
     }
 }
 
@@ -152,7 +155,7 @@ async fn a_row_postgres_refuses_in_an_array_batch_is_isolated_to_that_row() {
     let w = writer::spawn(store.clone(), run_id, config);
     for (i, id) in ids.iter().enumerate() {
         let mut row = full_row(id, 1);
-        row.checked_at = now_text();
+        row.checked_at = chrono::Utc::now();
         if i == 1_234 {
             row.outcome.details.payer_name = Some("홍\u{0}길동".to_owned());
         }

@@ -213,7 +213,7 @@ async fn check_keys(store: &Store, run: i64, rows: &[Vec<Data>]) {
             .find(|r| text(&r[1]) == payple_reconcile::domain::mask_payer_id(&record.payer_id))
             .unwrap_or_else(|| panic!("no row for {}", record.payer_id));
         assert_eq!(text(&row[2]), record.status.as_str());
-        let utc = chrono::DateTime::parse_from_rfc3339(&record.checked_at).expect("stored time");
+        let utc = record.checked_at;
         let kst = utc + chrono::Duration::hours(9);
         assert_eq!(
             datetime(&row[11]),
@@ -457,12 +457,15 @@ async fn fill_run(store: &Store, rows: usize, run: usize) {
     let new = NewRun {
         run_key: None,
         source: "csv".to_owned(),
-        source_spec: "{}".to_owned(),
+        source_spec: payple_reconcile::source::SourceSpec::Query {
+            sql: "SELECT 1".to_owned(),
+        },
         options: "{}".to_owned(),
         shard_count: 1,
     };
     let id = store.create_run(&new).await.expect("run");
-    let now = payple_reconcile::store::now_text();
+    let now = chrono::Utc::now();
+    let stored_now = payple_reconcile::store::time::time_text(now);
     let batch: Vec<usize> = (0..rows).collect();
     for chunk in batch.chunks(5000) {
         let checks: Vec<CheckRow> = chunk
@@ -491,7 +494,7 @@ async fn fill_run(store: &Store, rows: usize, run: usize) {
                         result_msg: Some("회원조회 성공".to_owned()),
                         attempts: 1,
                     },
-                    checked_at: now.clone(),
+                    checked_at: now,
                 }
             })
             .collect();
@@ -499,7 +502,7 @@ async fn fill_run(store: &Store, rows: usize, run: usize) {
     }
     let counts = store.status_counts(id).await.expect("counts");
     let sql = format!(
-        "UPDATE reconcile_runs SET state = 'completed', finished_at = '{now}', exit_code = 2, \
+        "UPDATE reconcile_runs SET state = 'completed', finished_at = '{stored_now}', exit_code = 2, \
          keys_total = {rows}, active_count = {}, gone_count = {}, failed_count = {} WHERE id = {id}",
         counts.active, counts.gone, counts.failed
     );

@@ -10,24 +10,29 @@
 //! computes). A table longer than a worksheet continues on the next (`Keys (2)`, …); the
 //! rows per worksheet are a parameter so that tests can use a small one. Every text cell
 //! is a string (never a formula), neutralised like the CSV's.
+//!
+//! `cells` holds the shared formats and the Excel times, `sheet` the paging of a sheet,
+//! `summary_sheet` the Summary sheet; this file writes the others.
 
+mod cells;
 mod sheet;
 mod summary_sheet;
 
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 
-use chrono::{DateTime, Datelike, Timelike};
-use rust_xlsxwriter::{Color, ExcelDateTime, Format, Workbook, XlsxError};
+use rust_xlsxwriter::{Workbook, XlsxError};
 
-use super::ReportError;
 use super::changes::{CHANGES_HEADER, ChangeStream, PAGE_ROWS};
-use super::csv::{KST, REPORT_HEADER, report_row};
+use super::csv::{REPORT_HEADER, report_row};
+use super::error::ReportError;
 use super::output::Output;
 use crate::domain::mask_payer_id;
 use crate::store::reports::{ActionCursor, ActionGroup};
 use crate::store::{CheckRecord, RunRecord, Store};
+use cells::{Formats, excel_utc};
 
+pub use cells::{DATETIME_FORMAT, excel_kst};
 pub use sheet::{EXCEL_MAX_ROWS, part_name};
 pub use summary_sheet::duration_secs;
 
@@ -44,9 +49,6 @@ pub const ACTION_HEADER: [&str; 7] = [
     "result_msg",
     "checked_at_kst",
 ];
-
-/// How Excel shows the check times.
-pub const DATETIME_FORMAT: &str = "yyyy-mm-dd hh:mm:ss";
 
 /// Workbook options.
 #[derive(Debug, Clone, Copy)]
@@ -72,78 +74,6 @@ pub struct WorkbookStats {
     pub keys: u64,
     pub action: u64,
     pub changes: u64,
-}
-
-/// The formats the sheets share.
-pub(crate) struct Formats {
-    pub header: Format,
-    pub datetime: Format,
-    pub title: Format,
-    active: Format,
-    gone: Format,
-    failed: Format,
-    rejected: Format,
-}
-
-impl Formats {
-    fn new() -> Self {
-        let fill = |bg: u32, fg: u32| {
-            Format::new()
-                .set_background_color(Color::RGB(bg))
-                .set_font_color(Color::RGB(fg))
-        };
-        Self {
-            header: Format::new()
-                .set_bold()
-                .set_background_color(Color::RGB(0xD9E1F2)),
-            datetime: Format::new().set_num_format(DATETIME_FORMAT),
-            title: Format::new().set_bold().set_font_size(14),
-            active: fill(0xC6EFCE, 0x006100),
-            gone: fill(0xFFC7CE, 0x9C0006),
-            failed: fill(0xFFEB9C, 0x9C5700),
-            rejected: fill(0xD9D9D9, 0x404040),
-        }
-    }
-
-    /// The fill of a status cell.
-    pub fn status(&self, status: &str) -> Option<&Format> {
-        match status {
-            "active" => Some(&self.active),
-            "gone" => Some(&self.gone),
-            "failed" => Some(&self.failed),
-            "rejected" => Some(&self.rejected),
-            _ => None,
-        }
-    }
-}
-
-/// A stored UTC time (RFC 3339) as an Excel date-time in KST; `None` if it does not parse.
-pub fn excel_kst(stored: &str) -> Option<ExcelDateTime> {
-    let t = DateTime::parse_from_rfc3339(stored.trim()).ok()?;
-    excel_time(&t.with_timezone(&KST).naive_local())
-}
-
-/// A stored time as an Excel date-time in UTC.
-fn excel_utc(stored: &str) -> Option<ExcelDateTime> {
-    let t = DateTime::parse_from_rfc3339(stored.trim()).ok()?;
-    excel_time(&t.naive_utc())
-}
-
-fn excel_time(t: &chrono::NaiveDateTime) -> Option<ExcelDateTime> {
-    let seconds = f64::from(t.second()) + f64::from(t.nanosecond() / 1_000_000) / 1000.0;
-    ExcelDateTime::from_ymd(
-        u16::try_from(t.year()).ok()?,
-        u8::try_from(t.month()).ok()?,
-        u8::try_from(t.day()).ok()?,
-    )
-    .and_then(|d| {
-        d.and_hms(
-            u16::try_from(t.hour()).ok().unwrap_or(0),
-            t.minute() as u8,
-            seconds,
-        )
-    })
-    .ok()
 }
 
 /// Writes run `run`'s workbook into `out` (a file; the zip is streamed), reading the store
@@ -268,13 +198,13 @@ fn key_row(
         let format = if col == 2 { formats.status(cell) } else { None };
         out.text(col, cell, format)?;
     }
-    match excel_kst(&record.checked_at) {
+    match excel_kst(record.checked_at) {
         Some(t) => out.datetime(times, &t, &formats.datetime)?,
-        None => out.text(times, "", None)?,
+        None => out.text(times, &row.checked_at_kst, None)?,
     }
-    match excel_utc(&record.checked_at) {
+    match excel_utc(record.checked_at) {
         Some(t) => out.datetime(times + 1, &t, &formats.datetime)?,
-        None => out.text(times + 1, &record.checked_at, None)?,
+        None => out.text(times + 1, &row.checked_at_utc, None)?,
     }
     Ok(())
 }
@@ -345,7 +275,7 @@ fn action_row(
     out.text(3, &row.status, formats.status(&row.status))?;
     out.text(4, &row.result_code, None)?;
     out.text(5, &row.result_msg, None)?;
-    if let Some(t) = excel_kst(&record.checked_at) {
+    if let Some(t) = excel_kst(record.checked_at) {
         out.datetime(6, &t, &formats.datetime)?;
     }
     Ok(())
@@ -388,23 +318,6 @@ async fn write_changes(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn times_become_kst_date_times() {
-        let t = excel_kst("2026-11-26T17:05:03.250Z").unwrap();
-        let expected = ExcelDateTime::from_ymd(2026, 11, 27)
-            .unwrap()
-            .and_hms(2, 5, 3.25)
-            .unwrap();
-        assert_eq!(t.to_excel(), expected.to_excel());
-        let utc = excel_utc("2026-11-26T17:05:03Z").unwrap();
-        let expected = ExcelDateTime::from_ymd(2026, 11, 26)
-            .unwrap()
-            .and_hms(17, 5, 3)
-            .unwrap();
-        assert_eq!(utc.to_excel(), expected.to_excel());
-        assert!(excel_kst("garbage").is_none());
-    }
 
     #[test]
     fn action_labels() {

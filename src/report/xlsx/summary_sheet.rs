@@ -5,10 +5,12 @@
 
 use rust_xlsxwriter::{Chart, ChartDataLabel, Workbook, Worksheet, XlsxError};
 
-use super::super::ReportError;
+use super::super::error::ReportError;
 use super::super::summary::{self as run_summary, Summary};
 use super::sheet::{col_num, column_width};
-use super::{Formats, excel_kst};
+use chrono::{DateTime, Utc};
+
+use super::cells::{Formats, excel_kst};
 use crate::domain::KeyStatus;
 use crate::report::neutral::neutralise;
 use crate::report::table::display_width;
@@ -51,11 +53,9 @@ pub async fn load(
     })
 }
 
-/// Seconds between two stored times, if both parse.
-pub fn duration_secs(started: &str, finished: Option<&str>) -> Option<f64> {
-    let parse = |t: &str| chrono::DateTime::parse_from_rfc3339(t.trim()).ok();
-    let (start, end) = (parse(started)?, parse(finished?)?);
-    Some((end - start).num_milliseconds() as f64 / 1000.0)
+/// Seconds from `started` to `finished`, if the run finished.
+pub fn duration_secs(started: DateTime<Utc>, finished: Option<DateTime<Utc>>) -> Option<f64> {
+    Some((finished? - started).num_milliseconds() as f64 / 1000.0)
 }
 
 /// A cursor over the sheet's rows, remembering the widest text per column.
@@ -146,18 +146,18 @@ fn run_block(c: &mut Cursor<'_>, facts: &Facts, formats: &Formats) -> Result<(),
         c.row += 1;
     }
     for (label, time) in [
-        ("started (KST)", Some(&run.started_at)),
-        ("finished (KST)", run.finished_at.as_ref()),
+        ("started (KST)", Some(run.started_at)),
+        ("finished (KST)", run.finished_at),
     ] {
         c.text(0, label)?;
-        if let Some(t) = time.and_then(|t| excel_kst(t)) {
+        if let Some(t) = time.and_then(excel_kst) {
             c.sheet
                 .write_datetime_with_format(c.row, 1, &t, &formats.datetime)?;
         }
         c.row += 1;
     }
     c.text(0, "duration (s)")?;
-    if let Some(secs) = duration_secs(&run.started_at, run.finished_at.as_deref()) {
+    if let Some(secs) = duration_secs(run.started_at, run.finished_at) {
         c.number(1, secs)?;
     }
     c.row += 1;
@@ -240,7 +240,7 @@ fn trend_block(
     let first = c.row;
     for run in runs {
         c.text(0, &format!("run {}", run.id))?;
-        if let Some(t) = excel_kst(&run.started_at) {
+        if let Some(t) = excel_kst(run.started_at) {
             c.sheet
                 .write_datetime_with_format(c.row, 1, &t, &formats.datetime)?;
         }
@@ -299,12 +299,15 @@ mod tests {
 
     #[test]
     fn durations_from_stored_times() {
+        let at = |text| crate::store::time::parse_time(text).expect("a time");
         assert_eq!(
-            duration_secs("2026-11-26T17:00:00.000Z", Some("2026-11-26T17:14:40.500Z")),
+            duration_secs(
+                at("2026-11-26T17:00:00.000Z"),
+                Some(at("2026-11-26T17:14:40.500Z"))
+            ),
             Some(880.5)
         );
-        assert_eq!(duration_secs("2026-11-26T17:00:00Z", None), None);
-        assert_eq!(duration_secs("x", Some("2026-11-26T17:00:00Z")), None);
+        assert_eq!(duration_secs(at("2026-11-26T17:00:00Z"), None), None);
     }
 
     fn group(name: Option<&str>, keys: i64) -> GroupCount {

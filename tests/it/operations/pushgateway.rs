@@ -160,8 +160,8 @@ fn value_in(
 
 /// The unix time a stored run ended.
 fn finished(run: &payple_reconcile::store::RunRecord) -> f64 {
-    let at = run.finished_at.as_deref().expect("the run finished");
-    payple_reconcile::report::metrics::unix_seconds(at).expect("an RFC 3339 time")
+    let at = run.finished_at.expect("the run finished");
+    payple_reconcile::report::metrics::unix_seconds(at)
 }
 
 /// A successful run, then a run whose keys all fail: the Pushgateway keeps the first run's

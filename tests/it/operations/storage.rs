@@ -67,7 +67,7 @@ async fn omit_pii_stores_no_name_or_phone() {
         other.details.payer_name = None;
         other.details.payer_phone_mask = None;
         other.run_id = row.run_id;
-        other.checked_at = row.checked_at.clone();
+        other.checked_at = row.checked_at;
         assert_eq!(*row, other, "{id}");
     }
     assert!(actives > 20, "{actives} active keys");
