@@ -248,23 +248,7 @@ impl Pass<'_> {
                 answer = self.send(event) => answer,
             };
             let asked = answer.as_ref().ok().and_then(|a| a.asked);
-            let (delivered, error) = match answer {
-                Ok(Answer { status, .. }) => match verdict(status) {
-                    Verdict::Delivered => (true, None),
-                    Verdict::Disabled => {
-                        if !self.disabled.swap(true, Ordering::Relaxed) {
-                            tracing::error!(
-                                host = self.config.endpoint.host(),
-                                "the events endpoint answered 410 Gone: delivery disabled for \
-                                 this pass; the events stay pending"
-                            );
-                        }
-                        (false, Some("HTTP 410 Gone: endpoint disabled".to_owned()))
-                    }
-                    Verdict::Retry => (false, Some(format!("HTTP {status}"))),
-                },
-                Err(e) => (false, Some(e)),
-            };
+            let (delivered, error) = self.outcome(answer);
             if let Err(e) = self
                 .store
                 .record_attempt(&event.event_id, delivered, error.as_deref())
@@ -279,23 +263,59 @@ impl Pass<'_> {
             }
             self.failed.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(event_id = %event.event_id, attempt, error = ?error, "event not delivered");
-            let delay = pause(self.config.backoff, attempt, rand::random::<f64>(), asked);
-            if Instant::now() + delay >= self.deadline {
-                if let Some(asked) = asked {
-                    tracing::info!(
-                        event_id = %event.event_id,
-                        retry_after_seconds = asked.as_secs(),
-                        "the events endpoint asked for a pause past the delivery budget: \
-                         the event stays pending"
-                    );
-                }
+            if !self.wait_to_retry(event, attempt, asked).await {
                 return false;
             }
-            tokio::select! {
-                biased;
-                () = self.cut.cancelled() => return false,
-                () = tokio::time::sleep(delay) => {}
+        }
+    }
+
+    /// Whether an answer delivered the event, and what to record when it did not. A 410
+    /// disables delivery for the rest of the pass (logged once).
+    fn outcome(&self, answer: Result<Answer, String>) -> (bool, Option<String>) {
+        let status = match answer {
+            Ok(Answer { status, .. }) => status,
+            Err(e) => return (false, Some(e)),
+        };
+        match verdict(status) {
+            Verdict::Delivered => (true, None),
+            Verdict::Disabled => {
+                if !self.disabled.swap(true, Ordering::Relaxed) {
+                    tracing::error!(
+                        host = self.config.endpoint.host(),
+                        "the events endpoint answered 410 Gone: delivery disabled for this \
+                         pass; the events stay pending"
+                    );
+                }
+                (false, Some("HTTP 410 Gone: endpoint disabled".to_owned()))
             }
+            Verdict::Retry => (false, Some(format!("HTTP {status}"))),
+        }
+    }
+
+    /// Pauses before the next attempt ([`pause`]); `false` when the pause would outlast the
+    /// budget (the event stays pending) or the cut comes first.
+    async fn wait_to_retry(
+        &self,
+        event: &OutboxRow,
+        attempt: u32,
+        asked: Option<Duration>,
+    ) -> bool {
+        let delay = pause(self.config.backoff, attempt, rand::random::<f64>(), asked);
+        if Instant::now() + delay >= self.deadline {
+            if let Some(asked) = asked {
+                tracing::info!(
+                    event_id = %event.event_id,
+                    retry_after_seconds = asked.as_secs(),
+                    "the events endpoint asked for a pause past the delivery budget: the \
+                     event stays pending"
+                );
+            }
+            return false;
+        }
+        tokio::select! {
+            biased;
+            () = self.cut.cancelled() => false,
+            () = tokio::time::sleep(delay) => true,
         }
     }
 
