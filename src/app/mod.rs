@@ -15,6 +15,7 @@ mod migrate;
 mod notify;
 mod open;
 mod output;
+mod outputs;
 mod report;
 mod run;
 mod simulate;

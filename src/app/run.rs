@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use super::error::AppError;
 use super::open::payple_client;
 use super::output::print_json;
+use super::outputs::check_outputs;
 use crate::domain::RunStats;
 use crate::exit::ExitStatus;
 use crate::notify::{Notice, Notifier};
@@ -30,12 +31,18 @@ pub(super) async fn run(
 ) -> Result<ExitStatus, AppError> {
     let RunSettings { mut batch, payple } = settings;
     // A workbook read without --sheet: its first sheet named now, so the run records it.
-    let result = match crate::source::resolve(batch.source.clone()).await {
+    let resolved = match check_outputs(&batch) {
+        Ok(()) => crate::source::resolve(batch.source.clone())
+            .await
+            .map_err(AppError::Source),
+        Err(e) => Err(AppError::Config(e)),
+    };
+    let result = match resolved {
         Ok(source) => {
             batch.source = source;
             started(&batch, &payple, shutdown).await
         }
-        Err(e) => Err(AppError::Source(e)),
+        Err(e) => Err(e),
     };
     if let Err(error) = &result
         && !batch.dry_run
@@ -194,7 +201,7 @@ async fn end_recorded(
     batch: &BatchSettings,
     store: &Store,
     mut ended: Ended,
-    mut exit: ExitStatus,
+    exit: ExitStatus,
     error: Option<String>,
     shutdown: &Shutdown,
 ) -> ExitStatus {
@@ -203,13 +210,40 @@ async fn end_recorded(
     ended.stats.events = events.map(|c| c.tally());
     log_stats(&ended.stats);
     print_json(&ended.stats);
-    for failure in after_run(batch, store, &ended, error, shutdown).await {
+    let failed = after_run(batch, store, &ended, error, shutdown).await;
+    for failure in &failed {
         tracing::error!("{failure}");
-        if exit == ExitStatus::Success {
-            exit = failure.exit_status();
-        }
     }
-    exit
+    settled(exit, &failed)
+}
+
+/// How the process ends after what followed the run: a failure there (the report, the
+/// metrics file) turns a success into the first failure's exit status; any other status
+/// stands.
+fn settled(exit: ExitStatus, failed: &[AppError]) -> ExitStatus {
+    match failed.first() {
+        Some(failure) if exit == ExitStatus::Success => failure.exit_status(),
+        _ => exit,
+    }
+}
+
+/// The stats as the process will end ([`settled`]) and the error to tell, the failures
+/// after the run included: the metrics and the notification then agree with the exit code
+/// and say what failed.
+fn as_ending(
+    stats: &RunStats,
+    error: Option<String>,
+    failed: &[AppError],
+) -> (RunStats, Option<String>) {
+    let mut stats = stats.clone();
+    if stats.exit_code == ExitStatus::Success.code() {
+        stats.exit_code = settled(ExitStatus::Success, failed).code();
+    }
+    let told = error
+        .into_iter()
+        .chain(failed.iter().map(ToString::to_string))
+        .collect::<Vec<_>>();
+    (stats, (!told.is_empty()).then(|| told.join("; ")))
 }
 
 fn log_stats(stats: &RunStats) {
@@ -243,7 +277,7 @@ async fn after_run(
     error: Option<String>,
     shutdown: &Shutdown,
 ) -> Vec<AppError> {
-    let Ended { record, stats } = ended;
+    let record = &ended.record;
     let cutter = cut_at(shutdown.end_limit(batch.shutdown_grace, Instant::now()));
     let cut = &cutter.cut;
     let mut failed = Vec::new();
@@ -256,6 +290,7 @@ async fn after_run(
             }),
         None => None,
     };
+    let (stats, error) = &as_ending(&ended.stats, error, &failed);
     let notice = notice_within(batch, store, ended, written.clone(), cut).await;
     let mut extras = metrics::Extras::default();
     // The run's own end, in Unix seconds: an "already completed" answer is about an
@@ -278,7 +313,7 @@ async fn after_run(
     }
     extras.notify_failures = match &batch.notify {
         Some(_) if !ran_now(stats) => Some(0),
-        Some(n) => Some(notify_after(n, stats, notice, written, error, cut).await),
+        Some(n) => Some(notify_after(n, stats, notice, written, error.clone(), cut).await),
         None => None,
     };
     if !push_first && let Some(target) = &batch.metrics_push {
