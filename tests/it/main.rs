@@ -13,6 +13,7 @@ mod notify;
 mod notify_failures;
 mod operations;
 mod outage;
+mod outputs;
 mod payple;
 #[path = "../support/peak_rss.rs"]
 mod peak_rss;

@@ -171,3 +171,45 @@ async fn notify_prints_its_json_line() {
     hook.only();
     set.close().await;
 }
+
+/// The report's folder vanishes while the run looks keys up: the lookups are recorded,
+/// the process ends with exit 1, and the notification carries that exit code and names
+/// the report that could not be written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_that_fails_after_the_run_is_told_with_its_exit_code() {
+    let hook = Hook::start().await;
+    let set = Scenario::new().keys(20, "told-report").start().await;
+    let folder = set.dir.path().join("reports");
+    std::fs::create_dir(&folder).expect("report folder");
+    let report = folder.join("night.csv");
+    let child = set.spawn(&[
+        "--rate",
+        "10",
+        "--report",
+        report.to_str().expect("utf-8 path"),
+        "--notify",
+        &hook.url,
+        "--notify-format",
+        "json",
+    ]);
+    let started = std::time::Instant::now();
+    while set.sim.stats().lookups < 3 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no lookups yet"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    std::fs::remove_dir(&folder).expect("remove the report folder mid-run");
+    let out = helpers::wait_output(child, Duration::from_secs(60)).await;
+    assert_exit(&out, 1);
+    assert_eq!(set.rows().await, 20, "every lookup is recorded");
+    let message = hook.only();
+    assert_eq!(message["exit_code"], 1, "{message}");
+    let error = message["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("night.csv"),
+        "error {error:?} does not name the report"
+    );
+    assert!(!report.exists());
+}
