@@ -352,13 +352,24 @@ pub async fn check_one(
 }
 
 /// The run's keys without a result row, page by page, in input order (or, for a
-/// budgeted run, in the priority order of its queue).
+/// budgeted run, in the priority order of its queue). The next page is read while the
+/// keys of this one are looked up ([`read_ahead`]).
 fn pending_keys(
     store: Store,
     run_id: i64,
     shard_index: u32,
     queued: bool,
 ) -> impl Stream<Item = Result<StagedKey, RunError>> {
+    read_ahead(key_pages(store, run_id, shard_index, queued)).flatten()
+}
+
+/// The pages of [`pending_keys`], each read when the one before it is done with.
+fn key_pages(
+    store: Store,
+    run_id: i64,
+    shard_index: u32,
+    queued: bool,
+) -> impl Stream<Item = stream::Iter<std::vec::IntoIter<Result<StagedKey, RunError>>>> {
     // The cursor, and whether the shard had no result rows when paging began (decided at
     // the first page).
     stream::unfold((Some(0i64), None), move |(cursor, fresh)| {
@@ -398,7 +409,36 @@ fn pending_keys(
             }
         }
     })
-    .flatten()
+}
+
+/// Reads `pages` one page ahead of the consumer, in a task of its own: a page comes from
+/// the database while the keys of the one before are looked up, so dispatching does not
+/// stop for each page. The task ends with the stream, or when the stream is dropped.
+fn read_ahead<T: Send + 'static>(
+    pages: impl Stream<Item = T> + Send + 'static,
+) -> impl Stream<Item = T> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let task = tokio::spawn(async move {
+        let mut pages = std::pin::pin!(pages);
+        while let Some(page) = pages.next().await {
+            if tx.send(page).await.is_err() {
+                break;
+            }
+        }
+    });
+    let reader = AbortOnDrop(task);
+    stream::unfold((rx, reader), |(mut rx, reader)| async move {
+        rx.recv().await.map(|page| (page, (rx, reader)))
+    })
+}
+
+/// Aborts a task when dropped: a page reader outlives no run.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 #[cfg(test)]
 mod tests {

@@ -180,3 +180,50 @@ async fn a_row_postgres_refuses_in_an_array_batch_is_isolated_to_that_row() {
     assert_eq!(others, 2_999);
     store.close().await;
 }
+
+/// On MySQL/MariaDB a page of pending keys is read from the `run_keys_page` index alone
+/// ("Using index"): no key of the page is fetched again from the table by its primary key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_pages_of_pending_keys_come_from_one_covering_index() {
+    use sqlx::Row;
+    let Some(db) = TestDb::mysql().await else {
+        return;
+    };
+    let store = db.store().await;
+    let run_id = new_run(&store).await;
+    let keys: Vec<StagedKey> = helpers::payer_ids(2_000, "page")
+        .into_iter()
+        .enumerate()
+        .map(|(i, payer_id)| StagedKey {
+            seq: i as i64 + 1,
+            payer_id,
+            customer_ref: Some(format!("c{i}")),
+            prior_attempts: 0,
+        })
+        .collect();
+    let mut staging = store.staging(run_id, 0);
+    staging.write(&keys).await.expect("staged");
+    staging.commit().await.expect("committed");
+    store.close().await;
+
+    let pool = sqlx::MySqlPool::connect(&db.url).await.expect("connect");
+    sqlx::query("ANALYZE TABLE run_keys")
+        .execute(&pool)
+        .await
+        .expect("analyze");
+    let plan = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "EXPLAIN SELECT k.seq, k.payer_id, k.customer_ref, k.prior_attempts FROM run_keys k \
+         WHERE k.run_id = {run_id} AND k.shard_index = 0 AND k.seq > 500 \
+         ORDER BY k.seq LIMIT 1000"
+    )))
+    .fetch_one(&pool)
+    .await
+    .expect("explain");
+    let key: Option<String> = plan.try_get("key").expect("key column");
+    let extra: Option<String> = plan.try_get("Extra").expect("Extra column");
+    pool.close().await;
+    assert_eq!(key.as_deref(), Some("run_keys_page"), "extra: {extra:?}");
+    let extra = extra.unwrap_or_default();
+    assert!(extra.contains("Using index"), "{extra}");
+    assert!(!extra.contains("filesort"), "{extra}");
+}
