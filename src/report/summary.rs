@@ -70,12 +70,11 @@ fn groups(title: &str, empty: &str, rows: &[GroupCount]) -> String {
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|g| {
-            let name = g
-                .name
-                .as_deref()
-                .filter(|n| !n.trim().is_empty())
-                .unwrap_or("(not reported)");
-            vec![name.to_owned(), g.keys.to_string(), share(g.keys, total)]
+            vec![
+                g.shown_name().to_owned(),
+                g.keys.to_string(),
+                share(g.keys, total),
+            ]
         })
         .collect();
     table::render(&[title, "keys", "share"], &cells, &[false, true, true])

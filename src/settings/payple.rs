@@ -1,7 +1,6 @@
 //! The Payple flags validated: the origin, the credentials, the code book and the client
 //! configuration, shared by `run` and `lookup`.
 
-use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
@@ -11,6 +10,7 @@ use url::Url;
 use super::env::{Env, read_small_file};
 use super::error::{ConfigError, invalid};
 use crate::cli::PaypleArgs;
+use crate::http::is_loopback;
 use crate::payple::codebook::CodeBook;
 use crate::payple::health::HealthConfig;
 use crate::payple::{
@@ -43,15 +43,6 @@ pub fn parse_origin(value: &str) -> Result<Url, ConfigError> {
         _ => return Err(bad("the scheme must be https")),
     }
     Ok(url)
-}
-
-pub(super) fn is_loopback(url: &Url) -> bool {
-    match url.host() {
-        Some(url::Host::Domain(d)) => d == "localhost",
-        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
-        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
-        None => false,
-    }
 }
 
 /// Where the Payple client sends its requests.

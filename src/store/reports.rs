@@ -44,6 +44,16 @@ pub struct GroupCount {
     pub keys: i64,
 }
 
+impl GroupCount {
+    /// The name as reports show it: `(not reported)` when Payple gave none or only spaces.
+    pub fn shown_name(&self) -> &str {
+        self.name
+            .as_deref()
+            .filter(|n| !n.trim().is_empty())
+            .unwrap_or("(not reported)")
+    }
+}
+
 impl Store {
     /// A run's result rows with `after < payer_id <= up_to` (no upper bound when `None`),
     /// ordered by payer id in the database's own collation, optionally only some

@@ -202,14 +202,7 @@ pub fn top_names(rows: &[GroupCount], top: usize) -> Vec<(String, i64)> {
     let mut out: Vec<(String, i64)> = rows
         .iter()
         .take(top)
-        .map(|g| {
-            let name = g
-                .name
-                .as_deref()
-                .filter(|n| !n.trim().is_empty())
-                .unwrap_or("(not reported)");
-            (name.to_owned(), g.keys)
-        })
+        .map(|g| (g.shown_name().to_owned(), g.keys))
         .collect();
     let rest = rows.get(top..).unwrap_or_default();
     if !rest.is_empty() {
