@@ -2,14 +2,17 @@
 //! `BENCH_DB_KEYS`), the same simulator, only `--database-url` changed. Per database:
 //! lookups/s and its ratio to SQLite's, staging time (from the `starting run` to the `key
 //! list complete` log line), the job's CPU, the database server's CPU (its processes'
-//! `/proc` times, where readable; other work on the same server counts too) and peak RSS.
+//! `/proc` times read through the run, where readable; other work on the same server
+//! counts too) and peak RSS.
 //! `BENCH_BASELINE_BIN` names an older binary to run interleaved with this one, each
 //! database's runs back to back, so that a shared machine's load falls on both alike.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use payple_reconcile::simulator::{TEST_CST_ID, TEST_CUST_KEY, TEST_REFERER};
@@ -68,37 +71,79 @@ impl ServerDb {
     }
 }
 
-/// CPU time used so far by the processes whose name is one of `names`, if any is
-/// readable.
-fn server_cpu(names: &[&str]) -> Option<Duration> {
-    // SAFETY: sysconf only reads a configuration value.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let mut total = 0u64;
-    let mut found = false;
+/// CPU ticks used so far by each process whose name is one of `names`, by pid; `None`
+/// when `/proc` cannot be read.
+fn server_ticks(names: &[String]) -> Option<HashMap<u32, u64>> {
+    let mut ticks = HashMap::new();
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
         let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
             continue;
         };
         let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
             continue;
         };
-        if !names.contains(&&stat[open + 1..close]) {
+        if !names.iter().any(|n| n == &stat[open + 1..close]) {
             continue;
         }
         // After the name: state is field 3; utime and stime are fields 14 and 15.
         let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
         let utime: u64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0);
         let stime: u64 = fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0);
-        total += utime + stime;
-        found = true;
+        ticks.insert(pid, utime + stime);
     }
-    found.then(|| Duration::from_secs_f64(total as f64 / ticks))
+    Some(ticks)
+}
+
+/// The server's CPU time during a run, read every 50 ms: PostgreSQL's backends serving
+/// the job's connections exit with it, so a reading after the run alone misses them.
+struct ServerCpu {
+    stop: Arc<AtomicBool>,
+    sampler: std::thread::JoinHandle<Option<Duration>>,
+}
+
+impl ServerCpu {
+    fn start(names: &[&str]) -> Self {
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let sampler = std::thread::spawn(move || {
+            let before = server_ticks(&names)?;
+            let mut last = before.clone();
+            loop {
+                let done = stopped.load(Ordering::Relaxed);
+                last.extend(server_ticks(&names).unwrap_or_default());
+                if done {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if last.is_empty() {
+                return None;
+            }
+            let used: u64 = last
+                .iter()
+                .map(|(pid, t)| t.saturating_sub(before.get(pid).copied().unwrap_or(0)))
+                .sum();
+            // SAFETY: sysconf only reads a configuration value.
+            let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+            Some(Duration::from_secs_f64(used as f64 / per_sec))
+        });
+        Self { stop, sampler }
+    }
+
+    fn finish(self) -> Option<Duration> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.sampler.join().expect("server CPU sampler")
+    }
 }
 
 /// Runs `bin run` once on `db` and measures it, reading the staging time from its log.
 #[allow(clippy::zombie_processes)] // reaped by `wait4` below, which also gives its usage
 fn run_on(bin: &str, sim: &Sim, keys: &Path, db: &str, server: &[&str]) -> DbRun {
-    let cpu_before = server_cpu(server);
+    let server_cpu = ServerCpu::start(server);
     let started = Instant::now();
     let mut child = Command::new(bin)
         .args(["--log-level", "info", "run", "--csv"])
@@ -139,9 +184,7 @@ fn run_on(bin: &str, sim: &Sim, keys: &Path, db: &str, server: &[&str]) -> DbRun
     let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     assert_eq!(waited, pid, "wait4");
     let wall = started.elapsed();
-    let server_cpu = cpu_before
-        .zip(server_cpu(server))
-        .map(|(a, b)| b.saturating_sub(a));
+    let server_cpu = server_cpu.finish();
     log_reader.join().expect("log reader");
     assert!(
         libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
