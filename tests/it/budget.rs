@@ -12,23 +12,15 @@ use payple_reconcile::store::Store;
 use serde_json::json;
 
 use crate::helpers::{
-    self, TestDb, assert_exit, derived_status, key_file, key_hash, logged_lookups, output_of,
+    self, TestDb, assert_exit, derived_status, exec, key_file, key_hash, logged_lookups, output_of,
     run_cmd, scalar_i64, sim_with, spawn, summary_of, wait_output,
 };
 
-/// Runs `sql` (DDL or DML with no result) on the store's pool.
-async fn exec(store: &Store, sql: &str) {
-    sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
-        .execute(store.pool())
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-}
-
 /// The source table `billing_keys (payer_id, customer_ref, next_charge)` holding `rows`.
 async fn source_table(store: &Store, rows: &[(&str, Option<String>)]) {
-    exec(store, "DROP TABLE IF EXISTS billing_keys").await;
+    exec(store.pool(), "DROP TABLE IF EXISTS billing_keys").await;
     exec(
-        store,
+        store.pool(),
         "CREATE TABLE billing_keys (payer_id VARCHAR(64), customer_ref VARCHAR(64), \
          next_charge VARCHAR(32))",
     )
@@ -36,7 +28,7 @@ async fn source_table(store: &Store, rows: &[(&str, Option<String>)]) {
     for (i, (id, due)) in rows.iter().enumerate() {
         let due = due.as_ref().map_or("NULL".to_owned(), |d| format!("'{d}'"));
         exec(
-            store,
+            store.pool(),
             &format!("INSERT INTO billing_keys VALUES ('{id}', 'C-{i:02}', {due})"),
         )
         .await;
@@ -47,7 +39,7 @@ async fn source_table(store: &Store, rows: &[(&str, Option<String>)]) {
 async fn set_checked(store: &Store, id: &str, at: DateTime<Utc>) {
     let at = at.format("%Y-%m-%dT%H:%M:%S%.3fZ");
     exec(
-        store,
+        store.pool(),
         &format!("UPDATE billing_key_checks SET checked_at = '{at}' WHERE payer_id = '{id}'"),
     )
     .await;

@@ -15,16 +15,9 @@ use serde_json::{Value, json};
 use sqlx::Row;
 
 use crate::helpers::{
-    self, DbKind, TestDb, assert_exit, key_file, output_of, run_cmd, scalar_i64, sim_with,
+    self, DbKind, TestDb, assert_exit, exec, key_file, output_of, run_cmd, scalar_i64, sim_with,
     stderr_of, summary_of,
 };
-
-async fn exec(pool: &sqlx::AnyPool, sql: &str) {
-    sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
-        .execute(pool)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-}
 
 /// The rows of `billing_keys`, in order.
 async fn source_rows(pool: &sqlx::AnyPool) -> Vec<(String, String)> {

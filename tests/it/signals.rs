@@ -13,8 +13,8 @@ use payple_reconcile::store::{RunState, Store};
 
 use crate::helpers::{
     self, Scenario, TestDb, all_checks, assert_exit, assert_ground_truth, csv_run, finish,
-    key_hash, logged_lookups, only_run, output_of, run_cmd, scalar_i64, sim_with, slow_sim, spawn,
-    summary_of,
+    key_hash, kill, latency, logged_lookups, only_run, output_of, run_cmd, scalar_i64, sim_with,
+    slow_sim, spawn, summary_of,
 };
 
 const KEYS: usize = 400;
@@ -22,23 +22,6 @@ const RATE: &str = "50";
 const CONCURRENCY: u64 = 8;
 /// How often `wait_for_rows` looks at the results table.
 const POLL: Duration = Duration::from_millis(50);
-
-/// Sends `signal` (e.g. `TERM`) to `pid` with the `kill` command.
-fn kill(signal: &str, pid: u32) {
-    let status = std::process::Command::new("kill")
-        .args([format!("-{signal}"), pid.to_string()])
-        .status()
-        .expect("the kill command runs");
-    assert!(status.success(), "kill -{signal} {pid}: {status}");
-}
-
-/// A simulator answering every lookup after `ms` milliseconds.
-fn latency(ms: u64) -> Faults {
-    Faults {
-        latency: Duration::from_millis(ms),
-        ..Faults::none()
-    }
-}
 
 /// Every input key has exactly one row in the run, with the status its derived answer
 /// implies, looked up once.

@@ -182,6 +182,14 @@ pub async fn scalar_i64(store: &Store, sql: &str) -> i64 {
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
 
+/// Runs `sql` (DDL or DML with no result) on a pool, panicking with the statement on error.
+pub async fn exec(pool: &sqlx::AnyPool, sql: &str) {
+    sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+        .execute(pool)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
 /// Every result row of a run, by payer id.
 pub async fn all_checks(store: &Store, run_id: i64) -> BTreeMap<String, CheckRecord> {
     let rows = store

@@ -32,3 +32,16 @@ pub fn keys_csv(n: usize, seed: &str) -> (tempfile::TempDir, Vec<String>, PathBu
     let csv = write_csv(dir.path(), "keys.csv", &ids);
     (dir, ids, csv)
 }
+
+/// A key CSV (`payer_id,customer_ref`) holding these rows, quoted as needed.
+pub fn write_csv_rows(dir: &Path, name: &str, rows: &[(&str, &str)]) -> PathBuf {
+    let path = dir.join(name);
+    let mut w = csv::Writer::from_path(&path).expect("create csv");
+    w.write_record(["payer_id", "customer_ref"])
+        .expect("header");
+    for (id, customer_ref) in rows {
+        w.write_record([id, customer_ref]).expect("row");
+    }
+    w.flush().expect("flush csv");
+    path
+}

@@ -20,13 +20,16 @@ mod sim;
 
 pub(crate) use db::per_database;
 pub use db::{
-    DbKind, TestDb, all_checks, assert_ground_truth, count_rows_sql, on_database, only_run,
+    DbKind, TestDb, all_checks, assert_ground_truth, count_rows_sql, exec, on_database, only_run,
     scalar_i64, wait_for_count, wait_for_rows,
 };
-pub use files::{keys_csv, payer_ids, write_csv};
+pub use files::{keys_csv, payer_ids, write_csv, write_csv_rows};
 pub use process::{
-    BIN, assert_exit, command, csv_run, finish, json_lines, output_of, run_bin, run_cmd, spawn,
-    stderr_of, summary_of, token_shaped, wait_output,
+    BIN, assert_exit, bin_output, command, csv_run, finish, json_lines, kill, output_of, run_bin,
+    run_cmd, spawn, stderr_of, summary_of, token_shaped, wait_output,
 };
 pub use scenario::{Ran, Scenario, Setup};
-pub use sim::{derived_status, key_file, key_hash, logged_lookups, sim_with, slow_sim, spawn_sim};
+pub use sim::{
+    derived_status, key_file, key_hash, latency, logged_lookups, sim_from_file, sim_with, slow_sim,
+    spawn_sim, write_key_file,
+};

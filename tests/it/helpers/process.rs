@@ -8,6 +8,8 @@ use std::time::Duration;
 use payple_reconcile::simulator::{self, SimHandle};
 use serde_json::Value;
 
+use super::db::TestDb;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_payple-reconcile");
 
 /// The binary, pointed at a simulator with the test partner's credentials, logs quiet.
@@ -68,6 +70,16 @@ pub fn csv_run(
     )
 }
 
+/// The binary (`ARGS`, any subcommand) against `sim`, with `DATABASE_URL` set to `db`'s
+/// and the temporary folder as its working folder, run to the end ([`output_of`]).
+pub async fn bin_output(sim: &SimHandle, db: &TestDb, args: &[&str]) -> Output {
+    let mut cmd = command(&sim.url());
+    cmd.args(args)
+        .env("DATABASE_URL", &db.url)
+        .current_dir(std::env::temp_dir());
+    output_of(cmd).await
+}
+
 /// Runs a command to the end without blocking the runtime the simulator lives on.
 pub async fn output_of(cmd: Command) -> Output {
     let mut cmd = tokio::process::Command::from(cmd);
@@ -118,6 +130,15 @@ pub fn token_shaped(text: &str, min: usize) -> Vec<String> {
         .filter(|run| run.len() >= min)
         .map(str::to_owned)
         .collect()
+}
+
+/// Sends `signal` (e.g. `TERM`) to `pid` with the `kill` command.
+pub fn kill(signal: &str, pid: u32) {
+    let status = std::process::Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()
+        .expect("the kill command runs");
+    assert!(status.success(), "kill -{signal} {pid}: {status}");
 }
 
 /// Starts a command as a child with piped output, killed if the test fails (or the child

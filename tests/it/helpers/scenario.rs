@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use super::db::{TestDb, all_checks, only_run, scalar_i64};
 use super::files::{payer_ids, write_csv};
-use super::process::{assert_exit, output_of, run_cmd, spawn, stderr_of, summary_of};
+use super::process::{assert_exit, command, output_of, run_cmd, spawn, stderr_of, summary_of};
 use super::sim::spawn_sim;
 
 /// The common set-up of a run test as one expression: a keys CSV, a simulator (key book,
@@ -131,8 +131,7 @@ impl Scenario {
         self
     }
 
-    /// An environment variable for the binary (on top of
-    /// [`command`](super::process::command)'s).
+    /// An environment variable for the binary (on top of [`command`]'s).
     pub fn env(mut self, name: &str, value: &str) -> Self {
         self.env.push((name.to_owned(), value.to_owned()));
         self
@@ -273,6 +272,14 @@ impl Setup {
     /// simulator and database, without the scenario's key file and flags.
     pub fn bare_command(&self, args: &[&str]) -> Command {
         run_cmd(&self.sim, &self.db.url, args)
+    }
+
+    /// `payple-reconcile ARGS --database-url URL` (any subcommand) against the scenario's
+    /// simulator and database, without the scenario's key file, flags and environment.
+    pub fn subcommand(&self, args: &[&str]) -> Command {
+        let mut cmd = command(&self.sim.url());
+        cmd.args(args).args(["--database-url", &self.db.url]);
+        cmd
     }
 
     /// Runs [`Self::command`] to the end.

@@ -31,6 +31,24 @@ pub async fn sim_with(keys: KeyBook, faults: Faults, log: Option<PathBuf>) -> Si
     .await
 }
 
+/// A simulator answering from the key file at `keys`, its random choices from `seed`.
+pub async fn sim_from_file(keys: &Path, seed: u64) -> SimHandle {
+    spawn_sim(SimConfig {
+        keys: KeyBook::from_file(keys).expect("key file"),
+        seed,
+        ..SimConfig::default()
+    })
+    .await
+}
+
+/// Faults that answer every lookup after `ms` milliseconds, and nothing else.
+pub fn latency(ms: u64) -> Faults {
+    Faults {
+        latency: Duration::from_millis(ms),
+        ..Faults::none()
+    }
+}
+
 /// A simulator answering every lookup after `latency`.
 pub async fn slow_sim(latency: Duration, log: Option<PathBuf>) -> SimHandle {
     let faults = Faults {
@@ -47,6 +65,14 @@ pub fn derived_status(payer_id: &str) -> &'static str {
         SimKind::Gone => "gone",
         other => panic!("derive_key gave {other:?}"),
     }
+}
+
+/// A key file for the simulator, one JSON object per line (no newline after the last).
+pub fn write_key_file(dir: &Path, name: &str, entries: &[Value]) -> PathBuf {
+    let path = dir.join(name);
+    let text: Vec<String> = entries.iter().map(|e| e.to_string()).collect();
+    std::fs::write(&path, text.join("\n")).expect("write key file");
+    path
 }
 
 /// A JSON Lines key file for the simulator, read back the way the simulator does.
