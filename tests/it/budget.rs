@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use payple_reconcile::domain::mask_payer_id;
-use payple_reconcile::simulator::{Faults, KeyBook};
+use payple_reconcile::simulator::{Faults, KeyBook, SimConfig};
 use payple_reconcile::store::Store;
 use serde_json::json;
 
 use crate::helpers::{
-    self, TestDb, assert_exit, derived_status, exec, key_file, key_hash, logged_lookups, output_of,
-    run_cmd, scalar_i64, sim_with, spawn, summary_of, wait_output,
+    self, TestDb, assert_exit, derived_status, exec, key_file, key_hash, latency, logged_lookups,
+    output_of, run_cmd, scalar_i64, sim_with, spawn, spawn_sim, summary_of, wait_output,
 };
 
 /// The source table `billing_keys (payer_id, customer_ref, next_charge)` holding `rows`.
@@ -204,7 +204,12 @@ async fn stop_at_a_minute_ahead_ends_the_run_normally() {
     let db = TestDb::sqlite();
     let store = db.store().await;
     let (_dir, _ids, csv) = helpers::keys_csv(2000, "stop-at");
-    let sim = helpers::slow_sim(Duration::from_millis(200), None).await;
+    let sim = spawn_sim(SimConfig {
+        faults: latency(200),
+        seed: 7,
+        ..SimConfig::default()
+    })
+    .await;
     let kst = chrono::FixedOffset::east_opt(9 * 3600).expect("offset");
     // The next minute boundary at least 5 s away.
     let now = Utc::now();

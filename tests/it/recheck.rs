@@ -8,13 +8,13 @@ use std::process::Output;
 use std::time::Duration;
 
 use payple_reconcile::domain::KeyStatus;
-use payple_reconcile::simulator::{Faults, KeyBook, SimHandle};
+use payple_reconcile::simulator::{Faults, KeyBook, SimConfig, SimHandle};
 use payple_reconcile::store::{CheckRecord, Store};
 use serde_json::{Value, json};
 
 use crate::helpers::{
     self, TestDb, all_checks, assert_exit, assert_ground_truth, command, csv_run, keys_csv,
-    output_of, run_cmd, sim_with, stderr_of, summary_of,
+    latency, output_of, run_cmd, sim_with, spawn_sim, stderr_of, summary_of,
 };
 
 /// 30% of lookups answered HTTP 500.
@@ -398,7 +398,12 @@ async fn a_recheck_killed_mid_way_is_finished_by_resume() {
     let failed = failed_once(&before);
     assert!(failed.len() >= 8, "{} failed", failed.len());
 
-    let slow = helpers::slow_sim(Duration::from_millis(400), None).await;
+    let slow = spawn_sim(SimConfig {
+        faults: latency(400),
+        seed: 7,
+        ..SimConfig::default()
+    })
+    .await;
     let cmd = run_cmd(&slow, &db.url, &["--recheck-failed", "--concurrency", "1"]);
     let mut child = helpers::spawn(cmd);
     let rechecked =

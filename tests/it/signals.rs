@@ -8,13 +8,13 @@ use std::collections::HashMap;
 use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
-use payple_reconcile::simulator::{Faults, KeyBook};
+use payple_reconcile::simulator::{Faults, KeyBook, SimConfig};
 use payple_reconcile::store::{RunState, Store};
 
 use crate::helpers::{
     self, Scenario, TestDb, all_checks, assert_exit, assert_ground_truth, csv_run, finish,
     key_hash, kill, latency, logged_lookups, only_run, output_of, run_cmd, scalar_i64, sim_with,
-    slow_sim, spawn, summary_of,
+    spawn, spawn_sim, summary_of,
 };
 
 const KEYS: usize = 400;
@@ -238,7 +238,12 @@ async fn sigterm_sends_nothing_that_was_waiting_for_the_rate_limiter() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_signal_abandons_in_flight_lookups_and_resume_checks_them() {
     let (_dir, ids, csv) = helpers::keys_csv(60, "second-signal");
-    let sim = slow_sim(Duration::from_millis(1500), None).await;
+    let sim = spawn_sim(SimConfig {
+        faults: latency(1500),
+        seed: 7,
+        ..SimConfig::default()
+    })
+    .await;
     let db = TestDb::sqlite();
     let store = db.store().await;
 

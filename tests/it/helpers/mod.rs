@@ -30,6 +30,6 @@ pub use process::{
 };
 pub use scenario::{Ran, Scenario, Setup};
 pub use sim::{
-    derived_status, key_file, key_hash, latency, logged_lookups, sim_from_file, sim_with, slow_sim,
+    derived_status, key_file, key_hash, latency, logged_lookups, sim_from_file, sim_with,
     spawn_sim, write_key_file,
 };

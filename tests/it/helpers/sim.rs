@@ -49,15 +49,6 @@ pub fn latency(ms: u64) -> Faults {
     }
 }
 
-/// A simulator answering every lookup after `latency`.
-pub async fn slow_sim(latency: Duration, log: Option<PathBuf>) -> SimHandle {
-    let faults = Faults {
-        latency,
-        ..Faults::none()
-    };
-    sim_with(KeyBook::derived(), faults, log).await
-}
-
 /// The status `derive_key` implies for a key the simulator derives.
 pub fn derived_status(payer_id: &str) -> &'static str {
     match derive_key(payer_id).kind {
