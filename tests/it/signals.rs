@@ -12,9 +12,9 @@ use payple_reconcile::simulator::{Faults, KeyBook, SimConfig};
 use payple_reconcile::store::{RunState, Store};
 
 use crate::helpers::{
-    self, Scenario, TestDb, all_checks, assert_exit, assert_ground_truth, csv_run, finish,
-    key_hash, kill, latency, logged_lookups, only_run, output_of, run_cmd, scalar_i64, sim_with,
-    spawn, spawn_sim, summary_of,
+    self, Scenario, TestDb, all_checks, assert_exit, assert_ground_truth, finish, key_hash, kill,
+    latency, logged_lookups, only_run, output_of, run_cmd, scalar_i64, sim_with, spawn, spawn_sim,
+    summary_of,
 };
 
 const KEYS: usize = 400;
@@ -238,6 +238,8 @@ async fn sigterm_sends_nothing_that_was_waiting_for_the_rate_limiter() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_signal_abandons_in_flight_lookups_and_resume_checks_them() {
     let (_dir, ids, csv) = helpers::keys_csv(60, "second-signal");
+    let csv_arg = csv.to_str().expect("utf-8 path");
+    let csv_args = ["--csv", csv_arg, "--rate", "0", "--concurrency", "4"];
     let sim = spawn_sim(SimConfig {
         faults: latency(1500),
         seed: 7,
@@ -247,7 +249,7 @@ async fn second_signal_abandons_in_flight_lookups_and_resume_checks_them() {
     let db = TestDb::sqlite();
     let store = db.store().await;
 
-    let mut child = spawn(csv_run(&sim, &db.url, &csv, "0", "4"));
+    let mut child = spawn(run_cmd(&sim, &db.url, &csv_args));
     let pid = child.id().expect("child pid");
     helpers::wait_for_rows(&store, 4, Duration::from_secs(15), POLL, &mut child).await;
     kill("TERM", pid);

@@ -25,8 +25,8 @@ pub use db::{
 };
 pub use files::{keys_csv, payer_ids, write_csv, write_csv_rows};
 pub use process::{
-    BIN, assert_exit, bin_output, command, csv_run, finish, json_lines, kill, output_of, run_bin,
-    run_cmd, spawn, stderr_of, summary_of, token_shaped, wait_output,
+    BIN, assert_exit, bin_output, command, finish, json_lines, kill, output_of, run_bin, run_cmd,
+    spawn, stderr_of, summary_of, token_shaped, wait_output,
 };
 pub use scenario::{Ran, Scenario, Setup};
 pub use sim::{

@@ -1,7 +1,6 @@
 //! The real binary: its command line, run to the end or as a child process, and its exit
 //! code, stdout and stderr as a test reads them.
 
-use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
@@ -46,28 +45,6 @@ pub fn run_cmd(sim: &SimHandle, db_url: &str, args: &[&str]) -> Command {
     cmd.args(["run", "--database-url", db_url, "--retry-base-ms", "10"])
         .args(args);
     cmd
-}
-
-/// `run` over a CSV file with `--rate RATE --concurrency CONCURRENCY` (see [`run_cmd`]).
-pub fn csv_run(
-    sim: &SimHandle,
-    db_url: &str,
-    csv: &Path,
-    rate: &str,
-    concurrency: &str,
-) -> Command {
-    run_cmd(
-        sim,
-        db_url,
-        &[
-            "--csv",
-            csv.to_str().unwrap(),
-            "--rate",
-            rate,
-            "--concurrency",
-            concurrency,
-        ],
-    )
 }
 
 /// The binary (`ARGS`, any subcommand) against `sim`, with `DATABASE_URL` set to `db`'s
