@@ -7,28 +7,20 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use payple_reconcile::domain::mask_payer_id;
-use payple_reconcile::simulator::{Faults, KeyBook};
+use payple_reconcile::simulator::{Faults, KeyBook, SimConfig};
 use payple_reconcile::store::Store;
 use serde_json::json;
 
 use crate::helpers::{
-    self, TestDb, assert_exit, derived_status, key_file, key_hash, logged_lookups, output_of,
-    run_cmd, scalar_i64, sim_with, spawn, summary_of, wait_output,
+    self, TestDb, assert_exit, derived_status, exec, key_file, key_hash, latency, logged_lookups,
+    output_of, run_cmd, scalar_i64, sim_with, spawn, spawn_sim, summary_of, wait_output,
 };
-
-/// Runs `sql` (DDL or DML with no result) on the store's pool.
-async fn exec(store: &Store, sql: &str) {
-    sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
-        .execute(store.pool())
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-}
 
 /// The source table `billing_keys (payer_id, customer_ref, next_charge)` holding `rows`.
 async fn source_table(store: &Store, rows: &[(&str, Option<String>)]) {
-    exec(store, "DROP TABLE IF EXISTS billing_keys").await;
+    exec(store.pool(), "DROP TABLE IF EXISTS billing_keys").await;
     exec(
-        store,
+        store.pool(),
         "CREATE TABLE billing_keys (payer_id VARCHAR(64), customer_ref VARCHAR(64), \
          next_charge VARCHAR(32))",
     )
@@ -36,7 +28,7 @@ async fn source_table(store: &Store, rows: &[(&str, Option<String>)]) {
     for (i, (id, due)) in rows.iter().enumerate() {
         let due = due.as_ref().map_or("NULL".to_owned(), |d| format!("'{d}'"));
         exec(
-            store,
+            store.pool(),
             &format!("INSERT INTO billing_keys VALUES ('{id}', 'C-{i:02}', {due})"),
         )
         .await;
@@ -47,7 +39,7 @@ async fn source_table(store: &Store, rows: &[(&str, Option<String>)]) {
 async fn set_checked(store: &Store, id: &str, at: DateTime<Utc>) {
     let at = at.format("%Y-%m-%dT%H:%M:%S%.3fZ");
     exec(
-        store,
+        store.pool(),
         &format!("UPDATE billing_key_checks SET checked_at = '{at}' WHERE payer_id = '{id}'"),
     )
     .await;
@@ -212,7 +204,12 @@ async fn stop_at_a_minute_ahead_ends_the_run_normally() {
     let db = TestDb::sqlite();
     let store = db.store().await;
     let (_dir, _ids, csv) = helpers::keys_csv(2000, "stop-at");
-    let sim = helpers::slow_sim(Duration::from_millis(200), None).await;
+    let sim = spawn_sim(SimConfig {
+        faults: latency(200),
+        seed: 7,
+        ..SimConfig::default()
+    })
+    .await;
     let kst = chrono::FixedOffset::east_opt(9 * 3600).expect("offset");
     // The next minute boundary at least 5 s away.
     let now = Utc::now();

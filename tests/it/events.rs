@@ -219,12 +219,11 @@ fn night2(setup: &Setup, sim: &SimHandle, url: &str, extra: &[&str]) -> std::pro
     cmd
 }
 
-/// `payple-reconcile ARGS` on the set-up's database (with the events secret).
-fn bin(setup: &Setup, args: &[&str]) -> std::process::Command {
-    let mut cmd = helpers::command(&setup.sim.url());
-    cmd.args(args)
-        .args(["--database-url", &setup.db.url])
-        .env("PAYPLE_EVENTS_SECRET", SECRET);
+/// `payple-reconcile ARGS` on the set-up's database ([`Setup::subcommand`]) with the events
+/// secret.
+fn with_secret(setup: &Setup, args: &[&str]) -> std::process::Command {
+    let mut cmd = setup.subcommand(args);
+    cmd.env("PAYPLE_EVENTS_SECRET", SECRET);
     cmd
 }
 
@@ -282,7 +281,7 @@ async fn ten_gone_keys_are_ten_signed_events(db: TestDb) {
     );
 
     // The outbox says so, and `changes --format jsonl` gives the same objects.
-    let list = output_of(bin(&setup, &["events", "list"])).await;
+    let list = output_of(with_secret(&setup, &["events", "list"])).await;
     assert_exit(&list, 0);
     let rows = json_lines(&list);
     assert_eq!(rows.len(), 10);
@@ -290,9 +289,9 @@ async fn ten_gone_keys_are_ten_signed_events(db: TestDb) {
         rows.iter()
             .all(|r| r["state"] == "delivered" && r["attempts"] == 1)
     );
-    let pending = output_of(bin(&setup, &["events", "list", "--pending"])).await;
+    let pending = output_of(with_secret(&setup, &["events", "list", "--pending"])).await;
     assert!(json_lines(&pending).is_empty());
-    let jsonl = output_of(bin(&setup, &["changes", "--format", "jsonl"])).await;
+    let jsonl = output_of(with_secret(&setup, &["changes", "--format", "jsonl"])).await;
     assert_exit(&jsonl, 0);
     let lines: BTreeSet<String> = json_lines(&jsonl).iter().map(Value::to_string).collect();
     let sent: BTreeSet<String> = delivered.values().map(Value::to_string).collect();
@@ -367,7 +366,7 @@ async fn a_receiver_down_all_night_loses_nothing() {
         summary_of(&out)["events"],
         json!({"delivered": 0, "pending": 4, "expired": 0})
     );
-    let pending = output_of(bin(&setup, &["events", "list", "--pending"])).await;
+    let pending = output_of(with_secret(&setup, &["events", "list", "--pending"])).await;
     let rows = json_lines(&pending);
     assert_eq!(rows.len(), 4);
     assert!(
@@ -377,7 +376,7 @@ async fn a_receiver_down_all_night_loses_nothing() {
 
     // The receiver is back: `events deliver` sends each exactly once, then nothing.
     let receiver = Receiver::start(Mode::Accept).await;
-    let mut deliver = bin(&setup, &["events", "deliver"]);
+    let mut deliver = with_secret(&setup, &["events", "deliver"]);
     deliver.env("PAYPLE_EVENTS_URL", &receiver.url);
     let out = output_of(deliver).await;
     assert_exit(&out, 0);
@@ -385,7 +384,7 @@ async fn a_receiver_down_all_night_loses_nothing() {
     let ids: Vec<String> = receiver.hits().into_iter().map(|h| h.id).collect();
     assert_eq!(ids.len(), 4);
     assert_eq!(ids.iter().collect::<BTreeSet<_>>().len(), 4);
-    let mut again = bin(&setup, &["events", "deliver"]);
+    let mut again = with_secret(&setup, &["events", "deliver"]);
     again.env("PAYPLE_EVENTS_URL", &receiver.url);
     assert_exit(&output_of(again).await, 0);
     assert_eq!(receiver.hits().len(), 4, "nothing twice");
@@ -458,7 +457,7 @@ async fn a_410_disables_the_endpoint() {
     assert_eq!(receiver.hits().len(), 1, "nothing after the 410");
     assert_eq!(summary_of(&out)["events"]["pending"], 5);
     assert!(stderr_of(&out).contains("410"), "{}", stderr_of(&out));
-    let mut deliver = bin(&setup, &["events", "deliver", "--events-concurrency", "1"]);
+    let mut deliver = with_secret(&setup, &["events", "deliver", "--events-concurrency", "1"]);
     deliver.env("PAYPLE_EVENTS_URL", &receiver.url);
     let out = output_of(deliver).await;
     assert_exit(&out, 4);
@@ -487,15 +486,16 @@ async fn a_sigkill_during_delivery_sends_the_rest_later_and_nothing_twice() {
     }
     child.start_kill().expect("SIGKILL");
     let _ = child.wait().await;
-    let recorded: BTreeSet<String> = json_lines(&output_of(bin(&setup, &["events", "list"])).await)
-        .into_iter()
-        .filter(|r| r["state"] == "delivered")
-        .map(|r| r["event_id"].as_str().unwrap_or_default().to_owned())
-        .collect();
+    let recorded: BTreeSet<String> =
+        json_lines(&output_of(with_secret(&setup, &["events", "list"])).await)
+            .into_iter()
+            .filter(|r| r["state"] == "delivered")
+            .map(|r| r["event_id"].as_str().unwrap_or_default().to_owned())
+            .collect();
     assert!(!recorded.is_empty() && recorded.len() < 10, "{recorded:?}");
 
     let receiver = Receiver::start(Mode::Accept).await;
-    let mut deliver = bin(&setup, &["events", "deliver"]);
+    let mut deliver = with_secret(&setup, &["events", "deliver"]);
     deliver.env("PAYPLE_EVENTS_URL", &receiver.url);
     assert_exit(&output_of(deliver).await, 0);
     let second: Vec<String> = receiver.hits().into_iter().map(|h| h.id).collect();
@@ -578,7 +578,7 @@ async fn sigterm_during_delivery_ends_within_the_grace_and_keeps_the_events() {
     // Delivery has begun once the outbox holds the run's events.
     let waited = tokio::time::Instant::now();
     loop {
-        let rows = json_lines(&output_of(bin(&setup, &["events", "list"])).await);
+        let rows = json_lines(&output_of(with_secret(&setup, &["events", "list"])).await);
         if rows.len() == 3 {
             break;
         }
@@ -608,7 +608,7 @@ async fn sigterm_during_delivery_ends_within_the_grace_and_keeps_the_events() {
         "{}",
         stderr_of(&out)
     );
-    let pending = output_of(bin(&setup, &["events", "list", "--pending"])).await;
+    let pending = output_of(with_secret(&setup, &["events", "list", "--pending"])).await;
     assert_eq!(json_lines(&pending).len(), 3);
     sim.shutdown().await;
     setup.close().await;

@@ -13,10 +13,12 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
-use payple_reconcile::simulator::{self, KeyBook, SimConfig, SimHandle};
+use payple_reconcile::simulator::{self, SimConfig, SimHandle};
 use serde_json::{Value, json};
 
-use crate::helpers::{self, TestDb, assert_exit, output_of, stderr_of};
+use crate::helpers::{
+    self, TestDb, assert_exit, output_of, sim_from_file, stderr_of, write_key_file,
+};
 
 /// The secret part of the webhook URLs the tests use.
 const HOOK_SECRET: &str = "T0SECRET/B0SECRET/XoXoWebhookToken42";
@@ -87,21 +89,6 @@ const GONE_KEY: &str = "NtKeyGone000000000000001";
 const STAY_KEY: &str = "NtKeyStay000000000000002";
 const NEW_KEY: &str = "NtKeyNew0000000000000003";
 
-fn key_file(dir: &Path, name: &str, entries: &[Value]) -> PathBuf {
-    let path = dir.join(name);
-    let text: Vec<String> = entries.iter().map(|e| e.to_string()).collect();
-    std::fs::write(&path, text.join("\n")).expect("write key file");
-    path
-}
-
-async fn sim(keys: &Path) -> SimHandle {
-    helpers::spawn_sim(SimConfig {
-        keys: KeyBook::from_file(keys).expect("key file"),
-        ..SimConfig::default()
-    })
-    .await
-}
-
 /// The binary, logging at info so the notification lines are in stderr.
 async fn bin(sim: &SimHandle, db: &TestDb, args: &[&str]) -> Output {
     let mut cmd = helpers::command(&sim.url());
@@ -115,8 +102,8 @@ async fn bin(sim: &SimHandle, db: &TestDb, args: &[&str]) -> Output {
 /// Run 1 (both keys active), then the simulator for run 2 (one key gone, one new key).
 async fn first_run(db: &TestDb, dir: &Path) -> (SimHandle, PathBuf) {
     let card = |id: &str| json!({"payer_id": id, "kind": "card", "card_name": "신한카드", "card_mask": "4518-****-****-1234"});
-    let keys1 = key_file(dir, "k1.jsonl", &[card(GONE_KEY), card(STAY_KEY)]);
-    let keys2 = key_file(
+    let keys1 = write_key_file(dir, "k1.jsonl", &[card(GONE_KEY), card(STAY_KEY)]);
+    let keys2 = write_key_file(
         dir,
         "k2.jsonl",
         &[
@@ -139,7 +126,7 @@ async fn first_run(db: &TestDb, dir: &Path) -> (SimHandle, PathBuf) {
         ),
     )
     .expect("csv");
-    let sim1 = sim(&keys1).await;
+    let sim1 = sim_from_file(&keys1, SimConfig::default().seed).await;
     let out = bin(
         &sim1,
         db,
@@ -148,7 +135,7 @@ async fn first_run(db: &TestDb, dir: &Path) -> (SimHandle, PathBuf) {
     .await;
     assert_exit(&out, 0);
     sim1.shutdown().await;
-    (sim(&keys2).await, csv2)
+    (sim_from_file(&keys2, SimConfig::default().seed).await, csv2)
 }
 
 /// Nothing secret in `text`: no full payer id, custKey, token-shaped string or webhook path.

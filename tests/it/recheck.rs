@@ -8,13 +8,13 @@ use std::process::Output;
 use std::time::Duration;
 
 use payple_reconcile::domain::KeyStatus;
-use payple_reconcile::simulator::{Faults, KeyBook, SimHandle};
+use payple_reconcile::simulator::{Faults, KeyBook, SimConfig, SimHandle};
 use payple_reconcile::store::{CheckRecord, Store};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    self, TestDb, all_checks, assert_exit, assert_ground_truth, command, csv_run, keys_csv,
-    output_of, run_cmd, sim_with, stderr_of, summary_of,
+    self, TestDb, all_checks, assert_exit, assert_ground_truth, command, keys_csv, latency,
+    output_of, run_cmd, sim_with, spawn_sim, stderr_of, summary_of,
 };
 
 /// 30% of lookups answered HTTP 500.
@@ -95,8 +95,10 @@ async fn report_statuses(db_url: &str, run_id: i64) -> Vec<String> {
 
 async fn recheck_repairs_the_same_run(db: TestDb) {
     let (_dir, ids, csv) = keys_csv(60, "recheck");
+    let csv_arg = csv.to_str().expect("utf-8 path");
+    let csv_args = ["--csv", csv_arg, "--rate", "0", "--concurrency", "8"];
     let faulty = faulty_sim().await;
-    let mut first = csv_run(&faulty, &db.url, &csv, "0", "8");
+    let mut first = run_cmd(&faulty, &db.url, &csv_args);
     first.args(["--max-attempts", "1"]);
     let (_, night) = run_to_end(first, 2).await;
     let run_id = night["run_id"].as_i64().expect("run id");
@@ -173,8 +175,10 @@ helpers::per_database!(
 
 async fn run_key_again_rechecks(db: TestDb) {
     let (_dir, ids, csv) = keys_csv(40, "run-key-recheck");
+    let csv_arg = csv.to_str().expect("utf-8 path");
+    let csv_args = ["--csv", csv_arg, "--rate", "0", "--concurrency", "8"];
     let faulty = faulty_sim().await;
-    let mut first = csv_run(&faulty, &db.url, &csv, "0", "8");
+    let mut first = run_cmd(&faulty, &db.url, &csv_args);
     first.args(["--max-attempts", "1", "--run-key", "2026-11-28"]);
     let (_, night) = run_to_end(first, 2).await;
     let run_id = night["run_id"].as_i64().expect("run id");
@@ -184,7 +188,7 @@ async fn run_key_again_rechecks(db: TestDb) {
 
     // The cron line, run again the same day: the failed keys are looked up again.
     let healthy = healthy_sim().await;
-    let mut again = csv_run(&healthy, &db.url, &csv, "0", "8");
+    let mut again = run_cmd(&healthy, &db.url, &csv_args);
     again.args(["--run-key", "2026-11-28"]);
     let (_, repaired) = run_to_end(again, 0).await;
     assert_eq!(repaired["run_id"], json!(run_id), "{repaired}");
@@ -193,7 +197,7 @@ async fn run_key_again_rechecks(db: TestDb) {
     assert_repaired(&store, run_id, &ids, &before, &failed).await;
 
     // Nothing transient left: "already completed", exit 0, nothing sent.
-    let mut third = csv_run(&healthy, &db.url, &csv, "0", "8");
+    let mut third = run_cmd(&healthy, &db.url, &csv_args);
     third.args(["--run-key", "2026-11-28"]);
     let (_, done) = run_to_end(third, 0).await;
     assert!(
@@ -216,6 +220,8 @@ helpers::per_database!(
 
 async fn all_failed_takes_definite_failures(db: TestDb) {
     let (dir, ids, csv) = keys_csv(20, "all-failed");
+    let csv_arg = csv.to_str().expect("utf-8 path");
+    let csv_args = ["--csv", csv_arg, "--rate", "0", "--concurrency", "4"];
     let (mismatch, unknown) = (&ids[3], &ids[7]);
     let book = helpers::key_file(
         dir.path(),
@@ -226,7 +232,7 @@ async fn all_failed_takes_definite_failures(db: TestDb) {
         ],
     );
     let odd = sim_with(book, Faults::none(), None).await;
-    let (_, night) = run_to_end(csv_run(&odd, &db.url, &csv, "0", "4"), 2).await;
+    let (_, night) = run_to_end(run_cmd(&odd, &db.url, &csv_args), 2).await;
     let run_id = night["run_id"].as_i64().expect("run id");
     assert_eq!(night["failed"], 2, "{night}");
     let store = db.store().await;
@@ -293,17 +299,19 @@ fn last_success(path: &std::path::Path) -> f64 {
 async fn a_night_with_failed_keys_is_not_a_success() {
     let db = TestDb::sqlite();
     let (dir, _ids, csv) = keys_csv(30, "metrics-recheck");
+    let csv_arg = csv.to_str().expect("utf-8 path");
+    let csv_args = ["--csv", csv_arg, "--rate", "0", "--concurrency", "8"];
     let metrics = dir.path().join("payple.prom");
     let metrics_arg = metrics.to_str().unwrap();
     let healthy = healthy_sim().await;
-    let mut clean = csv_run(&healthy, &db.url, &csv, "0", "8");
+    let mut clean = run_cmd(&healthy, &db.url, &csv_args);
     clean.args(["--metrics-file", metrics_arg]);
     run_to_end(clean, 0).await;
     let first = last_success(&metrics);
     assert!(first > 0.0);
 
     let faulty = faulty_sim().await;
-    let mut night = csv_run(&faulty, &db.url, &csv, "0", "8");
+    let mut night = run_cmd(&faulty, &db.url, &csv_args);
     night.args(["--max-attempts", "1", "--metrics-file", metrics_arg]);
     night.args(["--run-key", "night-2"]);
     let (_, summary) = run_to_end(night, 2).await;
@@ -311,7 +319,7 @@ async fn a_night_with_failed_keys_is_not_a_success() {
     assert_eq!(last_success(&metrics), first, "a night with failed keys");
 
     // The repair (the run key again) completes the night with no failed key: now it is.
-    let mut again = csv_run(&healthy, &db.url, &csv, "0", "8");
+    let mut again = run_cmd(&healthy, &db.url, &csv_args);
     again.args(["--run-key", "night-2", "--metrics-file", metrics_arg]);
     let (_, repaired) = run_to_end(again, 0).await;
     assert_eq!(repaired["failed"], 0);
@@ -334,6 +342,8 @@ async fn a_night_with_failed_keys_is_not_a_success() {
 async fn refusals_exit_3_with_nothing_sent() {
     let db = TestDb::sqlite();
     let (dir, _ids, csv) = keys_csv(5, "recheck-refusals");
+    let csv_arg = csv.to_str().expect("utf-8 path");
+    let csv_args = ["--csv", csv_arg, "--rate", "0", "--concurrency", "2"];
     let sim = healthy_sim().await;
     let refused = async |args: &[&str], says: &str| {
         let out = output_of(run_cmd(&sim, &db.url, args)).await;
@@ -365,7 +375,7 @@ async fn refusals_exit_3_with_nothing_sent() {
     refused(&["--all-failed", "--csv", csv_arg], "--all-failed").await;
     assert_eq!(sim.stats().lookups + sim.stats().auth_calls, 0);
 
-    run_to_end(csv_run(&sim, &db.url, &csv, "0", "2"), 0).await;
+    run_to_end(run_cmd(&sim, &db.url, &csv_args), 0).await;
     let store = db.store().await;
     for (state, says) in [("running", "still running"), ("interrupted", "--resume 1")] {
         sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -388,8 +398,10 @@ async fn refusals_exit_3_with_nothing_sent() {
 async fn a_recheck_killed_mid_way_is_finished_by_resume() {
     let db = TestDb::sqlite();
     let (_dir, ids, csv) = keys_csv(80, "recheck-kill");
+    let csv_arg = csv.to_str().expect("utf-8 path");
+    let csv_args = ["--csv", csv_arg, "--rate", "0", "--concurrency", "8"];
     let faulty = faulty_sim().await;
-    let mut first = csv_run(&faulty, &db.url, &csv, "0", "8");
+    let mut first = run_cmd(&faulty, &db.url, &csv_args);
     first.args(["--max-attempts", "1"]);
     let (_, night) = run_to_end(first, 2).await;
     let run_id = night["run_id"].as_i64().expect("run id");
@@ -398,7 +410,12 @@ async fn a_recheck_killed_mid_way_is_finished_by_resume() {
     let failed = failed_once(&before);
     assert!(failed.len() >= 8, "{} failed", failed.len());
 
-    let slow = helpers::slow_sim(Duration::from_millis(400), None).await;
+    let slow = spawn_sim(SimConfig {
+        faults: latency(400),
+        seed: 7,
+        ..SimConfig::default()
+    })
+    .await;
     let cmd = run_cmd(&slow, &db.url, &["--recheck-failed", "--concurrency", "1"]);
     let mut child = helpers::spawn(cmd);
     let rechecked =
@@ -440,10 +457,12 @@ async fn a_recheck_killed_mid_way_is_finished_by_resume() {
 async fn sharded_run_key_rechecks_every_shard() {
     let db = TestDb::sqlite();
     let (_dir, ids, csv) = keys_csv(60, "recheck-shards");
+    let csv_arg = csv.to_str().expect("utf-8 path");
+    let csv_args = ["--csv", csv_arg, "--rate", "0", "--concurrency", "4"];
     let faulty = faulty_sim().await;
     let healthy = healthy_sim().await;
     let shard_run = |sim: &SimHandle, shard: &str, extra: &[&str]| {
-        let mut cmd = csv_run(sim, &db.url, &csv, "0", "4");
+        let mut cmd = run_cmd(sim, &db.url, &csv_args);
         cmd.args(["--shard", shard, "--run-key", "sharded-night"])
             .args(extra);
         cmd

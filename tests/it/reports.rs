@@ -9,17 +9,19 @@
 //! from Rust, which the run-to-run merge must survive.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 
 use payple_reconcile::report::changes::{ChangeKind, ChangeStream};
 use payple_reconcile::report::csv::{REPORT_HEADER, UTF8_BOM};
 use payple_reconcile::report::export::export_run;
-use payple_reconcile::simulator::{KeyBook, SimConfig, SimHandle};
+use payple_reconcile::simulator::{SimConfig, SimHandle};
 use payple_reconcile::store::{RunState, StatusCounts, Store};
 use serde_json::json;
 
-use crate::helpers::{self, TestDb, assert_exit, output_of, stderr_of};
+use crate::helpers::{
+    self, TestDb, assert_exit, bin_output, sim_from_file, stderr_of, write_csv_rows, write_key_file,
+};
 
 const GONE: &str = "GoneKey000000000000001";
 const BACK: &str = "backKey000000000000002";
@@ -48,45 +50,6 @@ fn expected_changes() -> BTreeMap<String, &'static str> {
     .into_iter()
     .map(|(r, k)| (r.to_owned(), k))
     .collect()
-}
-
-/// A key file for the simulator, one JSON object per line.
-fn key_file(dir: &Path, name: &str, entries: &[serde_json::Value]) -> PathBuf {
-    let path = dir.join(name);
-    let text: Vec<String> = entries.iter().map(|e| e.to_string()).collect();
-    std::fs::write(&path, text.join("\n")).expect("write key file");
-    path
-}
-
-/// A key CSV (`payer_id,customer_ref`), quoted as needed.
-fn key_csv(dir: &Path, name: &str, rows: &[(&str, &str)]) -> PathBuf {
-    let path = dir.join(name);
-    let mut w = csv::Writer::from_path(&path).expect("create csv");
-    w.write_record(["payer_id", "customer_ref"])
-        .expect("header");
-    for (id, customer_ref) in rows {
-        w.write_record([id, customer_ref]).expect("row");
-    }
-    w.flush().expect("flush csv");
-    path
-}
-
-async fn sim_for(keys: &Path) -> SimHandle {
-    helpers::spawn_sim(SimConfig {
-        keys: KeyBook::from_file(keys).expect("key file"),
-        seed: 11,
-        ..SimConfig::default()
-    })
-    .await
-}
-
-/// The binary against `sim` and `db` with `args`, to the end.
-async fn bin(sim: &SimHandle, db: &TestDb, args: &[&str]) -> Output {
-    let mut cmd = helpers::command(&sim.url());
-    cmd.args(args)
-        .env("DATABASE_URL", &db.url)
-        .current_dir(std::env::temp_dir());
-    output_of(cmd).await
 }
 
 fn stdout_of(out: &Output) -> String {
@@ -174,7 +137,7 @@ fn scenario_files(d: &Path) -> Vec<String> {
     let bulk = helpers::payer_ids(30, "reports");
     let card = |id: &str, name: &str, mask: &str| json!({"payer_id": id, "kind": "card", "card_name": name, "card_mask": mask});
     let acct = |id: &str, mask: &str| json!({"payer_id": id, "kind": "transfer", "bank_name": "KB국민은행", "bank_mask": mask});
-    key_file(
+    write_key_file(
         d,
         "keys1.jsonl",
         &[
@@ -187,7 +150,7 @@ fn scenario_files(d: &Path) -> Vec<String> {
             card(KOREAN, "KB국민카드", "4048-****-****-4444"),
         ],
     );
-    key_file(
+    write_key_file(
         d,
         "keys2.jsonl",
         &[
@@ -217,8 +180,8 @@ fn scenario_files(d: &Path) -> Vec<String> {
     let mut rows2 = bulk_rows.clone();
     rows2.push((NEW, "R-new"));
     rows2.extend(common.iter().copied());
-    key_csv(d, "keys1.csv", &rows1);
-    key_csv(d, "keys2.csv", &rows2);
+    write_csv_rows(d, "keys1.csv", &rows1);
+    write_csv_rows(d, "keys2.csv", &rows2);
     bulk
 }
 
@@ -237,17 +200,17 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     async fn bin(&self, args: &[&str]) -> Output {
-        bin(self.sim, self.db, args).await
+        bin_output(self.sim, self.db, args).await
     }
 }
 
 /// Run 1, after which `changes` has only one run to go on.
 async fn first_run(d: &Path, db: &TestDb) {
-    let sim1 = sim_for(&d.join("keys1.jsonl")).await;
+    let sim1 = sim_from_file(&d.join("keys1.jsonl"), 11).await;
     let csv1_s = d.join("keys1.csv").display().to_string();
-    let out = bin(&sim1, db, &["run", "--rate", "0", "--csv", &csv1_s]).await;
+    let out = bin_output(&sim1, db, &["run", "--rate", "0", "--csv", &csv1_s]).await;
     assert_exit(&out, 2); // a rejected input row
-    let out = bin(&sim1, db, &["changes"]).await;
+    let out = bin_output(&sim1, db, &["changes"]).await;
     assert_exit(&out, 3);
     assert!(
         stderr_of(&out).contains("two completed runs"),
@@ -264,7 +227,7 @@ async fn second_run(d: &Path, db: &TestDb, sim2: &SimHandle) {
         d.join("report.csv").display().to_string(),
         d.join("metrics.prom").display().to_string(),
     );
-    let out = bin(
+    let out = bin_output(
         sim2,
         db,
         &[
@@ -551,7 +514,7 @@ async fn scenario(db: TestDb) {
     let bulk = scenario_files(d);
     let store = db.store().await;
     first_run(d, &db).await;
-    let sim2 = sim_for(&d.join("keys2.jsonl")).await;
+    let sim2 = sim_from_file(&d.join("keys2.jsonl"), 11).await;
     second_run(d, &db, &sim2).await;
     let runs = completed_runs(&store).await;
     assert_eq!(runs.len(), 2, "{runs:?}");
@@ -590,7 +553,7 @@ helpers::per_database!(
 async fn no_runs_and_no_database() {
     let sim = helpers::spawn_sim(SimConfig::default()).await;
     let db = TestDb::sqlite();
-    let out = bin(&sim, &db, &["summary"]).await;
+    let out = bin_output(&sim, &db, &["summary"]).await;
     assert_exit(&out, 3);
     assert!(
         stderr_of(&out).contains("does not exist"),
@@ -607,11 +570,11 @@ async fn no_runs_and_no_database() {
     let dir = tempfile::tempdir().expect("temp dir");
     let target = dir.path().join("r.csv");
     let target_s = target.display().to_string();
-    let out = bin(&sim, &db, &["report", "--output", &target_s]).await;
+    let out = bin_output(&sim, &db, &["report", "--output", &target_s]).await;
     assert_exit(&out, 3);
     assert!(stderr_of(&out).contains("no runs"), "{}", stderr_of(&out));
     assert!(!target.exists());
-    let out = bin(&sim, &db, &["changes"]).await;
+    let out = bin_output(&sim, &db, &["changes"]).await;
     assert_exit(&out, 3);
     sim.shutdown().await;
 }

@@ -15,16 +15,9 @@ use serde_json::{Value, json};
 use sqlx::Row;
 
 use crate::helpers::{
-    self, DbKind, TestDb, assert_exit, key_file, output_of, run_cmd, scalar_i64, sim_with,
+    self, DbKind, TestDb, assert_exit, exec, key_file, output_of, run_cmd, scalar_i64, sim_with,
     stderr_of, summary_of,
 };
-
-async fn exec(pool: &sqlx::AnyPool, sql: &str) {
-    sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
-        .execute(pool)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-}
 
 /// The rows of `billing_keys`, in order.
 async fn source_rows(pool: &sqlx::AnyPool) -> Vec<(String, String)> {
@@ -195,7 +188,9 @@ async fn long_fields_never_fail_a_batch(db: TestDb) {
     let book = key_file(dir.path(), "keys.jsonl", &lines);
     let sim = sim_with(book, Faults::none(), None).await;
     let csv = helpers::write_csv(dir.path(), "keys.csv", &ids[..3]);
-    let out = output_of(helpers::csv_run(&sim, &db.url, &csv, "0", "8")).await;
+    let csv_arg = csv.to_str().expect("utf-8 path");
+    let csv_args = ["--csv", csv_arg, "--rate", "0", "--concurrency", "8"];
+    let out = output_of(run_cmd(&sim, &db.url, &csv_args)).await;
     assert_exit(&out, 0);
     let summary = summary_of(&out);
     assert_eq!(summary["state"], "completed");
@@ -242,7 +237,9 @@ async fn a_row_the_database_refuses_fails_only_its_key_on_postgres() {
     let book = key_file(dir.path(), "keys.jsonl", &lines);
     let sim = sim_with(book, Faults::none(), None).await;
     let csv = helpers::write_csv(dir.path(), "keys.csv", &ids);
-    let out = output_of(helpers::csv_run(&sim, &db.url, &csv, "0", "8")).await;
+    let csv_arg = csv.to_str().expect("utf-8 path");
+    let csv_args = ["--csv", csv_arg, "--rate", "0", "--concurrency", "8"];
+    let out = output_of(run_cmd(&sim, &db.url, &csv_args)).await;
     let summary = summary_of(&out);
     assert_eq!(summary["state"], "completed", "{}", stderr_of(&out));
     let store = db.store().await;
@@ -254,7 +251,7 @@ async fn a_row_the_database_refuses_fails_only_its_key_on_postgres() {
     let msg = poisoned.result_msg.as_deref().unwrap_or_default();
     assert!(msg.contains("0x00"), "{msg}");
     // And the next night does not fail the same way: the key is simply failed again.
-    let out = output_of(helpers::csv_run(&sim, &db.url, &csv, "0", "8")).await;
+    let out = output_of(run_cmd(&sim, &db.url, &csv_args)).await;
     assert_eq!(summary_of(&out)["state"], "completed");
     store.close().await;
     sim.shutdown().await;
@@ -307,7 +304,9 @@ async fn a_100_mb_reply_keeps_memory_bounded_and_fails_the_key() {
     let db = TestDb::sqlite();
     let ids = helpers::payer_ids(3, "huge-reply");
     let csv = helpers::write_csv(dir.path(), "keys.csv", &ids);
-    let cmd = helpers::csv_run(&sim, &db.url, &csv, "0", "3");
+    let csv_arg = csv.to_str().expect("utf-8 path");
+    let csv_args = ["--csv", csv_arg, "--rate", "0", "--concurrency", "3"];
+    let cmd = run_cmd(&sim, &db.url, &csv_args);
     let (out, peak_kib) = tokio::task::spawn_blocking(move || output_with_peak_rss(cmd))
         .await
         .expect("child finished");

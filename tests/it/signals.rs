@@ -8,12 +8,12 @@ use std::collections::HashMap;
 use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
-use payple_reconcile::simulator::{Faults, KeyBook};
+use payple_reconcile::simulator::{Faults, KeyBook, SimConfig};
 use payple_reconcile::store::{RunState, Store};
 
 use crate::helpers::{
-    self, Scenario, TestDb, all_checks, assert_exit, assert_ground_truth, csv_run, finish,
-    key_hash, logged_lookups, only_run, output_of, run_cmd, scalar_i64, sim_with, slow_sim, spawn,
+    self, Scenario, TestDb, all_checks, assert_exit, assert_ground_truth, finish, key_hash, kill,
+    latency, logged_lookups, only_run, output_of, run_cmd, scalar_i64, sim_with, spawn, spawn_sim,
     summary_of,
 };
 
@@ -22,23 +22,6 @@ const RATE: &str = "50";
 const CONCURRENCY: u64 = 8;
 /// How often `wait_for_rows` looks at the results table.
 const POLL: Duration = Duration::from_millis(50);
-
-/// Sends `signal` (e.g. `TERM`) to `pid` with the `kill` command.
-fn kill(signal: &str, pid: u32) {
-    let status = std::process::Command::new("kill")
-        .args([format!("-{signal}"), pid.to_string()])
-        .status()
-        .expect("the kill command runs");
-    assert!(status.success(), "kill -{signal} {pid}: {status}");
-}
-
-/// A simulator answering every lookup after `ms` milliseconds.
-fn latency(ms: u64) -> Faults {
-    Faults {
-        latency: Duration::from_millis(ms),
-        ..Faults::none()
-    }
-}
 
 /// Every input key has exactly one row in the run, with the status its derived answer
 /// implies, looked up once.
@@ -255,11 +238,18 @@ async fn sigterm_sends_nothing_that_was_waiting_for_the_rate_limiter() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_signal_abandons_in_flight_lookups_and_resume_checks_them() {
     let (_dir, ids, csv) = helpers::keys_csv(60, "second-signal");
-    let sim = slow_sim(Duration::from_millis(1500), None).await;
+    let csv_arg = csv.to_str().expect("utf-8 path");
+    let csv_args = ["--csv", csv_arg, "--rate", "0", "--concurrency", "4"];
+    let sim = spawn_sim(SimConfig {
+        faults: latency(1500),
+        seed: 7,
+        ..SimConfig::default()
+    })
+    .await;
     let db = TestDb::sqlite();
     let store = db.store().await;
 
-    let mut child = spawn(csv_run(&sim, &db.url, &csv, "0", "4"));
+    let mut child = spawn(run_cmd(&sim, &db.url, &csv_args));
     let pid = child.id().expect("child pid");
     helpers::wait_for_rows(&store, 4, Duration::from_secs(15), POLL, &mut child).await;
     kill("TERM", pid);

@@ -11,18 +11,19 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::time::Instant;
 
 use calamine::{Data, Reader, Xlsx, open_workbook};
 use payple_reconcile::report::changes::{ChangeStream, PAGE_ROWS};
 use payple_reconcile::report::csv::REPORT_HEADER;
 use payple_reconcile::report::xlsx::{XlsxOptions, write_workbook};
-use payple_reconcile::simulator::{KeyBook, SimConfig, SimHandle};
+use payple_reconcile::simulator::SimConfig;
 use payple_reconcile::store::{RunState, Store};
 use serde_json::json;
 
-use crate::helpers::{self, TestDb, assert_exit, output_of, stderr_of};
+use crate::helpers::{
+    self, TestDb, assert_exit, bin_output, sim_from_file, stderr_of, write_csv_rows, write_key_file,
+};
 
 const KEY_A: &str = "WbKeyA0000000000000001";
 const KEY_B: &str = "WbKeyB0000000000000002";
@@ -34,42 +35,6 @@ const KEY_G: &str = "WbKeyG0000000000000007";
 
 const FORMULA_REF: &str = "=HYPERLINK(\"http://evil.example\",\"click\")";
 const BIDI_REF: &str = "\u{202E}evil-ref";
-
-fn key_file(dir: &Path, name: &str, entries: &[serde_json::Value]) -> PathBuf {
-    let path = dir.join(name);
-    let text: Vec<String> = entries.iter().map(|e| e.to_string()).collect();
-    std::fs::write(&path, text.join("\n")).expect("write key file");
-    path
-}
-
-fn key_csv(dir: &Path, name: &str, rows: &[(&str, &str)]) -> PathBuf {
-    let path = dir.join(name);
-    let mut w = csv::Writer::from_path(&path).expect("create csv");
-    w.write_record(["payer_id", "customer_ref"])
-        .expect("header");
-    for row in rows {
-        w.write_record([row.0, row.1]).expect("row");
-    }
-    w.flush().expect("flush csv");
-    path
-}
-
-async fn sim_for(keys: &Path) -> SimHandle {
-    helpers::spawn_sim(SimConfig {
-        keys: KeyBook::from_file(keys).expect("key file"),
-        seed: 5,
-        ..SimConfig::default()
-    })
-    .await
-}
-
-async fn bin(sim: &SimHandle, db: &TestDb, args: &[&str]) -> Output {
-    let mut cmd = helpers::command(&sim.url());
-    cmd.args(args)
-        .env("DATABASE_URL", &db.url)
-        .current_dir(std::env::temp_dir());
-    output_of(cmd).await
-}
 
 /// A sheet as rows of text (numbers and date-times shown as calamine gives them).
 fn sheet(book: &mut Xlsx<std::io::BufReader<std::fs::File>>, name: &str) -> Vec<Vec<Data>> {
@@ -101,7 +66,7 @@ fn datetime(cell: &Data) -> String {
 async fn two_runs(db: &TestDb, d: &Path) -> (i64, i64, PathBuf) {
     let card = |id: &str, name: &str| json!({"payer_id": id, "kind": "card", "card_name": name, "card_mask": "4518-****-****-1234"});
     let gone = |id: &str| json!({"payer_id": id, "kind": "gone"});
-    let keys1 = key_file(
+    let keys1 = write_key_file(
         d,
         "keys1.jsonl",
         &[
@@ -113,7 +78,7 @@ async fn two_runs(db: &TestDb, d: &Path) -> (i64, i64, PathBuf) {
             card(KEY_F, "KB국민카드"),
         ],
     );
-    let keys2 = key_file(
+    let keys2 = write_key_file(
         d,
         "keys2.jsonl",
         &[
@@ -134,11 +99,11 @@ async fn two_runs(db: &TestDb, d: &Path) -> (i64, i64, PathBuf) {
         (KEY_E, FORMULA_REF),
         (KEY_F, BIDI_REF),
     ];
-    let csv1 = key_csv(d, "keys1.csv", &rows);
+    let csv1 = write_csv_rows(d, "keys1.csv", &rows);
     rows.push((KEY_G, "R-new"));
-    let csv2 = key_csv(d, "keys2.csv", &rows);
-    let sim1 = sim_for(&keys1).await;
-    let out = bin(
+    let csv2 = write_csv_rows(d, "keys2.csv", &rows);
+    let sim1 = sim_from_file(&keys1, 5).await;
+    let out = bin_output(
         &sim1,
         db,
         &["run", "--rate", "0", "--csv", csv1.to_str().unwrap()],
@@ -146,7 +111,7 @@ async fn two_runs(db: &TestDb, d: &Path) -> (i64, i64, PathBuf) {
     .await;
     assert_exit(&out, 0);
     sim1.shutdown().await;
-    let sim2 = sim_for(&keys2).await;
+    let sim2 = sim_from_file(&keys2, 5).await;
     let book = d.join("night.xlsx");
     let args = [
         "run",
@@ -157,7 +122,7 @@ async fn two_runs(db: &TestDb, d: &Path) -> (i64, i64, PathBuf) {
         "--report",
         book.to_str().unwrap(),
     ];
-    let out = bin(&sim2, db, &args).await;
+    let out = bin_output(&sim2, db, &args).await;
     assert_exit(&out, 2); // KEY_D failed
     sim2.shutdown().await;
     let store = db.store().await;
@@ -381,7 +346,7 @@ async fn report_command_writes_workbooks() {
     let ids = helpers::payer_ids(12, "workbook-cmd");
     let csv = helpers::write_csv(dir.path(), "keys.csv", &ids);
     let sim = helpers::spawn_sim(SimConfig::default()).await;
-    let out = bin(
+    let out = bin_output(
         &sim,
         &db,
         &["run", "--rate", "0", "--csv", csv.to_str().unwrap()],
@@ -389,14 +354,14 @@ async fn report_command_writes_workbooks() {
     .await;
     assert_exit(&out, 0);
     let path = dir.path().join("r.XLSX");
-    let out = bin(&sim, &db, &["report", "--output", path.to_str().unwrap()]).await;
+    let out = bin_output(&sim, &db, &["report", "--output", path.to_str().unwrap()]).await;
     assert_exit(&out, 0);
     let mut book: Xlsx<_> = open_workbook(&path).expect("workbook");
     assert_eq!(sheet(&mut book, "Keys").len(), 13);
-    let out = bin(&sim, &db, &["report", "--format", "xlsx", "--output", "-"]).await;
+    let out = bin_output(&sim, &db, &["report", "--format", "xlsx", "--output", "-"]).await;
     assert_exit(&out, 0);
     assert!(out.stdout.starts_with(b"PK\x03\x04"), "a zip on stdout");
-    let out = bin(
+    let out = bin_output(
         &sim,
         &db,
         &[

@@ -3,17 +3,7 @@
 
 use std::time::Duration;
 
-use payple_reconcile::simulator::Faults;
-
-use crate::helpers::Scenario;
-
-/// A simulator answering every lookup after `ms` milliseconds.
-fn latency(ms: u64) -> Faults {
-    Faults {
-        latency: Duration::from_millis(ms),
-        ..Faults::none()
-    }
-}
+use crate::helpers::{Scenario, latency};
 
 /// A run shorter than the token's life authenticates once, whatever the number of keys.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

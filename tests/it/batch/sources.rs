@@ -6,17 +6,9 @@ use std::collections::BTreeMap;
 use payple_reconcile::store::Store;
 
 use crate::helpers::{
-    self, Scenario, Setup, TestDb, all_checks, assert_exit, derived_status, output_of, scalar_i64,
-    summary_of,
+    self, Scenario, Setup, TestDb, all_checks, assert_exit, derived_status, exec, output_of,
+    scalar_i64, summary_of,
 };
-
-/// Runs SQL on a pool, panicking with the statement on error.
-async fn exec(pool: &sqlx::AnyPool, sql: &str) {
-    sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
-        .execute(pool)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-}
 
 /// Checks a finished run's rows against derived keys: exactly `want` (id → reference).
 async fn assert_derived_rows(store: &Store, run_id: i64, want: &BTreeMap<String, Option<String>>) {

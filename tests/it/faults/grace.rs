@@ -20,21 +20,13 @@ use payple_reconcile::store::RunState;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::helpers::{self, Scenario, TestDb, assert_exit, only_run, scalar_i64, stderr_of};
+use crate::helpers::{self, Scenario, TestDb, assert_exit, kill, only_run, scalar_i64, stderr_of};
 
 const GRACE: &str = "2";
 /// From the signal to the exit: the grace, the end-of-run floor and margin (2 s each),
 /// and room for a shared machine.
 const BOUND: Duration = Duration::from_secs(12);
 const POLL: Duration = Duration::from_millis(50);
-
-fn kill(signal: &str, pid: u32) {
-    let status = std::process::Command::new("kill")
-        .args([format!("-{signal}"), pid.to_string()])
-        .status()
-        .expect("the kill command runs");
-    assert!(status.success(), "kill -{signal} {pid}: {status}");
-}
 
 fn mkfifo(path: &Path) {
     let status = std::process::Command::new("mkfifo")

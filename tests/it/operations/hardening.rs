@@ -6,10 +6,10 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::Path;
 use std::process::{Command, Output};
 
-use payple_reconcile::store::{RunState, Store};
+use payple_reconcile::store::RunState;
 
 use crate::helpers::{
-    self, Scenario, Setup, TestDb, assert_exit, output_of, per_database, stderr_of,
+    self, Scenario, Setup, TestDb, assert_exit, exec, output_of, per_database, stderr_of,
 };
 
 /// `run --csv KEYS --database-url URL` against the scenario's simulator.
@@ -140,11 +140,15 @@ async fn mariadb_select_into_outfile_is_refused_on_a_dry_run() {
     };
     let set = Scenario::new().on(db).start().await;
     exec(
-        &set.store,
+        set.store.pool(),
         "CREATE TABLE billing_keys (payer_id VARCHAR(64))",
     )
     .await;
-    exec(&set.store, "INSERT INTO billing_keys VALUES ('k1'), ('k2')").await;
+    exec(
+        set.store.pool(),
+        "INSERT INTO billing_keys VALUES ('k1'), ('k2')",
+    )
+    .await;
     let file = format!("/tmp/payple-outfile-{}.txt", std::process::id());
     let queries = [
         format!("SELECT payer_id FROM billing_keys INTO OUTFILE '{file}'"),
@@ -165,13 +169,6 @@ async fn mariadb_select_into_outfile_is_refused_on_a_dry_run() {
     }
     assert!(!Path::new(&file).exists(), "the server wrote {file}");
     assert_eq!(set.sim.stats().lookups, 0);
-}
-
-async fn exec(store: &Store, sql: &str) {
-    sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
-        .execute(store.pool())
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
 // ---- MariaDB: first starts side by side -------------------------------------------------
@@ -253,7 +250,7 @@ async fn due_dates_of_date_types(db: TestDb) {
     };
     let set = Scenario::new().on(db).start().await;
     exec(
-        &set.store,
+        set.store.pool(),
         &format!(
             "CREATE TABLE billing_keys (payer_id VARCHAR(64), customer_ref VARCHAR(64), \
              next_day DATE, next_at {datetime})"
@@ -263,7 +260,7 @@ async fn due_dates_of_date_types(db: TestDb) {
     let soon = (chrono::Utc::now() + chrono::Duration::days(1)).format("%Y-%m-%d");
     for (i, id) in ids.iter().enumerate() {
         exec(
-            &set.store,
+            set.store.pool(),
             &format!(
                 "INSERT INTO billing_keys VALUES ('{id}', 'C-{i}', '{soon}', '{soon} 09:30:00')"
             ),
