@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use payple_reconcile::domain::KeyStatus;
-use payple_reconcile::simulator::{Episode, Faults, KeyBook, SimHandle};
+use payple_reconcile::simulator::{Episode, Faults, KeyBook, SimHandle, SimStats};
 use payple_reconcile::store::{RunState, Store};
 use serde_json::{Value, json};
 
@@ -93,37 +93,69 @@ async fn an_outage_mid_run_pauses_and_every_key_gets_its_true_status() {
     sim.shutdown().await;
 }
 
-/// One unknown code (`SYS9999`) for every lookup after the 50th, for 15 s: the run pauses
-/// and completes with every key its true status and none failed (the storm's first
-/// victims are looked up again at the end).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_code_storm_pauses_the_run_and_no_key_fails() {
-    let (_dir, ids, csv) = keys_csv(200, "storm-15s");
+/// One code answering every lookup for a while: what the storm looks like, and the
+/// case's own bounds on what the run and the simulator saw.
+struct Storm {
+    /// The `figures:` line's name for the case.
+    scenario: &'static str,
+    seed: &'static str,
+    keys: usize,
+    code: &'static str,
+    /// Lookups answered normally before the storm.
+    after: u64,
+    lasting: Duration,
+    /// The case's own assertions on the output, the run's duration and the simulator's
+    /// counts (after exit 0 and no key failed).
+    check: fn(&std::process::Output, Duration, &SimStats),
+}
+
+/// A storm of one code (`--rate 100`): the run pauses and completes with exit 0, no key
+/// failed and every key its true status.
+async fn storm_pauses_then_completes(storm: Storm) {
+    let (_dir, ids, csv) = keys_csv(storm.keys, storm.seed);
     let faults = Faults {
         storm: Some(Episode::lasting(
-            "SYS9999".to_owned(),
-            50,
-            Duration::from_secs(15),
+            storm.code.to_owned(),
+            storm.after,
+            storm.lasting,
         )),
         ..Faults::none()
     };
     let sim = sim_with(KeyBook::derived(), faults, None).await;
     let db = TestDb::sqlite();
     let (out, took) = run(&sim, &db, &csv, &["--rate", "100"]).await;
-    let summary = figures("SYS9999 storm 15 s, 200 keys", &out, took, &sim);
+    let summary = figures(storm.scenario, &out, took, &sim);
     assert_exit(&out, 0);
     assert_eq!(summary["failed"], 0);
-    let stats = sim.stats();
-    assert!(stats.storm > 0 && stats.storm <= 60, "{stats:?}");
-    assert!(
-        stderr_of(&out).contains("SYS9999"),
-        "the reason names the code"
-    );
+    (storm.check)(&out, took, &sim.stats());
     let store = db.store().await;
     let run = only_run(&store).await;
     assert_ground_truth(&store, run.id, &ids).await;
     store.close().await;
     sim.shutdown().await;
+}
+
+/// One unknown code (`SYS9999`) for every lookup after the 50th, for 15 s: the run pauses
+/// and completes with every key its true status and none failed (the storm's first
+/// victims are looked up again at the end).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_code_storm_pauses_the_run_and_no_key_fails() {
+    storm_pauses_then_completes(Storm {
+        scenario: "SYS9999 storm 15 s, 200 keys",
+        seed: "storm-15s",
+        keys: 200,
+        code: "SYS9999",
+        after: 50,
+        lasting: Duration::from_secs(15),
+        check: |out, _took, stats| {
+            assert!(stats.storm > 0 && stats.storm <= 60, "{stats:?}");
+            assert!(
+                stderr_of(out).contains("SYS9999"),
+                "the reason names the code"
+            );
+        },
+    })
+    .await;
 }
 
 /// Stops on exhausting `--outage-budget 10` with exit 4 and state `interrupted`, with no
@@ -249,29 +281,19 @@ async fn a_token_storm_stops_with_exit_3_after_a_handful_of_auth_calls() {
 /// an outage: it completes with no key failed, and the maintenance answers are bounded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_maintenance_code_pauses_like_an_outage() {
-    let (_dir, ids, csv) = keys_csv(150, "maintenance");
-    let faults = Faults {
-        storm: Some(Episode::lasting(
-            "CPAY9998".to_owned(),
-            30,
-            Duration::from_secs(5),
-        )),
-        ..Faults::none()
-    };
-    let sim = sim_with(KeyBook::derived(), faults, None).await;
-    let db = TestDb::sqlite();
-    let (out, took) = run(&sim, &db, &csv, &["--rate", "100"]).await;
-    let summary = figures("CPAY9998 for 5 s, 150 keys", &out, took, &sim);
-    assert_exit(&out, 0);
-    assert_eq!(summary["failed"], 0);
-    assert!(took >= Duration::from_secs(5), "{took:?}");
-    let stats = sim.stats();
-    assert!(stats.storm <= 40, "{stats:?}");
-    let store = db.store().await;
-    let run = only_run(&store).await;
-    assert_ground_truth(&store, run.id, &ids).await;
-    store.close().await;
-    sim.shutdown().await;
+    storm_pauses_then_completes(Storm {
+        scenario: "CPAY9998 for 5 s, 150 keys",
+        seed: "maintenance",
+        keys: 150,
+        code: "CPAY9998",
+        after: 30,
+        lasting: Duration::from_secs(5),
+        check: |_out, took, stats| {
+            assert!(took >= Duration::from_secs(5), "{took:?}");
+            assert!(stats.storm <= 40, "{stats:?}");
+        },
+    })
+    .await;
 }
 
 /// Gone codes from API.md's table make a key `gone`; a `--codes` file maps a new code to
