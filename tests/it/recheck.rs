@@ -4,7 +4,7 @@
 //! and metrics updated.
 
 use std::collections::BTreeMap;
-use std::process::Output;
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use payple_reconcile::domain::KeyStatus;
@@ -31,7 +31,7 @@ async fn healthy_sim() -> SimHandle {
 }
 
 /// Runs `cmd`, asserts its exit code, returns its summary.
-async fn run_to_end(cmd: std::process::Command, code: i32) -> (Output, Value) {
+async fn run_to_end(cmd: Command, code: i32) -> (Output, Value) {
     let out = output_of(cmd).await;
     assert_exit(&out, code);
     let summary = summary_of(&out);
@@ -93,18 +93,56 @@ async fn report_statuses(db_url: &str, run_id: i64) -> Vec<String> {
         .collect()
 }
 
+/// A night against [`faulty_sim`] with `--max-attempts 1` and `extra` flags, ended with
+/// exit 2: its summary, the store, and its result rows before any repair, all and failed.
+struct FaultyNight {
+    summary: Value,
+    run_id: i64,
+    store: Store,
+    before: BTreeMap<String, CheckRecord>,
+    failed: BTreeMap<String, CheckRecord>,
+}
+
+async fn faulty_night(db: &TestDb, csv_args: &[&str], extra: &[&str]) -> FaultyNight {
+    let faulty = faulty_sim().await;
+    let mut first = run_cmd(&faulty, &db.url, csv_args);
+    first.args(["--max-attempts", "1"]).args(extra);
+    let (_, summary) = run_to_end(first, 2).await;
+    let run_id = summary["run_id"].as_i64().expect("run id");
+    let store = db.store().await;
+    let before = all_checks(&store, run_id).await;
+    let failed = failed_once(&before);
+    FaultyNight {
+        summary,
+        run_id,
+        store,
+        before,
+        failed,
+    }
+}
+
+/// Runs `cmd` to exit 0 and asserts its note says `says` and `sim` has still answered
+/// `lookups` lookups: nothing was left to do, and nothing was sent.
+async fn assert_nothing_sent(cmd: Command, says: &str, sim: &SimHandle, lookups: u64) {
+    let (_, summary) = run_to_end(cmd, 0).await;
+    assert!(
+        summary["note"].as_str().unwrap_or_default().contains(says),
+        "{summary}"
+    );
+    assert_eq!(sim.stats().lookups, lookups, "{says}");
+}
+
 async fn recheck_repairs_the_same_run(db: TestDb) {
     let (_dir, ids, csv) = keys_csv(60, "recheck");
     let csv_arg = csv.to_str().expect("utf-8 path");
     let csv_args = ["--csv", csv_arg, "--rate", "0", "--concurrency", "8"];
-    let faulty = faulty_sim().await;
-    let mut first = run_cmd(&faulty, &db.url, &csv_args);
-    first.args(["--max-attempts", "1"]);
-    let (_, night) = run_to_end(first, 2).await;
-    let run_id = night["run_id"].as_i64().expect("run id");
-    let store = db.store().await;
-    let before = all_checks(&store, run_id).await;
-    let failed = failed_once(&before);
+    let FaultyNight {
+        summary: night,
+        run_id,
+        store,
+        before,
+        failed,
+    } = faulty_night(&db, &csv_args, &[]).await;
     assert_eq!(night["failed"], json!(failed.len()));
     assert_eq!(
         report_statuses(&db.url, run_id)
@@ -153,15 +191,8 @@ async fn recheck_repairs_the_same_run(db: TestDb) {
     );
 
     // Nothing left to re-check: a note, exit 0, no lookup.
-    let (_, again) = run_to_end(run_cmd(&healthy, &db.url, &["--recheck-failed"]), 0).await;
-    assert!(
-        again["note"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("nothing to re-check"),
-        "{again}"
-    );
-    assert_eq!(healthy.stats().lookups, failed.len() as u64);
+    let again = run_cmd(&healthy, &db.url, &["--recheck-failed"]);
+    assert_nothing_sent(again, "nothing to re-check", &healthy, failed.len() as u64).await;
     store.close().await;
 }
 
@@ -177,14 +208,13 @@ async fn run_key_again_rechecks(db: TestDb) {
     let (_dir, ids, csv) = keys_csv(40, "run-key-recheck");
     let csv_arg = csv.to_str().expect("utf-8 path");
     let csv_args = ["--csv", csv_arg, "--rate", "0", "--concurrency", "8"];
-    let faulty = faulty_sim().await;
-    let mut first = run_cmd(&faulty, &db.url, &csv_args);
-    first.args(["--max-attempts", "1", "--run-key", "2026-11-28"]);
-    let (_, night) = run_to_end(first, 2).await;
-    let run_id = night["run_id"].as_i64().expect("run id");
-    let store = db.store().await;
-    let before = all_checks(&store, run_id).await;
-    let failed = failed_once(&before);
+    let FaultyNight {
+        run_id,
+        store,
+        before,
+        failed,
+        ..
+    } = faulty_night(&db, &csv_args, &["--run-key", "2026-11-28"]).await;
 
     // The cron line, run again the same day: the failed keys are looked up again.
     let healthy = healthy_sim().await;
@@ -199,15 +229,7 @@ async fn run_key_again_rechecks(db: TestDb) {
     // Nothing transient left: "already completed", exit 0, nothing sent.
     let mut third = run_cmd(&healthy, &db.url, &csv_args);
     third.args(["--run-key", "2026-11-28"]);
-    let (_, done) = run_to_end(third, 0).await;
-    assert!(
-        done["note"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("already completed"),
-        "{done}"
-    );
-    assert_eq!(healthy.stats().lookups, failed.len() as u64);
+    assert_nothing_sent(third, "already completed", &healthy, failed.len() as u64).await;
     store.close().await;
 }
 
@@ -254,15 +276,8 @@ async fn all_failed_takes_definite_failures(db: TestDb) {
     assert_eq!(code_of(mismatch).await.1, "PAYER_ID_MISMATCH");
 
     // Nothing transient is left: a note, exit 0, no lookup.
-    let (_, none) = run_to_end(run_cmd(&healthy, &db.url, &["--recheck-failed"]), 0).await;
-    assert!(
-        none["note"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("--all-failed"),
-        "{none}"
-    );
-    assert_eq!(healthy.stats().lookups, 1);
+    let none = run_cmd(&healthy, &db.url, &["--recheck-failed"]);
+    assert_nothing_sent(none, "--all-failed", &healthy, 1).await;
 
     let id = run_id.to_string();
     let args = ["--recheck-failed", id.as_str(), "--all-failed"];
@@ -400,14 +415,13 @@ async fn a_recheck_killed_mid_way_is_finished_by_resume() {
     let (_dir, ids, csv) = keys_csv(80, "recheck-kill");
     let csv_arg = csv.to_str().expect("utf-8 path");
     let csv_args = ["--csv", csv_arg, "--rate", "0", "--concurrency", "8"];
-    let faulty = faulty_sim().await;
-    let mut first = run_cmd(&faulty, &db.url, &csv_args);
-    first.args(["--max-attempts", "1"]);
-    let (_, night) = run_to_end(first, 2).await;
-    let run_id = night["run_id"].as_i64().expect("run id");
-    let store = db.store().await;
-    let before = all_checks(&store, run_id).await;
-    let failed = failed_once(&before);
+    let FaultyNight {
+        run_id,
+        store,
+        before,
+        failed,
+        ..
+    } = faulty_night(&db, &csv_args, &[]).await;
     assert!(failed.len() >= 8, "{} failed", failed.len());
 
     let slow = spawn_sim(SimConfig {
