@@ -3,36 +3,33 @@
 //! scenario prints one `figures:` line (lookups, auth calls, state, exit code, duration)
 //! for the issue note: `cargo test --test it outage -- --nocapture | grep figures:`.
 
-use std::path::Path;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use payple_reconcile::domain::KeyStatus;
-use payple_reconcile::simulator::{Episode, Faults, KeyBook, SimHandle, SimStats};
+use payple_reconcile::simulator::{Episode, Faults, SimHandle, SimStats};
 use payple_reconcile::store::{RunState, Store};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    TestDb, assert_exit, assert_ground_truth, count_rows_sql, key_file, keys_csv, only_run,
-    run_cmd, scalar_i64, sim_with, spawn, stderr_of, summary_of, wait_output,
+    Scenario, Setup, TestDb, assert_exit, assert_ground_truth, count_rows_sql, key_file, payer_ids,
+    scalar_i64, spawn, stderr_of, summary_of, wait_output,
 };
 
-/// Runs `run` over `csv` with `args` and returns the output and how long it took.
-async fn run(
-    sim: &SimHandle,
-    db: &TestDb,
-    csv: &Path,
-    args: &[&str],
-) -> (std::process::Output, Duration) {
-    let mut all = vec!["--csv", csv.to_str().expect("UTF-8 path")];
-    all.extend_from_slice(args);
+/// Runs `cmd` as a child (at most 150 s) and returns the output and how long it took.
+async fn timed(cmd: Command) -> (Output, Duration) {
     let started = Instant::now();
-    let child = spawn(run_cmd(sim, &db.url, &all));
-    let out = wait_output(child, Duration::from_secs(150)).await;
+    let out = wait_output(spawn(cmd), Duration::from_secs(150)).await;
     (out, started.elapsed())
 }
 
+/// Runs the scenario's `run` (its key file and flags) with `extra` flags ([`timed`]).
+async fn run(set: &Setup, extra: &[&str]) -> (Output, Duration) {
+    timed(set.command(extra)).await
+}
+
 /// Prints the figures the issue note needs and returns the summary.
-fn figures(scenario: &str, out: &std::process::Output, took: Duration, sim: &SimHandle) -> Value {
+fn figures(scenario: &str, out: &Output, took: Duration, sim: &SimHandle) -> Value {
     let summary = summary_of(out);
     let stats = sim.stats();
     eprintln!(
@@ -65,18 +62,21 @@ async fn failed_rows(store: &Store, run_id: i64) -> i64 {
 /// failed; the lookups the outage answered are bounded by the probes (tens).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_mid_run_pauses_and_every_key_gets_its_true_status() {
-    let (_dir, ids, csv) = keys_csv(1000, "outage-mid-run");
     let faults = Faults {
         outage: Some(Episode::lasting(503, 300, Duration::from_secs(20))),
         ..Faults::none()
     };
-    let sim = sim_with(KeyBook::derived(), faults, None).await;
-    let db = TestDb::sqlite();
-    let (out, took) = run(&sim, &db, &csv, &["--rate", "100"]).await;
-    let summary = figures("outage 20 s, 1000 keys, rate 100", &out, took, &sim);
+    let set = Scenario::new()
+        .keys(1000, "outage-mid-run")
+        .faults(faults)
+        .args(&["--rate", "100"])
+        .start()
+        .await;
+    let (out, took) = run(&set, &[]).await;
+    let summary = figures("outage 20 s, 1000 keys, rate 100", &out, took, &set.sim);
     assert_exit(&out, 0);
     assert_eq!(summary["failed"], 0);
-    let stats = sim.stats();
+    let stats = set.sim.stats();
     assert!(stats.outage > 0, "the outage happened: {stats:?}");
     assert!(
         stats.outage <= 60,
@@ -85,12 +85,10 @@ async fn an_outage_mid_run_pauses_and_every_key_gets_its_true_status() {
     );
     let stderr = stderr_of(&out);
     assert!(stderr.contains("Payple looks unavailable"), "{stderr}");
-    let store = db.store().await;
-    let run = only_run(&store).await;
+    let run = set.run_record().await;
     assert_eq!(run.state, RunState::Completed);
-    assert_ground_truth(&store, run.id, &ids).await;
-    store.close().await;
-    sim.shutdown().await;
+    assert_ground_truth(&set.store, run.id, &set.ids).await;
+    set.close().await;
 }
 
 /// One code answering every lookup for a while: what the storm looks like, and the
@@ -106,13 +104,12 @@ struct Storm {
     lasting: Duration,
     /// The case's own assertions on the output, the run's duration and the simulator's
     /// counts (after exit 0 and no key failed).
-    check: fn(&std::process::Output, Duration, &SimStats),
+    check: fn(&Output, Duration, &SimStats),
 }
 
 /// A storm of one code (`--rate 100`): the run pauses and completes with exit 0, no key
 /// failed and every key its true status.
 async fn storm_pauses_then_completes(storm: Storm) {
-    let (_dir, ids, csv) = keys_csv(storm.keys, storm.seed);
     let faults = Faults {
         storm: Some(Episode::lasting(
             storm.code.to_owned(),
@@ -121,18 +118,20 @@ async fn storm_pauses_then_completes(storm: Storm) {
         )),
         ..Faults::none()
     };
-    let sim = sim_with(KeyBook::derived(), faults, None).await;
-    let db = TestDb::sqlite();
-    let (out, took) = run(&sim, &db, &csv, &["--rate", "100"]).await;
-    let summary = figures(storm.scenario, &out, took, &sim);
+    let set = Scenario::new()
+        .keys(storm.keys, storm.seed)
+        .faults(faults)
+        .args(&["--rate", "100"])
+        .start()
+        .await;
+    let (out, took) = run(&set, &[]).await;
+    let summary = figures(storm.scenario, &out, took, &set.sim);
     assert_exit(&out, 0);
     assert_eq!(summary["failed"], 0);
-    (storm.check)(&out, took, &sim.stats());
-    let store = db.store().await;
-    let run = only_run(&store).await;
-    assert_ground_truth(&store, run.id, &ids).await;
-    store.close().await;
-    sim.shutdown().await;
+    (storm.check)(&out, took, &set.sim.stats());
+    let run = set.run_record().await;
+    assert_ground_truth(&set.store, run.id, &set.ids).await;
+    set.close().await;
 }
 
 /// One unknown code (`SYS9999`) for every lookup after the 50th, for 15 s: the run pauses
@@ -162,22 +161,24 @@ async fn a_code_storm_pauses_the_run_and_no_key_fails() {
 /// `failed` row; after the simulator recovers, `--resume` completes every key exactly
 /// once with its true status.
 async fn budget_spent_then_resumed(scenario: &str, seed: &str, faults: Faults) {
-    let (_dir, ids, csv) = keys_csv(200, seed);
-    let sim = sim_with(KeyBook::derived(), faults.clone(), None).await;
-    let db = TestDb::sqlite();
-    let (out, took) = run(&sim, &db, &csv, &["--rate", "100", "--outage-budget", "10"]).await;
-    let summary = figures(scenario, &out, took, &sim);
+    let set = Scenario::new()
+        .keys(200, seed)
+        .faults(faults.clone())
+        .args(&["--rate", "100"])
+        .start()
+        .await;
+    let (out, took) = run(&set, &["--outage-budget", "10"]).await;
+    let summary = figures(scenario, &out, took, &set.sim);
     assert_exit(&out, 4);
     assert_eq!(summary["state"], "interrupted");
     assert_eq!(summary["failed"], 0);
     assert!(took < Duration::from_secs(60), "{took:?}");
-    let store = db.store().await;
-    let run_before = only_run(&store).await;
+    let run_before = set.run_record().await;
     assert_eq!(run_before.state, RunState::Interrupted);
-    assert_eq!(failed_rows(&store, run_before.id).await, 0);
-    let written = scalar_i64(&store, &count_rows_sql(run_before.id)).await;
+    assert_eq!(failed_rows(&set.store, run_before.id).await, 0);
+    let written = scalar_i64(&set.store, &count_rows_sql(run_before.id)).await;
     assert!(
-        written < ids.len() as i64,
+        written < set.ids.len() as i64,
         "keys were left pending: {written}"
     );
     let stderr = stderr_of(&out);
@@ -188,17 +189,16 @@ async fn budget_spent_then_resumed(scenario: &str, seed: &str, faults: Faults) {
         "{note}"
     );
 
-    sim.set_faults(faults.recovered());
-    let (out, took) = run(&sim, &db, &csv, &["--rate", "100", "--resume"]).await;
-    let summary = figures(&format!("{scenario}, then --resume"), &out, took, &sim);
+    set.sim.set_faults(faults.recovered());
+    let (out, took) = run(&set, &["--resume"]).await;
+    let summary = figures(&format!("{scenario}, then --resume"), &out, took, &set.sim);
     assert_exit(&out, 0);
     assert_eq!(summary["run_id"], run_before.id);
-    assert_eq!(summary["checked_now"], ids.len() as i64 - written);
-    let run = only_run(&store).await;
+    assert_eq!(summary["checked_now"], set.ids.len() as i64 - written);
+    let run = set.run_record().await;
     assert_eq!(run.state, RunState::Completed);
-    assert_ground_truth(&store, run.id, &ids).await;
-    store.close().await;
-    sim.shutdown().await;
+    assert_ground_truth(&set.store, run.id, &set.ids).await;
+    set.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,39 +223,45 @@ async fn a_permanent_503_exits_4_and_resume_completes_every_key_once() {
 /// for a day; it stops at once with exit 4, resumable, nothing failed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_after_longer_than_the_budget_exits_4_at_once() {
-    let (_dir, _ids, csv) = keys_csv(100, "429-forever");
     let faults = Faults {
         throttle: Some(Episode::forever(100_000, 20)),
         ..Faults::none()
     };
-    let sim = sim_with(KeyBook::derived(), faults, None).await;
-    let db = TestDb::sqlite();
-    let (out, took) = run(&sim, &db, &csv, &["--rate", "100"]).await;
-    let summary = figures("429 Retry-After 100000 after 20", &out, took, &sim);
+    let set = Scenario::new()
+        .keys(100, "429-forever")
+        .faults(faults)
+        .args(&["--rate", "100"])
+        .start()
+        .await;
+    let (out, took) = run(&set, &[]).await;
+    let summary = figures("429 Retry-After 100000 after 20", &out, took, &set.sim);
     assert_exit(&out, 4);
     assert_eq!(summary["state"], "interrupted");
     assert_eq!(summary["failed"], 0);
     assert!(took < Duration::from_secs(20), "{took:?}");
-    let stats = sim.stats();
+    let stats = set.sim.stats();
     assert!(stats.throttled >= 1 && stats.throttled <= 10, "{stats:?}");
     let stderr = stderr_of(&out);
     assert!(stderr.contains("longer than the outage budget"), "{stderr}");
-    sim.shutdown().await;
+    set.close().await;
 }
 
 /// Every lookup answers `SPAY0001` whatever the token: a handful of auth calls (not one
 /// per lookup), exit 3 naming the code, and no key `failed`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_storm_stops_with_exit_3_after_a_handful_of_auth_calls() {
-    let (_dir, _ids, csv) = keys_csv(50, "token-storm");
     let faults = Faults {
         always_code: Some("SPAY0001".to_owned()),
         ..Faults::none()
     };
-    let sim = sim_with(KeyBook::derived(), faults, None).await;
-    let db = TestDb::sqlite();
-    let (out, took) = run(&sim, &db, &csv, &["--rate", "100"]).await;
-    let stats = sim.stats();
+    let set = Scenario::new()
+        .keys(50, "token-storm")
+        .faults(faults)
+        .args(&["--rate", "100"])
+        .start()
+        .await;
+    let (out, took) = run(&set, &[]).await;
+    let stats = set.sim.stats();
     eprintln!(
         "figures: SPAY0001 for every lookup, 50 keys: exit {:?}, lookups {}, auth calls {}, \
          {:.1} s",
@@ -269,12 +275,10 @@ async fn a_token_storm_stops_with_exit_3_after_a_handful_of_auth_calls() {
     assert!(stderr.contains("SPAY0001"), "{stderr}");
     assert!(stats.auth_calls <= 5, "{stats:?}");
     assert!(stats.lookups <= 30, "{stats:?}");
-    let store = db.store().await;
-    let run = only_run(&store).await;
+    let run = set.run_record().await;
     eprintln!("figures: token storm run state {}", run.state.as_str());
-    assert_eq!(failed_rows(&store, run.id).await, 0);
-    store.close().await;
-    sim.shutdown().await;
+    assert_eq!(failed_rows(&set.store, run.id).await, 0);
+    set.close().await;
 }
 
 /// A bank-maintenance code (`CPAY9998`) answering every lookup for 5 s pauses the run like
@@ -304,7 +308,8 @@ async fn gone_codes_from_the_table_and_a_codes_file() {
         "SPAY0005", "RPAY0005", "SPCD0012", "SPCD0001", "SPCD0011", "CPAY0002", "CPAY0003",
         "CPAY0004",
     ];
-    let (dir, ids, csv) = keys_csv(GONE.len() + 1, "gone-codes");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ids = payer_ids(GONE.len() + 1, "gone-codes");
     let mut lines: Vec<Value> = GONE
         .iter()
         .zip(&ids)
@@ -313,34 +318,36 @@ async fn gone_codes_from_the_table_and_a_codes_file() {
     let custom = &ids[GONE.len()];
     lines.push(json!({"payer_id": custom, "kind": "error", "code": "XPAY0042", "msg": "m"}));
     let book = key_file(dir.path(), "keys.jsonl", &lines);
-    let sim = sim_with(book, Faults::none(), None).await;
     let codes = dir.path().join("codes.toml");
     std::fs::write(&codes, "[codes]\nXPAY0042 = \"gone\"\n").expect("codes file");
-    let db = TestDb::sqlite();
     let codes_arg = codes.to_str().expect("UTF-8");
-    let (out, took) = run(&sim, &db, &csv, &["--codes", codes_arg]).await;
-    figures("gone codes + --codes file", &out, took, &sim);
+    let set = Scenario::new()
+        .ids(&ids)
+        .book(book)
+        .args(&["--codes", codes_arg])
+        .start()
+        .await;
+    let (out, took) = run(&set, &[]).await;
+    figures("gone codes + --codes file", &out, took, &set.sim);
     assert_exit(&out, 0);
-    let store = db.store().await;
-    let run_id = only_run(&store).await.id;
-    let checks = crate::helpers::all_checks(&store, run_id).await;
+    let checks = set.checks().await;
     for (id, code) in ids.iter().zip(GONE.iter().chain(["XPAY0042"].iter())) {
         let row = &checks[id];
         assert_eq!(row.status, KeyStatus::Gone, "{code}: {row:?}");
         assert_eq!(row.result_code.as_deref(), Some(*code));
     }
-    store.close().await;
 
+    // The same keys, flags and simulator against a fresh database.
     std::fs::write(&codes, "[codes]\n\"0000\" = \"gone\"\n").expect("codes file");
-    let lookups = sim.stats().lookups;
-    let db = TestDb::sqlite();
-    let (out, _) = run(&sim, &db, &csv, &["--codes", codes_arg]).await;
+    let lookups = set.sim.stats().lookups;
+    let fresh = TestDb::sqlite();
+    let (out, _) = timed(set.command_on(&fresh, &[])).await;
     assert_exit(&out, 3);
     let stderr = stderr_of(&out);
     assert!(
         stderr.contains("--codes") && stderr.contains("codes.toml"),
         "{stderr}"
     );
-    assert_eq!(sim.stats().lookups, lookups, "no lookup sent");
-    sim.shutdown().await;
+    assert_eq!(set.sim.stats().lookups, lookups, "no lookup sent");
+    set.close().await;
 }

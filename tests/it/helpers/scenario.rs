@@ -268,6 +268,12 @@ impl Setup {
         scenario_command(&self.sim, &self.db, &self.args, &self.env, extra)
     }
 
+    /// The scenario's `run` (its key file, flags and environment) with `extra` flags against
+    /// another database `db`: the same keys and simulator on a second, fresh database.
+    pub fn command_on(&self, db: &TestDb, extra: &[&str]) -> Command {
+        scenario_command(&self.sim, db, &self.args, &self.env, extra)
+    }
+
     /// `run --database-url URL --retry-base-ms 10 ARGS...` against the scenario's
     /// simulator and database, without the scenario's key file and flags.
     pub fn bare_command(&self, args: &[&str]) -> Command {
