@@ -5,7 +5,7 @@
 //! budget. Each is timed from the signal (or the budget) to the exit against a generous
 //! bound.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,7 +20,9 @@ use payple_reconcile::store::RunState;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::helpers::{self, Scenario, TestDb, assert_exit, kill, only_run, scalar_i64, stderr_of};
+use crate::helpers::{
+    self, Scenario, Setup, TestDb, assert_exit, kill, only_run, scalar_i64, stderr_of,
+};
 
 const GRACE: &str = "2";
 /// From the signal to the exit: the grace, the end-of-run floor and margin (2 s each),
@@ -172,20 +174,23 @@ async fn trickling_webhook() -> String {
     format!("http://{addr}/hook/trickle")
 }
 
-/// SIGTERM mid-run with two webhooks that hang: the run exits within the bound, and the
-/// metrics file is written although no notification got through.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_with_two_hanging_webhooks_exits_within_the_grace() {
+/// A scenario notifying two webhooks that hang (one silent, one trickling) `always`, with
+/// a metrics file in a folder of its own: `n` keys from `seed`, `flags` before the
+/// notification flags; started, nothing run yet.
+struct Hanging {
+    set: Setup,
+    metrics: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+async fn hanging_webhooks(n: usize, seed: &str, flags: &[&str]) -> Hanging {
     let (silent, trickle) = (silent_webhook().await, trickling_webhook().await);
     let dir = tempfile::tempdir().expect("temp dir");
     let metrics = dir.path().join("metrics.prom");
     let set = Scenario::new()
-        .keys(400, "hanging-webhooks")
+        .keys(n, seed)
+        .args(flags)
         .args(&[
-            "--rate",
-            "50",
-            "--shutdown-grace",
-            GRACE,
             "--notify",
             &silent,
             "--notify",
@@ -197,6 +202,23 @@ async fn sigterm_with_two_hanging_webhooks_exits_within_the_grace() {
         ])
         .start()
         .await;
+    Hanging {
+        set,
+        metrics,
+        _dir: dir,
+    }
+}
+
+/// SIGTERM mid-run with two webhooks that hang: the run exits within the bound, and the
+/// metrics file is written although no notification got through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_two_hanging_webhooks_exits_within_the_grace() {
+    let Hanging { set, metrics, _dir } = hanging_webhooks(
+        400,
+        "hanging-webhooks",
+        &["--rate", "50", "--shutdown-grace", GRACE],
+    )
+    .await;
     let mut child = set.spawn(&[]);
     helpers::wait_for_rows(&set.store, 20, Duration::from_secs(20), POLL, &mut child).await;
     let out = terminate(child, "with two hanging webhooks").await;
@@ -213,25 +235,8 @@ async fn sigterm_with_two_hanging_webhooks_exits_within_the_grace() {
 /// stands, and the metrics count both webhooks as not reached.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_ends_a_hanging_notification_at_once() {
-    let (silent, trickle) = (silent_webhook().await, trickling_webhook().await);
-    let dir = tempfile::tempdir().expect("temp dir");
-    let metrics = dir.path().join("metrics.prom");
-    let set = Scenario::new()
-        .keys(20, "second-signal-notify")
-        .args(&[
-            "--shutdown-grace",
-            "60",
-            "--notify",
-            &silent,
-            "--notify",
-            &trickle,
-            "--notify-on",
-            "always",
-            "--metrics-file",
-            metrics.to_str().expect("utf-8"),
-        ])
-        .start()
-        .await;
+    let Hanging { set, metrics, _dir } =
+        hanging_webhooks(20, "second-signal-notify", &["--shutdown-grace", "60"]).await;
     let mut child = set.spawn(&[]);
     // The run is over when the metrics file is there: the job is notifying.
     let waiting = Instant::now();
