@@ -138,6 +138,44 @@ async fn first_run(db: &TestDb, dir: &Path) -> (SimHandle, PathBuf) {
     (sim_from_file(&keys2, SimConfig::default().seed).await, csv2)
 }
 
+/// Run 1 done ([`first_run`]) in a fresh SQLite file, the simulator for run 2, and a
+/// receiver answering in `mode`.
+struct SecondNight {
+    db: TestDb,
+    dir: tempfile::TempDir,
+    sim2: SimHandle,
+    csv2: PathBuf,
+    hook: Receiver,
+}
+
+async fn second_night(mode: Mode) -> SecondNight {
+    let db = TestDb::sqlite();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (sim2, csv2) = first_run(&db, dir.path()).await;
+    let hook = Receiver::start(mode).await;
+    SecondNight {
+        db,
+        dir,
+        sim2,
+        csv2,
+        hook,
+    }
+}
+
+/// Run 2, notifying `hook_url`: `run --rate 0 --csv CSV2 --notify URL EXTRA...` ([`bin`]).
+async fn notify_run(
+    sim2: &SimHandle,
+    db: &TestDb,
+    csv2: &Path,
+    hook_url: &str,
+    extra: &[&str],
+) -> Output {
+    let csv2 = csv2.to_str().unwrap();
+    let mut args = vec!["run", "--rate", "0", "--csv", csv2, "--notify", hook_url];
+    args.extend_from_slice(extra);
+    bin(sim2, db, &args).await
+}
+
 /// Nothing secret in `text`: no full payer id, custKey, token-shaped string or webhook path.
 fn assert_no_secrets(what: &str, text: &str) {
     for secret in [
@@ -159,26 +197,22 @@ fn assert_no_secrets(what: &str, text: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slack_message_with_counts_and_changes() {
-    let db = TestDb::sqlite();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (sim2, csv2) = first_run(&db, dir.path()).await;
-    let hook = Receiver::start(Mode::Accept).await;
+    let SecondNight {
+        db,
+        dir,
+        sim2,
+        csv2,
+        hook,
+    } = second_night(Mode::Accept).await;
     let report = dir.path().join("night.xlsx");
     let metrics = dir.path().join("m.prom");
     let args = [
-        "run",
-        "--rate",
-        "0",
-        "--csv",
-        csv2.to_str().unwrap(),
-        "--notify",
-        &hook.url,
         "--report",
         report.to_str().unwrap(),
         "--metrics-file",
         metrics.to_str().unwrap(),
     ];
-    let out = bin(&sim2, &db, &args).await;
+    let out = notify_run(&sim2, &db, &csv2, &hook.url, &args).await;
     assert_exit(&out, 0);
     let bodies = hook.bodies();
     assert_eq!(bodies.len(), 1, "one message per run");
@@ -229,10 +263,13 @@ async fn slack_message_with_counts_and_changes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_document_has_its_documented_fields() {
-    let db = TestDb::sqlite();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (sim2, csv2) = first_run(&db, dir.path()).await;
-    let hook = Receiver::start(Mode::Accept).await;
+    let SecondNight {
+        db,
+        dir: _dir,
+        sim2,
+        csv2,
+        hook,
+    } = second_night(Mode::Accept).await;
     let mut cmd = helpers::command(&sim2.url());
     cmd.args(["run", "--rate", "0", "--csv", csv2.to_str().unwrap()])
         .args(["--notify-format", "json", "--notify-on", "always"])
@@ -296,25 +333,21 @@ async fn json_document_has_its_documented_fields() {
 /// and results do not change, the failure is logged (host only) and counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_receiver_is_retried_then_given_up() {
-    let db = TestDb::sqlite();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (sim2, csv2) = first_run(&db, dir.path()).await;
-    let hook = Receiver::start(Mode::Fail).await;
+    let SecondNight {
+        db,
+        dir,
+        sim2,
+        csv2,
+        hook,
+    } = second_night(Mode::Fail).await;
     let metrics = dir.path().join("m.prom");
     let args = [
-        "run",
-        "--rate",
-        "0",
-        "--csv",
-        csv2.to_str().unwrap(),
-        "--notify",
-        &hook.url,
         "--notify-backoff-ms",
         "50",
         "--metrics-file",
         metrics.to_str().unwrap(),
     ];
-    let out = bin(&sim2, &db, &args).await;
+    let out = notify_run(&sim2, &db, &csv2, &hook.url, &args).await;
     assert_exit(&out, 0);
     assert_eq!(hook.hits.load(Ordering::SeqCst), 3);
     let summary = helpers::summary_of(&out);
@@ -356,25 +389,16 @@ async fn a_failing_receiver_is_retried_then_given_up() {
 /// A receiver that never answers is cut at the timeout on every attempt.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_receiver_is_cut_at_the_timeout() {
-    let db = TestDb::sqlite();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (sim2, csv2) = first_run(&db, dir.path()).await;
-    let hook = Receiver::start(Mode::Hang).await;
-    let args = [
-        "run",
-        "--rate",
-        "0",
-        "--csv",
-        csv2.to_str().unwrap(),
-        "--notify",
-        &hook.url,
-        "--notify-timeout",
-        "1",
-        "--notify-backoff-ms",
-        "10",
-    ];
+    let SecondNight {
+        db,
+        dir: _dir,
+        sim2,
+        csv2,
+        hook,
+    } = second_night(Mode::Hang).await;
+    let args = ["--notify-timeout", "1", "--notify-backoff-ms", "10"];
     let start = Instant::now();
-    let out = bin(&sim2, &db, &args).await;
+    let out = notify_run(&sim2, &db, &csv2, &hook.url, &args).await;
     let took = start.elapsed();
     assert_exit(&out, 0);
     assert_eq!(hook.hits.load(Ordering::SeqCst), 3);
