@@ -138,28 +138,15 @@ async fn first_run(db: &TestDb, dir: &Path) -> (SimHandle, PathBuf) {
     (sim_from_file(&keys2, SimConfig::default().seed).await, csv2)
 }
 
-/// Run 1 done ([`first_run`]) in a fresh SQLite file, the simulator for run 2, and a
-/// receiver answering in `mode`.
-struct SecondNight {
-    db: TestDb,
-    dir: tempfile::TempDir,
-    sim2: SimHandle,
-    csv2: PathBuf,
-    hook: Receiver,
-}
-
-async fn second_night(mode: Mode) -> SecondNight {
+/// Run 1 done ([`first_run`]) in a fresh SQLite file, and a receiver answering in `mode`:
+/// the database, the folder of the key files, the simulator and key CSV for run 2, and the
+/// receiver.
+async fn second_night(mode: Mode) -> (TestDb, tempfile::TempDir, SimHandle, PathBuf, Receiver) {
     let db = TestDb::sqlite();
     let dir = tempfile::tempdir().expect("temp dir");
     let (sim2, csv2) = first_run(&db, dir.path()).await;
     let hook = Receiver::start(mode).await;
-    SecondNight {
-        db,
-        dir,
-        sim2,
-        csv2,
-        hook,
-    }
+    (db, dir, sim2, csv2, hook)
 }
 
 /// Run 2, notifying `hook_url`: `run --rate 0 --csv CSV2 --notify URL EXTRA...` ([`bin`]).
@@ -197,13 +184,7 @@ fn assert_no_secrets(what: &str, text: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slack_message_with_counts_and_changes() {
-    let SecondNight {
-        db,
-        dir,
-        sim2,
-        csv2,
-        hook,
-    } = second_night(Mode::Accept).await;
+    let (db, dir, sim2, csv2, hook) = second_night(Mode::Accept).await;
     let report = dir.path().join("night.xlsx");
     let metrics = dir.path().join("m.prom");
     let args = [
@@ -263,13 +244,7 @@ async fn slack_message_with_counts_and_changes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_document_has_its_documented_fields() {
-    let SecondNight {
-        db,
-        dir: _dir,
-        sim2,
-        csv2,
-        hook,
-    } = second_night(Mode::Accept).await;
+    let (db, _dir, sim2, csv2, hook) = second_night(Mode::Accept).await;
     let mut cmd = helpers::command(&sim2.url());
     cmd.args(["run", "--rate", "0", "--csv", csv2.to_str().unwrap()])
         .args(["--notify-format", "json", "--notify-on", "always"])
@@ -333,13 +308,7 @@ async fn json_document_has_its_documented_fields() {
 /// and results do not change, the failure is logged (host only) and counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_receiver_is_retried_then_given_up() {
-    let SecondNight {
-        db,
-        dir,
-        sim2,
-        csv2,
-        hook,
-    } = second_night(Mode::Fail).await;
+    let (db, dir, sim2, csv2, hook) = second_night(Mode::Fail).await;
     let metrics = dir.path().join("m.prom");
     let args = [
         "--notify-backoff-ms",
@@ -389,13 +358,7 @@ async fn a_failing_receiver_is_retried_then_given_up() {
 /// A receiver that never answers is cut at the timeout on every attempt.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_receiver_is_cut_at_the_timeout() {
-    let SecondNight {
-        db,
-        dir: _dir,
-        sim2,
-        csv2,
-        hook,
-    } = second_night(Mode::Hang).await;
+    let (db, _dir, sim2, csv2, hook) = second_night(Mode::Hang).await;
     let args = ["--notify-timeout", "1", "--notify-backoff-ms", "10"];
     let start = Instant::now();
     let out = notify_run(&sim2, &db, &csv2, &hook.url, &args).await;
