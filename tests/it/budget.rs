@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use payple_reconcile::domain::mask_payer_id;
-use payple_reconcile::simulator::{Faults, KeyBook, SimConfig};
+use payple_reconcile::simulator::{Faults, SimConfig};
 use payple_reconcile::store::Store;
 use serde_json::json;
 
 use crate::helpers::{
-    self, TestDb, assert_exit, derived_status, exec, key_file, key_hash, latency, logged_lookups,
-    output_of, run_cmd, scalar_i64, sim_with, spawn, spawn_sim, summary_of, wait_output,
+    self, Scenario, TestDb, assert_exit, derived_status, exec, key_file, key_hash, latency,
+    logged_lookups, output_of, scalar_i64, summary_of, wait_output,
 };
 
 /// The source table `billing_keys (payer_id, customer_ref, next_charge)` holding `rows`.
@@ -76,17 +76,22 @@ async fn budget_follows_priority(db: TestDb) {
         "keys.jsonl",
         &[json!({"payer_id": ids[3], "kind": "error"})],
     );
-    let store = db.store().await;
+    let set = Scenario::new()
+        .on(db)
+        .book(failing.clone())
+        .args(&["--rate", "0"])
+        .start()
+        .await;
+    let store = &set.store;
     // Night 1, no budget: keys 0-5, all checked (key 3 fails).
     let first: Vec<(&str, Option<String>)> = ids[..6].iter().map(|i| (i.as_str(), None)).collect();
-    source_table(&store, &first).await;
-    let sim = sim_with(failing.clone(), Faults::none(), None).await;
-    let out = output_of(run_cmd(&sim, &db.url, &["--rate", "0"])).await;
+    source_table(store, &first).await;
+    let out = set.output(&[]).await;
     assert_exit(&out, 2);
     // Known ages: key 1 oldest, then 4, 0, 2, 5; key 3 failed.
     let now = Utc::now();
     for (i, age) in [(1, 40), (4, 30), (0, 20), (2, 10), (5, 1), (3, 5)] {
-        set_checked(&store, &ids[i], now - day(age)).await;
+        set_checked(store, &ids[i], now - day(age)).await;
     }
     // Night 2: keys 6-9 are new; key 5 is charged tomorrow, key 4 in a month.
     let soon = (now + day(1)).format("%Y-%m-%d").to_string();
@@ -103,12 +108,18 @@ async fn budget_follows_priority(db: TestDb) {
             (id.as_str(), due)
         })
         .collect();
-    source_table(&store, &second).await;
+    source_table(store, &second).await;
     let log = dir.path().join("requests.jsonl");
-    let sim = sim_with(failing, Faults::none(), Some(log.clone())).await;
+    let sim = set
+        .second_sim(SimConfig {
+            keys: failing,
+            faults: Faults::none(),
+            request_log: Some(log.clone()),
+            seed: 7,
+            ..SimConfig::default()
+        })
+        .await;
     let args = [
-        "--rate",
-        "0",
         "--concurrency",
         "1",
         "--max-lookups",
@@ -118,7 +129,7 @@ async fn budget_follows_priority(db: TestDb) {
         "--due-within",
         "3d",
     ];
-    let out = output_of(run_cmd(&sim, &db.url, &args)).await;
+    let out = output_of(set.command_with_sim(&sim, &args)).await;
     assert_exit(&out, 2);
     let summary = summary_of(&out);
     assert_eq!(summary["state"], "completed", "{summary}");
@@ -138,9 +149,9 @@ async fn budget_follows_priority(db: TestDb) {
     }
     assert_eq!(first, order, "lookups in priority order");
     let want: BTreeSet<String> = want_order.iter().map(|&i| ids[i].clone()).collect();
-    assert_eq!(checked_in(&store, run_id).await, want);
+    assert_eq!(checked_in(store, run_id).await, want);
     let recorded = scalar_i64(
-        &store,
+        store,
         &format!("SELECT keys_checked FROM reconcile_runs WHERE id = {run_id}"),
     )
     .await;
@@ -163,15 +174,15 @@ helpers::per_database!(
 /// run goes back to the keys checked longest ago.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_third_per_run_checks_every_key_within_three_runs() {
-    let db = TestDb::sqlite();
-    let store = db.store().await;
-    let (_dir, ids, csv) = helpers::keys_csv(30, "thirds");
-    let sim = sim_with(KeyBook::derived(), Faults::none(), None).await;
-    let csv = csv.to_str().expect("path");
+    let set = Scenario::new()
+        .keys(30, "thirds")
+        .args(&["--rate", "0", "--max-lookups", "10"])
+        .start()
+        .await;
+    let (store, ids) = (&set.store, &set.ids);
     let mut runs = Vec::new();
     for night in 1..=4 {
-        let args = ["--csv", csv, "--rate", "0", "--max-lookups", "10"];
-        let out = output_of(run_cmd(&sim, &db.url, &args)).await;
+        let out = set.output(&[]).await;
         assert_exit(&out, 0);
         let summary = summary_of(&out);
         assert_eq!(summary["state"], "completed", "night {night}: {summary}");
@@ -180,7 +191,7 @@ async fn a_third_per_run_checks_every_key_within_three_runs() {
     }
     let mut seen = BTreeSet::new();
     for run in &runs[..3] {
-        let keys = checked_in(&store, *run).await;
+        let keys = checked_in(store, *run).await;
         assert_eq!(keys.len(), 10);
         assert!(seen.is_disjoint(&keys), "a key checked twice in three runs");
         seen.extend(keys);
@@ -191,8 +202,8 @@ async fn a_third_per_run_checks_every_key_within_three_runs() {
         "every key within 3 runs"
     );
     assert_eq!(
-        checked_in(&store, runs[3]).await,
-        checked_in(&store, runs[0]).await,
+        checked_in(store, runs[3]).await,
+        checked_in(store, runs[0]).await,
         "the fourth run re-checks the first run's keys, the oldest"
     );
 }
@@ -201,15 +212,12 @@ async fn a_third_per_run_checks_every_key_within_three_runs() {
 /// flight and ends `completed` with exit 0, keys left for the next night.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_at_a_minute_ahead_ends_the_run_normally() {
-    let db = TestDb::sqlite();
-    let store = db.store().await;
-    let (_dir, _ids, csv) = helpers::keys_csv(2000, "stop-at");
-    let sim = spawn_sim(SimConfig {
-        faults: latency(200),
-        seed: 7,
-        ..SimConfig::default()
-    })
-    .await;
+    let set = Scenario::new()
+        .keys(2000, "stop-at")
+        .faults(latency(200))
+        .args(&["--rate", "0", "--concurrency", "2"])
+        .start()
+        .await;
     let kst = chrono::FixedOffset::east_opt(9 * 3600).expect("offset");
     // The next minute boundary at least 5 s away.
     let now = Utc::now();
@@ -219,17 +227,7 @@ async fn stop_at_a_minute_ahead_ends_the_run_normally() {
         stop += chrono::Duration::seconds(60);
     }
     let stop_at = stop.with_timezone(&kst).format("%H:%M").to_string();
-    let args = [
-        "--csv",
-        csv.to_str().expect("path"),
-        "--rate",
-        "0",
-        "--concurrency",
-        "2",
-        "--stop-at",
-        &stop_at,
-    ];
-    let child = spawn(run_cmd(&sim, &db.url, &args));
+    let child = set.spawn(&["--stop-at", &stop_at]);
     let out = wait_output(child, Duration::from_secs(100)).await;
     let ended = Utc::now();
     assert_exit(&out, 0);
@@ -244,46 +242,50 @@ async fn stop_at_a_minute_ahead_ends_the_run_normally() {
         "ended {ended}, long after the stop time {stop}"
     );
     let run_id = summary["run_id"].as_i64().expect("run id");
-    assert_eq!(checked_in(&store, run_id).await.len() as i64, checked);
+    assert_eq!(checked_in(&set.store, run_id).await.len() as i64, checked);
 }
 
 /// After a partial run, `changes` compares each key's latest known result: keys not
 /// checked that night are neither missing nor new; real changes still show.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_after_a_partial_run_report_only_real_changes() {
-    let db = TestDb::sqlite();
-    let store = db.store().await;
+    let set = Scenario::new().args(&["--rate", "0"]).start().await;
+    let store = &set.store;
     let ids = active_ids(21, "partial-changes");
     let dir = tempfile::tempdir().expect("temp dir");
     let night1 = helpers::write_csv(dir.path(), "night1.csv", &ids[..20]);
-    let sim1 = sim_with(KeyBook::derived(), Faults::none(), None).await;
-    let args = ["--csv", night1.to_str().expect("path"), "--rate", "0"];
-    assert_exit(&output_of(run_cmd(&sim1, &db.url, &args)).await, 0);
+    let csv1 = night1.to_str().expect("path");
+    assert_exit(&set.output(&["--csv", csv1]).await, 0);
     // Key 0 goes away at Payple and was checked longest ago; key 19 leaves the source and
     // key 20 joins it.
-    set_checked(&store, &ids[0], Utc::now() - day(3)).await;
+    set_checked(store, &ids[0], Utc::now() - day(3)).await;
     let gone = key_file(
         dir.path(),
         "gone.jsonl",
         &[json!({"payer_id": ids[0], "kind": "gone"})],
     );
-    let sim2 = sim_with(gone, Faults::none(), None).await;
+    let sim2 = set
+        .second_sim(SimConfig {
+            keys: gone,
+            faults: Faults::none(),
+            seed: 7,
+            ..SimConfig::default()
+        })
+        .await;
     let mut tonight: Vec<String> = ids[..19].to_vec();
     tonight.push(ids[20].clone());
     let night2 = helpers::write_csv(dir.path(), "night2.csv", &tonight);
     let args = [
         "--csv",
         night2.to_str().expect("path"),
-        "--rate",
-        "0",
         "--max-lookups",
         "2",
     ];
-    let out = output_of(run_cmd(&sim2, &db.url, &args)).await;
+    let out = output_of(set.command_with_sim(&sim2, &args)).await;
     assert_exit(&out, 0);
     assert_eq!(summary_of(&out)["keys_checked"], 2);
     let mut cmd = helpers::command(&sim2.url());
-    cmd.args(["changes", "--database-url", &db.url, "--output", "-"]);
+    cmd.args(["changes", "--database-url", &set.db.url, "--output", "-"]);
     let out = output_of(cmd).await;
     assert_exit(&out, 0);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -310,36 +312,33 @@ async fn changes_after_a_partial_run_report_only_real_changes() {
 /// and 30 days as of the run's end, one never checked, and the oldest check.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn summary_shows_coverage_of_the_source() {
-    let db = TestDb::sqlite();
-    let store = db.store().await;
+    let set = Scenario::new().args(&["--rate", "0"]).start().await;
+    let store = &set.store;
     let ids = active_ids(14, "coverage");
     let dir = tempfile::tempdir().expect("temp dir");
-    let sim = sim_with(KeyBook::derived(), Faults::none(), None).await;
     let night1 = helpers::write_csv(dir.path(), "night1.csv", &ids[..10]);
-    let args = ["--csv", night1.to_str().expect("path"), "--rate", "0"];
-    assert_exit(&output_of(run_cmd(&sim, &db.url, &args)).await, 0);
+    assert_exit(
+        &set.output(&["--csv", night1.to_str().expect("path")]).await,
+        0,
+    );
     let t0 = Utc::now();
     let ages = [(0, 40), (1, 20), (2, 20), (3, 5), (4, 5), (5, 5)];
     for (i, days) in ages {
-        set_checked(&store, &ids[i], t0 - day(days)).await;
+        set_checked(store, &ids[i], t0 - day(days)).await;
     }
     for id in &ids[6..10] {
-        set_checked(&store, id, t0 - chrono::Duration::hours(12)).await;
+        set_checked(store, id, t0 - chrono::Duration::hours(12)).await;
     }
     // Night 2: four new keys, a budget of three: keys 10-12 checked, 13 never.
     let night2 = helpers::write_csv(dir.path(), "night2.csv", &ids);
     let args = [
         "--csv",
         night2.to_str().expect("path"),
-        "--rate",
-        "0",
         "--max-lookups",
         "3",
     ];
-    assert_exit(&output_of(run_cmd(&sim, &db.url, &args)).await, 0);
-    let mut cmd = helpers::command(&sim.url());
-    cmd.args(["summary", "--database-url", &db.url]);
-    let out = output_of(cmd).await;
+    assert_exit(&set.output(&args).await, 0);
+    let out = output_of(set.subcommand(&["summary"])).await;
     assert_exit(&out, 0);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(

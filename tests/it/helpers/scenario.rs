@@ -274,6 +274,19 @@ impl Setup {
         scenario_command(&self.sim, db, &self.args, &self.env, extra)
     }
 
+    /// The scenario's `run` (its key file, flags and environment) with `extra` flags against
+    /// another simulator `sim` ([`Self::second_sim`]) and the scenario's database.
+    pub fn command_with_sim(&self, sim: &SimHandle, extra: &[&str]) -> Command {
+        scenario_command(sim, &self.db, &self.args, &self.env, extra)
+    }
+
+    /// A second simulator on an ephemeral port, configured as given, for a night that needs
+    /// its own key book or request log against the scenario's database
+    /// ([`Self::command_with_sim`]).
+    pub async fn second_sim(&self, config: SimConfig) -> SimHandle {
+        spawn_sim(config).await
+    }
+
     /// `run --database-url URL --retry-base-ms 10 ARGS...` against the scenario's
     /// simulator and database, without the scenario's key file and flags.
     pub fn bare_command(&self, args: &[&str]) -> Command {
