@@ -13,21 +13,45 @@ use payple_reconcile::store::{CheckRecord, Store};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    self, TestDb, all_checks, assert_exit, assert_ground_truth, command, keys_csv, latency,
-    output_of, run_cmd, sim_with, spawn_sim, stderr_of, summary_of,
+    self, Scenario, Setup, TestDb, all_checks, assert_exit, assert_ground_truth, command, keys_csv,
+    latency, output_of, run_cmd, sim_with, stderr_of, summary_of,
 };
 
 /// 30% of lookups answered HTTP 500.
-async fn faulty_sim() -> SimHandle {
-    let faults = Faults {
+fn faulty() -> Faults {
+    Faults {
         error_rate: 0.3,
         ..Faults::none()
-    };
-    sim_with(KeyBook::derived(), faults, None).await
+    }
 }
 
+/// A simulator deriving every key without faults, for a test that needs it before its
+/// database exists (a scenario opens its store first).
 async fn healthy_sim() -> SimHandle {
     sim_with(KeyBook::derived(), Faults::none(), None).await
+}
+
+/// 30% of lookups answered HTTP 500 ([`faulty`]): a second simulator against the
+/// scenario's database.
+async fn faulty_sim(set: &Setup) -> SimHandle {
+    set.second_sim(SimConfig {
+        keys: KeyBook::derived(),
+        faults: faulty(),
+        seed: 7,
+        ..SimConfig::default()
+    })
+    .await
+}
+
+/// The scenario of a re-check test on `db`: `n` keys from `seed`, `--rate 0
+/// --concurrency C`, a healthy simulator (the repairs'); the store open.
+async fn keys_on(db: TestDb, n: usize, seed: &str, concurrency: &str) -> Setup {
+    Scenario::new()
+        .on(db)
+        .keys(n, seed)
+        .args(&["--rate", "0", "--concurrency", concurrency])
+        .start()
+        .await
 }
 
 /// Runs `cmd`, asserts its exit code, returns its summary.
@@ -94,28 +118,26 @@ async fn report_statuses(db_url: &str, run_id: i64) -> Vec<String> {
 }
 
 /// A night against [`faulty_sim`] with `--max-attempts 1` and `extra` flags, ended with
-/// exit 2: its summary, the store, and its result rows before any repair, all and failed.
+/// exit 2 (the scenario's keys and flags, its database): its summary, and its result rows
+/// before any repair, all and failed.
 struct FaultyNight {
     summary: Value,
     run_id: i64,
-    store: Store,
     before: BTreeMap<String, CheckRecord>,
     failed: BTreeMap<String, CheckRecord>,
 }
 
-async fn faulty_night(db: &TestDb, csv_args: &[&str], extra: &[&str]) -> FaultyNight {
-    let faulty = faulty_sim().await;
-    let mut first = run_cmd(&faulty, &db.url, csv_args);
-    first.args(["--max-attempts", "1"]).args(extra);
+async fn faulty_night(set: &Setup, extra: &[&str]) -> FaultyNight {
+    let faulty = faulty_sim(set).await;
+    let mut first = set.command_with_sim(&faulty, &["--max-attempts", "1"]);
+    first.args(extra);
     let (_, summary) = run_to_end(first, 2).await;
     let run_id = summary["run_id"].as_i64().expect("run id");
-    let store = db.store().await;
-    let before = all_checks(&store, run_id).await;
+    let before = all_checks(&set.store, run_id).await;
     let failed = failed_once(&before);
     FaultyNight {
         summary,
         run_id,
-        store,
         before,
         failed,
     }
@@ -133,19 +155,17 @@ async fn assert_nothing_sent(cmd: Command, says: &str, sim: &SimHandle, lookups:
 }
 
 async fn recheck_repairs_the_same_run(db: TestDb) {
-    let (_dir, ids, csv) = keys_csv(60, "recheck");
-    let csv_arg = csv.to_str().expect("utf-8 path");
-    let csv_args = ["--csv", csv_arg, "--rate", "0", "--concurrency", "8"];
+    let set = keys_on(db, 60, "recheck", "8").await;
+    let (store, ids, db_url) = (&set.store, &set.ids, set.db.url.as_str());
     let FaultyNight {
         summary: night,
         run_id,
-        store,
         before,
         failed,
-    } = faulty_night(&db, &csv_args, &[]).await;
+    } = faulty_night(&set, &[]).await;
     assert_eq!(night["failed"], json!(failed.len()));
     assert_eq!(
-        report_statuses(&db.url, run_id)
+        report_statuses(db_url, run_id)
             .await
             .iter()
             .filter(|s| *s == "failed")
@@ -153,8 +173,8 @@ async fn recheck_repairs_the_same_run(db: TestDb) {
         failed.len()
     );
 
-    let healthy = healthy_sim().await;
-    let (_, repaired) = run_to_end(run_cmd(&healthy, &db.url, &["--recheck-failed"]), 0).await;
+    let healthy = &set.sim;
+    let (_, repaired) = run_to_end(set.bare_command(&["--recheck-failed"]), 0).await;
     assert_eq!(repaired["run_id"], json!(run_id), "{repaired}");
     assert_eq!(repaired["state"], "completed");
     assert_eq!(repaired["failed"], 0);
@@ -170,7 +190,7 @@ async fn recheck_repairs_the_same_run(db: TestDb) {
         "{note}"
     );
 
-    assert_repaired(&store, run_id, &ids, &before, &failed).await;
+    assert_repaired(store, run_id, ids, &before, &failed).await;
     let run = store.run(run_id).await.unwrap().expect("the run");
     assert_eq!(run.counts.failed, 0);
     assert_eq!(run.counts.active + run.counts.gone, 60);
@@ -179,11 +199,11 @@ async fn recheck_repairs_the_same_run(db: TestDb) {
     let night_lookups = night["lookups"].as_i64().unwrap();
     assert_eq!(run.lookups, night_lookups + failed.len() as i64);
     assert_eq!(
-        helpers::scalar_i64(&store, "SELECT COUNT(*) FROM reconcile_runs").await,
+        helpers::scalar_i64(store, "SELECT COUNT(*) FROM reconcile_runs").await,
         1,
         "no new run"
     );
-    let statuses = report_statuses(&db.url, run_id).await;
+    let statuses = report_statuses(db_url, run_id).await;
     assert_eq!(statuses.len(), 60);
     assert!(
         statuses.iter().all(|s| s == "active" || s == "gone"),
@@ -191,9 +211,9 @@ async fn recheck_repairs_the_same_run(db: TestDb) {
     );
 
     // Nothing left to re-check: a note, exit 0, no lookup.
-    let again = run_cmd(&healthy, &db.url, &["--recheck-failed"]);
-    assert_nothing_sent(again, "nothing to re-check", &healthy, failed.len() as u64).await;
-    store.close().await;
+    let again = set.bare_command(&["--recheck-failed"]);
+    assert_nothing_sent(again, "nothing to re-check", healthy, failed.len() as u64).await;
+    set.close().await;
 }
 
 helpers::per_database!(
@@ -205,32 +225,27 @@ helpers::per_database!(
 );
 
 async fn run_key_again_rechecks(db: TestDb) {
-    let (_dir, ids, csv) = keys_csv(40, "run-key-recheck");
-    let csv_arg = csv.to_str().expect("utf-8 path");
-    let csv_args = ["--csv", csv_arg, "--rate", "0", "--concurrency", "8"];
+    let set = keys_on(db, 40, "run-key-recheck", "8").await;
     let FaultyNight {
         run_id,
-        store,
         before,
         failed,
         ..
-    } = faulty_night(&db, &csv_args, &["--run-key", "2026-11-28"]).await;
+    } = faulty_night(&set, &["--run-key", "2026-11-28"]).await;
 
     // The cron line, run again the same day: the failed keys are looked up again.
-    let healthy = healthy_sim().await;
-    let mut again = run_cmd(&healthy, &db.url, &csv_args);
-    again.args(["--run-key", "2026-11-28"]);
+    let healthy = &set.sim;
+    let again = set.command(&["--run-key", "2026-11-28"]);
     let (_, repaired) = run_to_end(again, 0).await;
     assert_eq!(repaired["run_id"], json!(run_id), "{repaired}");
     assert_eq!(repaired["failed"], 0);
     assert_eq!(healthy.stats().lookups, failed.len() as u64);
-    assert_repaired(&store, run_id, &ids, &before, &failed).await;
+    assert_repaired(&set.store, run_id, &set.ids, &before, &failed).await;
 
     // Nothing transient left: "already completed", exit 0, nothing sent.
-    let mut third = run_cmd(&healthy, &db.url, &csv_args);
-    third.args(["--run-key", "2026-11-28"]);
-    assert_nothing_sent(third, "already completed", &healthy, failed.len() as u64).await;
-    store.close().await;
+    let third = set.command(&["--run-key", "2026-11-28"]);
+    assert_nothing_sent(third, "already completed", healthy, failed.len() as u64).await;
+    set.close().await;
 }
 
 helpers::per_database!(
@@ -241,23 +256,28 @@ helpers::per_database!(
 );
 
 async fn all_failed_takes_definite_failures(db: TestDb) {
-    let (dir, ids, csv) = keys_csv(20, "all-failed");
-    let csv_arg = csv.to_str().expect("utf-8 path");
-    let csv_args = ["--csv", csv_arg, "--rate", "0", "--concurrency", "4"];
+    let set = keys_on(db, 20, "all-failed", "4").await;
+    let (store, ids) = (&set.store, &set.ids);
     let (mismatch, unknown) = (&ids[3], &ids[7]);
     let book = helpers::key_file(
-        dir.path(),
+        set.dir.path(),
         "keys.jsonl",
         &[
             json!({"payer_id": mismatch, "kind": "mismatch"}),
             json!({"payer_id": unknown, "kind": "error", "code": "XPAY0042", "msg": "new"}),
         ],
     );
-    let odd = sim_with(book, Faults::none(), None).await;
-    let (_, night) = run_to_end(run_cmd(&odd, &db.url, &csv_args), 2).await;
+    let odd = set
+        .second_sim(SimConfig {
+            keys: book,
+            faults: Faults::none(),
+            seed: 7,
+            ..SimConfig::default()
+        })
+        .await;
+    let (_, night) = run_to_end(set.command_with_sim(&odd, &[]), 2).await;
     let run_id = night["run_id"].as_i64().expect("run id");
     assert_eq!(night["failed"], 2, "{night}");
-    let store = db.store().await;
     let code_of = async |id: &str| {
         let row = store.check(run_id, id).await.unwrap().expect("row");
         (row.status, row.result_code.unwrap_or_default())
@@ -265,8 +285,8 @@ async fn all_failed_takes_definite_failures(db: TestDb) {
     assert_eq!(code_of(mismatch).await.1, "PAYER_ID_MISMATCH");
 
     // By default only the unknown code is looked up again; the mismatch stays.
-    let healthy = healthy_sim().await;
-    let (_, first) = run_to_end(run_cmd(&healthy, &db.url, &["--recheck-failed"]), 2).await;
+    let healthy = &set.sim;
+    let (_, first) = run_to_end(set.bare_command(&["--recheck-failed"]), 2).await;
     assert_eq!(first["failed"], 1, "{first}");
     assert_eq!(healthy.stats().lookups, 1);
     assert_eq!(
@@ -276,15 +296,15 @@ async fn all_failed_takes_definite_failures(db: TestDb) {
     assert_eq!(code_of(mismatch).await.1, "PAYER_ID_MISMATCH");
 
     // Nothing transient is left: a note, exit 0, no lookup.
-    let none = run_cmd(&healthy, &db.url, &["--recheck-failed"]);
-    assert_nothing_sent(none, "--all-failed", &healthy, 1).await;
+    let none = set.bare_command(&["--recheck-failed"]);
+    assert_nothing_sent(none, "--all-failed", healthy, 1).await;
 
     let id = run_id.to_string();
     let args = ["--recheck-failed", id.as_str(), "--all-failed"];
-    let (_, all) = run_to_end(run_cmd(&healthy, &db.url, &args), 0).await;
+    let (_, all) = run_to_end(set.bare_command(&args), 0).await;
     assert_eq!(all["failed"], 0, "{all}");
     assert_eq!(healthy.stats().lookups, 2);
-    assert_ground_truth(&store, run_id, &ids).await;
+    assert_ground_truth(store, run_id, ids).await;
     assert_eq!(
         store
             .check(run_id, mismatch)
@@ -294,7 +314,7 @@ async fn all_failed_takes_definite_failures(db: TestDb) {
             .attempts,
         2
     );
-    store.close().await;
+    set.close().await;
 }
 
 helpers::per_database!(
@@ -312,21 +332,16 @@ fn last_success(path: &std::path::Path) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_night_with_failed_keys_is_not_a_success() {
-    let db = TestDb::sqlite();
-    let (dir, _ids, csv) = keys_csv(30, "metrics-recheck");
-    let csv_arg = csv.to_str().expect("utf-8 path");
-    let csv_args = ["--csv", csv_arg, "--rate", "0", "--concurrency", "8"];
-    let metrics = dir.path().join("payple.prom");
+    let set = keys_on(TestDb::sqlite(), 30, "metrics-recheck", "8").await;
+    let metrics = set.dir.path().join("payple.prom");
     let metrics_arg = metrics.to_str().unwrap();
-    let healthy = healthy_sim().await;
-    let mut clean = run_cmd(&healthy, &db.url, &csv_args);
-    clean.args(["--metrics-file", metrics_arg]);
+    let clean = set.command(&["--metrics-file", metrics_arg]);
     run_to_end(clean, 0).await;
     let first = last_success(&metrics);
     assert!(first > 0.0);
 
-    let faulty = faulty_sim().await;
-    let mut night = run_cmd(&faulty, &db.url, &csv_args);
+    let faulty = faulty_sim(&set).await;
+    let mut night = set.command_with_sim(&faulty, &[]);
     night.args(["--max-attempts", "1", "--metrics-file", metrics_arg]);
     night.args(["--run-key", "night-2"]);
     let (_, summary) = run_to_end(night, 2).await;
@@ -334,13 +349,12 @@ async fn a_night_with_failed_keys_is_not_a_success() {
     assert_eq!(last_success(&metrics), first, "a night with failed keys");
 
     // The repair (the run key again) completes the night with no failed key: now it is.
-    let mut again = run_cmd(&healthy, &db.url, &csv_args);
-    again.args(["--run-key", "night-2", "--metrics-file", metrics_arg]);
+    let again = set.command(&["--run-key", "night-2", "--metrics-file", metrics_arg]);
     let (_, repaired) = run_to_end(again, 0).await;
     assert_eq!(repaired["failed"], 0);
     let repaired_at = last_success(&metrics);
-    let store = db.store().await;
-    let run = store
+    let run = set
+        .store
         .run(repaired["run_id"].as_i64().unwrap())
         .await
         .unwrap()
@@ -350,7 +364,7 @@ async fn a_night_with_failed_keys_is_not_a_success() {
         .map(payple_reconcile::report::metrics::unix_seconds);
     assert_eq!(Some(repaired_at), finished, "the repaired night's end");
     assert!(repaired_at > first);
-    store.close().await;
+    set.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -411,31 +425,29 @@ async fn refusals_exit_3_with_nothing_sent() {
 /// attempts added up, whichever process looked it up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recheck_killed_mid_way_is_finished_by_resume() {
-    let db = TestDb::sqlite();
-    let (_dir, ids, csv) = keys_csv(80, "recheck-kill");
-    let csv_arg = csv.to_str().expect("utf-8 path");
-    let csv_args = ["--csv", csv_arg, "--rate", "0", "--concurrency", "8"];
+    let set = keys_on(TestDb::sqlite(), 80, "recheck-kill", "8").await;
+    let store = &set.store;
     let FaultyNight {
         run_id,
-        store,
         before,
         failed,
         ..
-    } = faulty_night(&db, &csv_args, &[]).await;
+    } = faulty_night(&set, &[]).await;
     assert!(failed.len() >= 8, "{} failed", failed.len());
 
-    let slow = spawn_sim(SimConfig {
-        faults: latency(400),
-        seed: 7,
-        ..SimConfig::default()
-    })
-    .await;
-    let cmd = run_cmd(&slow, &db.url, &["--recheck-failed", "--concurrency", "1"]);
+    let slow = set
+        .second_sim(SimConfig {
+            faults: latency(400),
+            seed: 7,
+            ..SimConfig::default()
+        })
+        .await;
+    let cmd = set.bare_command_with_sim(&slow, &["--recheck-failed", "--concurrency", "1"]);
     let mut child = helpers::spawn(cmd);
     let rechecked =
         format!("SELECT COUNT(*) FROM billing_key_checks WHERE run_id = {run_id} AND attempts = 2");
     let (limit, poll) = (Duration::from_secs(30), Duration::from_millis(20));
-    helpers::wait_for_count(&store, &rechecked, 3, limit, poll, &mut child).await;
+    helpers::wait_for_count(store, &rechecked, 3, limit, poll, &mut child).await;
     let pid = child.id().expect("child pid");
     let killed = std::process::Command::new("kill")
         .args(["-KILL", &pid.to_string()])
@@ -450,33 +462,29 @@ async fn a_recheck_killed_mid_way_is_finished_by_resume() {
         "running",
         "a killed re-check stays running"
     );
-    let rows = helpers::scalar_i64(&store, &helpers::count_rows_sql(run_id)).await;
+    let rows = helpers::scalar_i64(store, &helpers::count_rows_sql(run_id)).await;
     assert!(
         rows < 80,
         "{rows} rows: some re-checked keys are still pending"
     );
 
-    let healthy = healthy_sim().await;
-    let (_, resumed) = run_to_end(run_cmd(&healthy, &db.url, &["--resume"]), 0).await;
+    let (_, resumed) = run_to_end(set.bare_command(&["--resume"]), 0).await;
     assert_eq!(resumed["run_id"], json!(run_id), "{resumed}");
     assert_eq!(resumed["failed"], 0);
     assert_eq!(resumed["checked_now"], json!(80 - rows));
-    assert_repaired(&store, run_id, &ids, &before, &failed).await;
-    store.close().await;
+    assert_repaired(store, run_id, &set.ids, &before, &failed).await;
+    set.close().await;
 }
 
 /// Shards of one run key, one after the other: the first shard started again reopens the
 /// failed keys of both; each re-checks its own, and the run completes with the last.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sharded_run_key_rechecks_every_shard() {
-    let db = TestDb::sqlite();
-    let (_dir, ids, csv) = keys_csv(60, "recheck-shards");
-    let csv_arg = csv.to_str().expect("utf-8 path");
-    let csv_args = ["--csv", csv_arg, "--rate", "0", "--concurrency", "4"];
-    let faulty = faulty_sim().await;
-    let healthy = healthy_sim().await;
+    let set = keys_on(TestDb::sqlite(), 60, "recheck-shards", "4").await;
+    let faulty = faulty_sim(&set).await;
+    let healthy = &set.sim;
     let shard_run = |sim: &SimHandle, shard: &str, extra: &[&str]| {
-        let mut cmd = run_cmd(sim, &db.url, &csv_args);
+        let mut cmd = set.command_with_sim(sim, &[]);
         cmd.args(["--shard", shard, "--run-key", "sharded-night"])
             .args(extra);
         cmd
@@ -486,17 +494,16 @@ async fn sharded_run_key_rechecks_every_shard() {
     let (_, night) = run_to_end(shard_run(&faulty, "1/2", &once), 2).await;
     let run_id = night["run_id"].as_i64().expect("run id");
     assert_eq!(night["state"], "completed");
-    let store = db.store().await;
-    let before = all_checks(&store, run_id).await;
+    let before = all_checks(&set.store, run_id).await;
     let failed = failed_once(&before);
 
-    let (_, first) = run_to_end(shard_run(&healthy, "0/2", &[]), 0).await;
+    let (_, first) = run_to_end(shard_run(healthy, "0/2", &[]), 0).await;
     assert_eq!(first["run_id"], json!(run_id));
     assert_eq!(first["state"], "running", "shard 1 still has keys: {first}");
-    let (_, last) = run_to_end(shard_run(&healthy, "1/2", &[]), 0).await;
+    let (_, last) = run_to_end(shard_run(healthy, "1/2", &[]), 0).await;
     assert_eq!(last["state"], "completed", "{last}");
     assert_eq!(last["failed"], 0);
     assert_eq!(healthy.stats().lookups, failed.len() as u64);
-    assert_repaired(&store, run_id, &ids, &before, &failed).await;
-    store.close().await;
+    assert_repaired(&set.store, run_id, &set.ids, &before, &failed).await;
+    set.close().await;
 }

@@ -280,6 +280,13 @@ impl Setup {
         scenario_command(sim, &self.db, &self.args, &self.env, extra)
     }
 
+    /// `run --database-url URL --retry-base-ms 10 ARGS...` against another simulator `sim`
+    /// ([`Self::second_sim`]) and the scenario's database, without the scenario's key file
+    /// and flags.
+    pub fn bare_command_with_sim(&self, sim: &SimHandle, args: &[&str]) -> Command {
+        run_cmd(sim, &self.db.url, args)
+    }
+
     /// A second simulator on an ephemeral port, configured as given, for a night that needs
     /// its own key book or request log against the scenario's database
     /// ([`Self::command_with_sim`]).
