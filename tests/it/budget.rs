@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use payple_reconcile::domain::mask_payer_id;
-use payple_reconcile::simulator::{Faults, SimConfig};
+use payple_reconcile::simulator::Faults;
 use payple_reconcile::store::Store;
 use serde_json::json;
 
@@ -111,13 +111,7 @@ async fn budget_follows_priority(db: TestDb) {
     source_table(store, &second).await;
     let log = dir.path().join("requests.jsonl");
     let sim = set
-        .second_sim(SimConfig {
-            keys: failing,
-            faults: Faults::none(),
-            request_log: Some(log.clone()),
-            seed: 7,
-            ..SimConfig::default()
-        })
+        .second_sim(failing, Faults::none(), Some(log.clone()))
         .await;
     let args = [
         "--concurrency",
@@ -264,14 +258,7 @@ async fn changes_after_a_partial_run_report_only_real_changes() {
         "gone.jsonl",
         &[json!({"payer_id": ids[0], "kind": "gone"})],
     );
-    let sim2 = set
-        .second_sim(SimConfig {
-            keys: gone,
-            faults: Faults::none(),
-            seed: 7,
-            ..SimConfig::default()
-        })
-        .await;
+    let sim2 = set.second_sim(gone, Faults::none(), None).await;
     let mut tonight: Vec<String> = ids[..19].to_vec();
     tonight.push(ids[20].clone());
     let night2 = helpers::write_csv(dir.path(), "night2.csv", &tonight);

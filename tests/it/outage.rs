@@ -16,6 +16,17 @@ use crate::helpers::{
     scalar_i64, spawn, stderr_of, summary_of, wait_output,
 };
 
+/// The scenario of most tests here: `n` keys from `seed`, a simulator with `faults`,
+/// `--rate 100`; started, nothing run.
+async fn at_rate_100(n: usize, seed: &str, faults: Faults) -> Setup {
+    Scenario::new()
+        .keys(n, seed)
+        .faults(faults)
+        .args(&["--rate", "100"])
+        .start()
+        .await
+}
+
 /// Runs `cmd` as a child (at most 150 s) and returns the output and how long it took.
 async fn timed(cmd: Command) -> (Output, Duration) {
     let started = Instant::now();
@@ -66,12 +77,7 @@ async fn an_outage_mid_run_pauses_and_every_key_gets_its_true_status() {
         outage: Some(Episode::lasting(503, 300, Duration::from_secs(20))),
         ..Faults::none()
     };
-    let set = Scenario::new()
-        .keys(1000, "outage-mid-run")
-        .faults(faults)
-        .args(&["--rate", "100"])
-        .start()
-        .await;
+    let set = at_rate_100(1000, "outage-mid-run", faults).await;
     let (out, took) = run(&set, &[]).await;
     let summary = figures("outage 20 s, 1000 keys, rate 100", &out, took, &set.sim);
     assert_exit(&out, 0);
@@ -118,12 +124,7 @@ async fn storm_pauses_then_completes(storm: Storm) {
         )),
         ..Faults::none()
     };
-    let set = Scenario::new()
-        .keys(storm.keys, storm.seed)
-        .faults(faults)
-        .args(&["--rate", "100"])
-        .start()
-        .await;
+    let set = at_rate_100(storm.keys, storm.seed, faults).await;
     let (out, took) = run(&set, &[]).await;
     let summary = figures(storm.scenario, &out, took, &set.sim);
     assert_exit(&out, 0);
@@ -161,12 +162,7 @@ async fn a_code_storm_pauses_the_run_and_no_key_fails() {
 /// `failed` row; after the simulator recovers, `--resume` completes every key exactly
 /// once with its true status.
 async fn budget_spent_then_resumed(scenario: &str, seed: &str, faults: Faults) {
-    let set = Scenario::new()
-        .keys(200, seed)
-        .faults(faults.clone())
-        .args(&["--rate", "100"])
-        .start()
-        .await;
+    let set = at_rate_100(200, seed, faults.clone()).await;
     let (out, took) = run(&set, &["--outage-budget", "10"]).await;
     let summary = figures(scenario, &out, took, &set.sim);
     assert_exit(&out, 4);
@@ -227,12 +223,7 @@ async fn a_retry_after_longer_than_the_budget_exits_4_at_once() {
         throttle: Some(Episode::forever(100_000, 20)),
         ..Faults::none()
     };
-    let set = Scenario::new()
-        .keys(100, "429-forever")
-        .faults(faults)
-        .args(&["--rate", "100"])
-        .start()
-        .await;
+    let set = at_rate_100(100, "429-forever", faults).await;
     let (out, took) = run(&set, &[]).await;
     let summary = figures("429 Retry-After 100000 after 20", &out, took, &set.sim);
     assert_exit(&out, 4);
@@ -254,12 +245,7 @@ async fn a_token_storm_stops_with_exit_3_after_a_handful_of_auth_calls() {
         always_code: Some("SPAY0001".to_owned()),
         ..Faults::none()
     };
-    let set = Scenario::new()
-        .keys(50, "token-storm")
-        .faults(faults)
-        .args(&["--rate", "100"])
-        .start()
-        .await;
+    let set = at_rate_100(50, "token-storm", faults).await;
     let (out, took) = run(&set, &[]).await;
     let stats = set.sim.stats();
     eprintln!(

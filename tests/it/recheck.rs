@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use payple_reconcile::domain::KeyStatus;
-use payple_reconcile::simulator::{Faults, KeyBook, SimConfig, SimHandle};
+use payple_reconcile::simulator::{Faults, KeyBook, SimHandle};
 use payple_reconcile::store::{CheckRecord, Store};
 use serde_json::{Value, json};
 
@@ -34,13 +34,7 @@ async fn healthy_sim() -> SimHandle {
 /// 30% of lookups answered HTTP 500 ([`faulty`]): a second simulator against the
 /// scenario's database.
 async fn faulty_sim(set: &Setup) -> SimHandle {
-    set.second_sim(SimConfig {
-        keys: KeyBook::derived(),
-        faults: faulty(),
-        seed: 7,
-        ..SimConfig::default()
-    })
-    .await
+    set.second_sim(KeyBook::derived(), faulty(), None).await
 }
 
 /// The scenario of a re-check test on `db`: `n` keys from `seed`, `--rate 0
@@ -267,14 +261,7 @@ async fn all_failed_takes_definite_failures(db: TestDb) {
             json!({"payer_id": unknown, "kind": "error", "code": "XPAY0042", "msg": "new"}),
         ],
     );
-    let odd = set
-        .second_sim(SimConfig {
-            keys: book,
-            faults: Faults::none(),
-            seed: 7,
-            ..SimConfig::default()
-        })
-        .await;
+    let odd = set.second_sim(book, Faults::none(), None).await;
     let (_, night) = run_to_end(set.command_with_sim(&odd, &[]), 2).await;
     let run_id = night["run_id"].as_i64().expect("run id");
     assert_eq!(night["failed"], 2, "{night}");
@@ -435,13 +422,7 @@ async fn a_recheck_killed_mid_way_is_finished_by_resume() {
     } = faulty_night(&set, &[]).await;
     assert!(failed.len() >= 8, "{} failed", failed.len());
 
-    let slow = set
-        .second_sim(SimConfig {
-            faults: latency(400),
-            seed: 7,
-            ..SimConfig::default()
-        })
-        .await;
+    let slow = set.second_sim(KeyBook::derived(), latency(400), None).await;
     let cmd = set.bare_command_with_sim(&slow, &["--recheck-failed", "--concurrency", "1"]);
     let mut child = helpers::spawn(cmd);
     let rechecked =

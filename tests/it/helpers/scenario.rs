@@ -13,7 +13,7 @@ use serde_json::Value;
 use super::db::{TestDb, all_checks, only_run, scalar_i64};
 use super::files::{payer_ids, write_csv};
 use super::process::{assert_exit, command, output_of, run_cmd, spawn, stderr_of, summary_of};
-use super::sim::spawn_sim;
+use super::sim::{seeded, spawn_sim};
 
 /// The common set-up of a run test as one expression: a keys CSV, a simulator (key book,
 /// faults, request log), a fresh results database, and the binary's `run` over them with
@@ -63,12 +63,7 @@ impl Scenario {
     pub fn new() -> Self {
         Self {
             input: Input::None,
-            sim: SimConfig {
-                keys: KeyBook::derived(),
-                faults: Faults::none(),
-                seed: 7,
-                ..SimConfig::default()
-            },
+            sim: seeded(KeyBook::derived(), Faults::none(), None),
             request_log: false,
             db: None,
             args: Vec::new(),
@@ -287,11 +282,16 @@ impl Setup {
         run_cmd(sim, &self.db.url, args)
     }
 
-    /// A second simulator on an ephemeral port, configured as given, for a night that needs
-    /// its own key book or request log against the scenario's database
-    /// ([`Self::command_with_sim`]).
-    pub async fn second_sim(&self, config: SimConfig) -> SimHandle {
-        spawn_sim(config).await
+    /// A second simulator (seed 7, as the scenario's) answering from `keys` with `faults`,
+    /// writing its request log to `log` if given: for a night that needs its own key book,
+    /// faults or request log against the scenario's database ([`Self::command_with_sim`]).
+    pub async fn second_sim(
+        &self,
+        keys: KeyBook,
+        faults: Faults,
+        log: Option<PathBuf>,
+    ) -> SimHandle {
+        spawn_sim(seeded(keys, faults, log)).await
     }
 
     /// `run --database-url URL --retry-base-ms 10 ARGS...` against the scenario's

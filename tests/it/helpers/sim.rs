@@ -19,16 +19,21 @@ pub async fn spawn_sim(config: SimConfig) -> SimHandle {
         .expect("simulator starts")
 }
 
-/// A simulator with these keys and faults (and optionally a request log).
-pub async fn sim_with(keys: KeyBook, faults: Faults, log: Option<PathBuf>) -> SimHandle {
-    spawn_sim(SimConfig {
+/// A simulator configuration with these keys and faults (and optionally a request log),
+/// its random choices from seed 7.
+pub fn seeded(keys: KeyBook, faults: Faults, log: Option<PathBuf>) -> SimConfig {
+    SimConfig {
         keys,
         faults,
         request_log: log,
         seed: 7,
         ..SimConfig::default()
-    })
-    .await
+    }
+}
+
+/// A simulator with these keys and faults (and optionally a request log), seed 7.
+pub async fn sim_with(keys: KeyBook, faults: Faults, log: Option<PathBuf>) -> SimHandle {
+    spawn_sim(seeded(keys, faults, log)).await
 }
 
 /// A simulator answering from the key file at `keys`, its random choices from `seed`.
