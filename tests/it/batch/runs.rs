@@ -10,20 +10,15 @@ use serde_json::json;
 use sqlx::Row;
 
 use crate::helpers::{
-    self, Scenario, TestDb, assert_exit, derived_status, key_file, output_of, run_cmd, sim_with,
-    stderr_of, summary_of,
+    self, Scenario, Setup, TestDb, assert_exit, derived_status, key_file, output_of, stderr_of,
+    summary_of,
 };
 
-/// `run --csv CSV --rate 0` against a simulator answering from `keys`: asserts the exit
-/// code and returns the run id.
-async fn csv_run_id(db: &TestDb, keys: KeyBook, csv: &Path, code: i32) -> i64 {
-    let sim = sim_with(keys, Faults::none(), None).await;
-    let out = output_of(run_cmd(
-        &sim,
-        &db.url,
-        &["--csv", csv.to_str().unwrap(), "--rate", "0"],
-    ))
-    .await;
+/// `run --csv CSV --rate 0` (the scenario's flags) against a second simulator answering
+/// from `keys` and the scenario's database: asserts the exit code and returns the run id.
+async fn csv_run_id(set: &Setup, keys: KeyBook, csv: &Path, code: i32) -> i64 {
+    let sim = set.second_sim(keys, Faults::none(), None).await;
+    let out = output_of(set.command_with_sim(&sim, &["--csv", csv.to_str().unwrap()])).await;
     assert_exit(&out, code);
     let run_id = summary_of(&out)["run_id"].as_i64().expect("run id");
     sim.shutdown().await;
@@ -97,14 +92,15 @@ async fn latest_view_across_two_runs(db: TestDb) {
     let second_rows = [0, 1, 4, 6].map(|i| (k[i].clone(), None));
     std::fs::write(&csv2, super::rows_csv(&second_rows)).expect("write csv");
 
-    let run1 = csv_run_id(&db, first, &csv1, 2).await;
-    let run2 = csv_run_id(&db, second, &csv2, 0).await;
+    let set = Scenario::new().on(db).args(&["--rate", "0"]).start().await;
+    let run1 = csv_run_id(&set, first, &csv1, 2).await;
+    let run2 = csv_run_id(&set, second, &csv2, 0).await;
     assert!(run2 > run1);
 
-    let store = db.store().await;
+    let store = &set.store;
     // Seven lookups for six keys: the `error` key's unknown code earns a second look.
-    assert_completed_run(&store, run1, (4, 1, 1, 1), (Some(6), 1, 7, Some(2))).await;
-    assert_completed_run(&store, run2, (3, 1, 0, 0), (Some(4), 1, 4, Some(0))).await;
+    assert_completed_run(store, run1, (4, 1, 1, 1), (Some(6), 1, 7, Some(2))).await;
+    assert_completed_run(store, run2, (3, 1, 0, 0), (Some(4), 1, 4, Some(0))).await;
     let latest = store
         .latest_runs(Some(RunState::Completed), 1)
         .await
@@ -142,7 +138,7 @@ async fn latest_view_across_two_runs(db: TestDb) {
     .map(|(i, run, s)| (k[i].clone(), (run, s.to_owned())))
     .collect();
     assert_eq!(got, want);
-    store.close().await;
+    set.close().await;
 }
 
 helpers::per_database!(
@@ -170,13 +166,8 @@ async fn exit_code_zero_only_when_every_key_resolved() {
         "keys.jsonl",
         &[json!({"payer_id": ids[7], "kind": "error"})],
     );
-    let sim = sim_with(book, Faults::none(), None).await;
-    let out = output_of(run_cmd(
-        &sim,
-        &ran.db.url,
-        &["--csv", ran.csv_arg(), "--rate", "0"],
-    ))
-    .await;
+    let sim = ran.second_sim(book, Faults::none(), None).await;
+    let out = output_of(ran.command_with_sim(&sim, &[])).await;
     assert_exit(&out, 2);
     let summary = summary_of(&out);
     assert_eq!(
