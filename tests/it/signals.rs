@@ -8,13 +8,12 @@ use std::collections::HashMap;
 use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
-use payple_reconcile::simulator::{Faults, KeyBook, SimConfig};
+use payple_reconcile::simulator::{Faults, KeyBook};
 use payple_reconcile::store::{RunState, Store};
 
 use crate::helpers::{
     self, Scenario, TestDb, all_checks, assert_exit, assert_ground_truth, finish, key_hash, kill,
-    latency, logged_lookups, only_run, output_of, run_cmd, scalar_i64, sim_with, spawn, spawn_sim,
-    summary_of,
+    latency, logged_lookups, only_run, output_of, scalar_i64, summary_of,
 };
 
 const KEYS: usize = 400;
@@ -237,21 +236,17 @@ async fn sigterm_sends_nothing_that_was_waiting_for_the_rate_limiter() {
 /// run is `interrupted`, nothing half-done is written, and `--resume` checks those keys.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_signal_abandons_in_flight_lookups_and_resume_checks_them() {
-    let (_dir, ids, csv) = helpers::keys_csv(60, "second-signal");
-    let csv_arg = csv.to_str().expect("utf-8 path");
-    let csv_args = ["--csv", csv_arg, "--rate", "0", "--concurrency", "4"];
-    let sim = spawn_sim(SimConfig {
-        faults: latency(1500),
-        seed: 7,
-        ..SimConfig::default()
-    })
-    .await;
-    let db = TestDb::sqlite();
-    let store = db.store().await;
+    let set = Scenario::new()
+        .keys(60, "second-signal")
+        .faults(latency(1500))
+        .args(&["--rate", "0", "--concurrency", "4"])
+        .start()
+        .await;
+    let store = &set.store;
 
-    let mut child = spawn(run_cmd(&sim, &db.url, &csv_args));
+    let mut child = set.spawn(&[]);
     let pid = child.id().expect("child pid");
-    helpers::wait_for_rows(&store, 4, Duration::from_secs(15), POLL, &mut child).await;
+    helpers::wait_for_rows(store, 4, Duration::from_secs(15), POLL, &mut child).await;
     kill("TERM", pid);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let signalled = Instant::now();
@@ -264,23 +259,27 @@ async fn second_signal_abandons_in_flight_lookups_and_resume_checks_them() {
         took < Duration::from_millis(1000),
         "exiting took {took:?} after the second signal"
     );
-    let run = only_run(&store).await;
+    let run = only_run(store).await;
     assert_eq!(run.state, RunState::Interrupted);
-    let written = scalar_i64(&store, "SELECT COUNT(*) FROM billing_key_checks").await;
-    let sent = sim.stats().lookups as i64;
+    let written = scalar_i64(store, "SELECT COUNT(*) FROM billing_key_checks").await;
+    let sent = set.sim.stats().lookups as i64;
     assert!(
         written >= 4 && written < sent,
         "{written} rows written, {sent} lookups sent"
     );
-    sim.shutdown().await;
 
-    // Resume against a fast simulator: the abandoned keys are checked, each key once.
-    let sim = sim_with(KeyBook::derived(), Faults::none(), None).await;
-    let out = output_of(run_cmd(&sim, &db.url, &["--resume", "--rate", "0"])).await;
+    // Resume against a fast simulator (the slow one stopped): the abandoned keys are
+    // checked, each key once.
+    let sim = set
+        .second_sim(KeyBook::derived(), Faults::none(), None)
+        .await;
+    let resume = set.bare_command_with_sim(&sim, &["--resume", "--rate", "0"]);
+    set.sim.shutdown().await;
+    let out = output_of(resume).await;
     assert_exit(&out, 0);
     assert_eq!(summary_of(&out)["run_id"], run.id);
     assert_eq!(sim.stats().lookups as i64, 60 - written);
-    assert_every_key_once(&store, run.id, &ids).await;
-    store.close().await;
+    assert_every_key_once(&set.store, run.id, &set.ids).await;
+    set.store.close().await;
     sim.shutdown().await;
 }
