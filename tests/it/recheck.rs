@@ -13,8 +13,8 @@ use payple_reconcile::store::{CheckRecord, Store};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    self, Scenario, Setup, TestDb, all_checks, assert_exit, assert_ground_truth, command, keys_csv,
-    latency, output_of, run_cmd, sim_with, stderr_of, summary_of,
+    self, Scenario, Setup, TestDb, all_checks, assert_exit, assert_ground_truth, command, latency,
+    output_of, stderr_of, summary_of,
 };
 
 /// 30% of lookups answered HTTP 500.
@@ -23,12 +23,6 @@ fn faulty() -> Faults {
         error_rate: 0.3,
         ..Faults::none()
     }
-}
-
-/// A simulator deriving every key without faults, for a test that needs it before its
-/// database exists (a scenario opens its store first).
-async fn healthy_sim() -> SimHandle {
-    sim_with(KeyBook::derived(), Faults::none(), None).await
 }
 
 /// 30% of lookups answered HTTP 500 ([`faulty`]): a second simulator against the
@@ -356,13 +350,14 @@ async fn a_night_with_failed_keys_is_not_a_success() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_exit_3_with_nothing_sent() {
-    let db = TestDb::sqlite();
-    let (dir, _ids, csv) = keys_csv(5, "recheck-refusals");
-    let csv_arg = csv.to_str().expect("utf-8 path");
-    let csv_args = ["--csv", csv_arg, "--rate", "0", "--concurrency", "2"];
-    let sim = healthy_sim().await;
+    // Unopened: the first refusals come before the database exists.
+    let world = Scenario::new()
+        .keys(5, "recheck-refusals")
+        .args(&["--rate", "0", "--concurrency", "2"])
+        .start_unopened()
+        .await;
     let refused = async |args: &[&str], says: &str| {
-        let out = output_of(run_cmd(&sim, &db.url, args)).await;
+        let out = output_of(world.bare_command(args)).await;
         assert_exit(&out, 3);
         let err = stderr_of(&out);
         assert!(err.contains(says), "{args:?}: {err}");
@@ -374,7 +369,7 @@ async fn refusals_exit_3_with_nothing_sent() {
     refused(&["--recheck-failed"], "no run has completed yet").await;
     refused(&["--recheck-failed", "7"], "run 7 does not exist").await;
     refused(&["--recheck-failed", "x"], "not a run id").await;
-    let csv_arg = csv.to_str().unwrap();
+    let csv_arg = world.csv_arg();
     refused(&["--recheck-failed", "--csv", csv_arg], "--csv").await;
     refused(
         &["--recheck-failed", "--source-table", "t"],
@@ -389,10 +384,10 @@ async fn refusals_exit_3_with_nothing_sent() {
     refused(&["--recheck-failed", "--run-key", "k"], "--run-key").await;
     refused(&["--recheck-failed", "--resume"], "--resume").await;
     refused(&["--all-failed", "--csv", csv_arg], "--all-failed").await;
-    assert_eq!(sim.stats().lookups + sim.stats().auth_calls, 0);
+    assert_eq!(world.sim.stats().lookups + world.sim.stats().auth_calls, 0);
 
-    run_to_end(run_cmd(&sim, &db.url, &csv_args), 0).await;
-    let store = db.store().await;
+    run_to_end(world.command(&[]), 0).await;
+    let store = world.db.store().await;
     for (state, says) in [("running", "still running"), ("interrupted", "--resume 1")] {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE reconcile_runs SET state = '{state}'"
@@ -402,9 +397,9 @@ async fn refusals_exit_3_with_nothing_sent() {
         .unwrap();
         refused(&["--recheck-failed", "1"], says).await;
     }
-    assert_eq!(sim.stats().lookups, 5);
-    drop(dir);
+    assert_eq!(world.sim.stats().lookups, 5);
     store.close().await;
+    world.close().await;
 }
 
 /// A re-check killed mid-way (SIGKILL: no cleanup) leaves a run `--resume` finishes: the

@@ -274,12 +274,12 @@ async fn second_signal_abandons_in_flight_lookups_and_resume_checks_them() {
         .second_sim(KeyBook::derived(), Faults::none(), None)
         .await;
     let resume = set.bare_command_with_sim(&sim, &["--resume", "--rate", "0"]);
-    set.sim.shutdown().await;
+    set.world.sim.shutdown().await;
     let out = output_of(resume).await;
     assert_exit(&out, 0);
     assert_eq!(summary_of(&out)["run_id"], run.id);
     assert_eq!(sim.stats().lookups as i64, 60 - written);
-    assert_every_key_once(&set.store, run.id, &set.ids).await;
+    assert_every_key_once(&set.store, run.id, &set.world.ids).await;
     set.store.close().await;
     sim.shutdown().await;
 }

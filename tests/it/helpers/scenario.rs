@@ -133,7 +133,7 @@ impl Scenario {
     }
 
     /// Writes the keys, starts the simulator, makes the database: everything but the store.
-    async fn prepare(self) -> Prepared {
+    async fn prepare(self) -> World {
         let dir = tempfile::tempdir().expect("temp dir");
         let (ids, csv) = match self.input {
             Input::Keys(n, seed) => {
@@ -164,7 +164,7 @@ impl Scenario {
             args.push(csv.to_str().expect("utf-8 path").to_owned());
         }
         args.extend(self.args);
-        Prepared {
+        World {
             dir,
             ids,
             csv,
@@ -181,6 +181,13 @@ impl Scenario {
         self.prepare().await.open().await
     }
 
+    /// Sets everything up but the store: the database is not opened, so not created (a
+    /// SQLite file) nor migrated, for tests whose binary must meet it so. [`World::open`]
+    /// opens it later.
+    pub async fn start_unopened(self) -> World {
+        self.prepare().await
+    }
+
     /// Sets everything up, runs the binary to the end, then opens the store.
     pub async fn run(self) -> Ran {
         let prepared = self.prepare().await;
@@ -191,39 +198,6 @@ impl Scenario {
             out,
             took,
             setup: prepared.open().await,
-        }
-    }
-}
-
-/// A scenario's files, simulator and database, before the store is opened.
-struct Prepared {
-    dir: tempfile::TempDir,
-    ids: Vec<String>,
-    csv: Option<PathBuf>,
-    log: Option<PathBuf>,
-    sim: SimHandle,
-    db: TestDb,
-    args: Vec<String>,
-    env: Vec<(String, String)>,
-}
-
-impl Prepared {
-    fn command(&self, extra: &[&str]) -> Command {
-        scenario_command(&self.sim, &self.db, &self.args, &self.env, extra)
-    }
-
-    async fn open(self) -> Setup {
-        let store = self.db.store().await;
-        Setup {
-            dir: self.dir,
-            ids: self.ids,
-            csv: self.csv,
-            log: self.log,
-            sim: self.sim,
-            db: self.db,
-            store,
-            args: self.args,
-            env: self.env,
         }
     }
 }
@@ -243,8 +217,9 @@ fn scenario_command(
     cmd
 }
 
-/// A scenario's set-up: its folder (keys CSV, request log), simulator, database and store.
-pub struct Setup {
+/// A scenario's folder (keys CSV, request log), simulator and database, without the store:
+/// what [`Scenario::start_unopened`] gives, and what a [`Setup`] holds (through `Deref`).
+pub struct World {
     pub dir: tempfile::TempDir,
     /// The keys written to the CSV (empty for [`Scenario::csv_file`] and no keys).
     pub ids: Vec<String>,
@@ -252,12 +227,32 @@ pub struct Setup {
     pub log: Option<PathBuf>,
     pub sim: SimHandle,
     pub db: TestDb,
-    pub store: Store,
     args: Vec<String>,
     env: Vec<(String, String)>,
 }
 
-impl Setup {
+/// A scenario's set-up: its [`World`] (folder, simulator, database; through `Deref`) and
+/// the store, opened and migrated.
+pub struct Setup {
+    /// Public so that a test can move a part out (`set.world.sim.shutdown()`).
+    pub world: World,
+    pub store: Store,
+}
+
+impl std::ops::Deref for Setup {
+    type Target = World;
+    fn deref(&self) -> &World {
+        &self.world
+    }
+}
+
+impl World {
+    /// Opens (and migrates) the store.
+    pub async fn open(self) -> Setup {
+        let store = self.db.store().await;
+        Setup { world: self, store }
+    }
+
     /// The scenario's `run` (its key file and flags) with `extra` flags.
     pub fn command(&self, extra: &[&str]) -> Command {
         scenario_command(&self.sim, &self.db, &self.args, &self.env, extra)
@@ -326,6 +321,17 @@ impl Setup {
             .expect("a UTF-8 key file path")
     }
 
+    /// Stops the simulator (which flushes its request log); returns the scenario's folder.
+    pub async fn close(self) -> Leftover {
+        self.sim.shutdown().await;
+        Leftover {
+            dir: self.dir,
+            log: self.log,
+        }
+    }
+}
+
+impl Setup {
     /// The one run the database holds ([`only_run`]).
     pub async fn run_record(&self) -> RunRecord {
         only_run(&self.store).await
@@ -345,11 +351,7 @@ impl Setup {
     /// the scenario's folder, to read the request log afterwards.
     pub async fn close(self) -> Leftover {
         self.store.close().await;
-        self.sim.shutdown().await;
-        Leftover {
-            dir: self.dir,
-            log: self.log,
-        }
+        self.world.close().await
     }
 }
 
