@@ -3,13 +3,12 @@
 
 use std::time::Duration;
 
-use payple_reconcile::simulator::{Faults, KeyBook};
 use payple_reconcile::store::RunState;
 
 use super::{POLL, run_id_of, runs, send};
 use crate::helpers::{
-    self, Ran, Scenario, all_checks, assert_exit, count_rows_sql, finish, output_of, run_cmd,
-    scalar_i64, sim_with, spawn, summary_of,
+    self, Ran, Scenario, all_checks, assert_exit, count_rows_sql, finish, output_of, scalar_i64,
+    spawn, summary_of,
 };
 
 const NIGHT: [&str; 4] = ["--run-key", "2026-11-27", "--rate", "0"];
@@ -146,19 +145,23 @@ async fn run_keys_name_a_logical_run() {
 /// With wrong credentials it exits 3, still writing nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_run_checks_everything_and_writes_nothing() {
-    let dir = tempfile::tempdir().expect("temp dir");
     let ids = helpers::payer_ids(12, "dry-run");
     let mut rows = ids.clone();
     rows.push(ids[2].clone());
     rows.push(ids[5].clone());
     rows.push(String::new());
-    let csv = helpers::write_csv(dir.path(), "keys.csv", &rows);
-    let csv = csv.to_str().expect("utf-8 path");
-    let sim = sim_with(KeyBook::derived(), Faults::none(), None).await;
-    let db_path = dir.path().join("never.db");
-    let db_url = format!("sqlite://{}", db_path.display());
+    // Unopened: the dry run must find no database and create none.
+    let world = Scenario::new().ids(&rows).start_unopened().await;
+    let csv = world.csv_arg();
+    let db_path = std::path::PathBuf::from(world.db.url.trim_start_matches("sqlite://"));
+    let files_in = |dir: &std::path::Path| -> Vec<_> {
+        std::fs::read_dir(dir)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .collect()
+    };
 
-    let out = output_of(run_cmd(&sim, &db_url, &["--dry-run", "--csv", csv])).await;
+    let out = output_of(world.bare_command(&["--dry-run", "--csv", csv])).await;
     assert_exit(&out, 0);
     let report = summary_of(&out);
     assert_eq!(report["dry_run"], true, "{report}");
@@ -167,20 +170,27 @@ async fn dry_run_checks_everything_and_writes_nothing() {
     assert_eq!(report["rejected"], 1, "{report}");
     assert_eq!(report["auth_calls"], 1, "{report}");
     assert_eq!(report["source"], format!("csv:{csv}"), "{report}");
-    let stats = sim.stats();
+    let stats = world.sim.stats();
     assert_eq!((stats.auth_calls, stats.lookups), (1, 0), "{stats:?}");
-    let left: Vec<_> = std::fs::read_dir(dir.path())
-        .expect("list")
-        .map(|e| e.expect("entry").file_name())
-        .collect();
+    let db_dir = db_path.parent().expect("the database's folder");
     assert!(
         !db_path.exists(),
-        "a dry run created the database: {left:?}"
+        "a dry run created the database: {:?}",
+        files_in(db_dir)
     );
-    assert_eq!(left, ["keys.csv"], "a dry run wrote files");
+    assert_eq!(
+        files_in(db_dir),
+        Vec::<std::ffi::OsString>::new(),
+        "a dry run wrote files"
+    );
+    assert_eq!(
+        files_in(world.dir.path()),
+        ["keys.csv"],
+        "a dry run wrote files"
+    );
 
     // Wrong credentials: exit 3 after the one auth call, still nothing written.
-    let mut cmd = run_cmd(&sim, &db_url, &["--dry-run", "--csv", csv]);
+    let mut cmd = world.bare_command(&["--dry-run", "--csv", csv]);
     cmd.env("PAYPLE_CUST_KEY", "not-the-partner-key");
     let out = output_of(cmd).await;
     assert_exit(&out, 3);
@@ -191,7 +201,7 @@ async fn dry_run_checks_everything_and_writes_nothing() {
         line.get("keys").is_none(),
         "a failed dry run printed a report: {line}"
     );
-    assert_eq!(sim.stats().lookups, 0);
+    assert_eq!(world.sim.stats().lookups, 0);
     assert!(!db_path.exists());
-    sim.shutdown().await;
+    world.close().await;
 }
