@@ -12,8 +12,8 @@ use sqlx::Row;
 
 use super::run_id_of;
 use crate::helpers::{
-    self, TestDb, all_checks, assert_exit, derived_status, key_hash, logged_lookups, only_run,
-    output_of, run_cmd, scalar_i64, sim_with, stderr_of, summary_of,
+    Scenario, TestDb, all_checks, assert_exit, derived_status, key_hash, logged_lookups, only_run,
+    output_of, scalar_i64, stderr_of, summary_of,
 };
 
 fn shard_of(id: &str, count: u64) -> u64 {
@@ -143,45 +143,51 @@ async fn three_shards_cover_every_key_once_on_postgres() {
     let Some(db) = TestDb::postgres().await else {
         return;
     };
-    let (dir, ids, csv) = helpers::keys_csv(60, "shards");
-    let csv = csv.to_str().expect("utf-8 path");
+    // Unopened: the shards meet a database no process has migrated yet.
+    let world = Scenario::new()
+        .on(db)
+        .keys(60, "shards")
+        .request_log()
+        .args(&[
+            "--run-key",
+            "2026-11-27",
+            "--rate",
+            "30",
+            "--concurrency",
+            "4",
+        ])
+        .start_unopened()
+        .await;
+    // Shard 0 on the scenario's simulator, shards 1 and 2 on simulators of their own.
     let mut sims = Vec::new();
-    let mut logs = Vec::new();
-    for i in 0..3 {
-        let log = dir.path().join(format!("shard-{i}.jsonl"));
-        sims.push(sim_with(KeyBook::derived(), Faults::none(), Some(log.clone())).await);
+    let mut logs = vec![world.log.clone().expect("the scenario's request log")];
+    for i in 1..3 {
+        let log = world.dir.path().join(format!("shard-{i}.jsonl"));
+        sims.push(
+            world
+                .second_sim(KeyBook::derived(), Faults::none(), Some(log.clone()))
+                .await,
+        );
         logs.push(log);
     }
     let cmd = |i: usize| {
         let shard = format!("{i}/3");
-        output_of(run_cmd(
-            &sims[i],
-            &db.url,
-            &[
-                "--csv",
-                csv,
-                "--shard",
-                &shard,
-                "--run-key",
-                "2026-11-27",
-                "--rate",
-                "30",
-                "--concurrency",
-                "4",
-            ],
-        ))
+        let sim = if i == 0 { &world.sim } else { &sims[i - 1] };
+        output_of(world.command_with_sim(sim, &["--shard", &shard]))
     };
     // Launched together, on a database no process has migrated yet.
     let (a, b, c) = tokio::join!(cmd(0), cmd(1), cmd(2));
     let outs = [a, b, c];
     let run_id = assert_one_run(&outs);
-    let store = db.store().await;
+    let store = world.db.store().await;
+    let ids = &world.ids;
     let per_shard: Vec<i64> = (0..3u64)
         .map(|i| ids.iter().filter(|id| shard_of(id, 3) == i).count() as i64)
         .collect();
-    assert_shared_run(&store, run_id, &ids, &per_shard).await;
+    assert_shared_run(&store, run_id, ids, &per_shard).await;
+    sims.insert(0, world.sim);
     assert_shard_pace(&sims, &per_shard);
-    assert_each_key_by_its_shard(sims, &logs, &ids).await;
+    assert_each_key_by_its_shard(sims, &logs, &world.ids).await;
     store.close().await;
 }
 
@@ -189,9 +195,9 @@ async fn three_shards_cover_every_key_once_on_postgres() {
 /// key; `--shards` needs the index; an index must be below the count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shards_from_job_completion_index_and_their_validation() {
-    let (_dir, ids, csv) = helpers::keys_csv(30, "job-index");
-    let csv = csv.to_str().expect("utf-8 path");
-    let sim = sim_with(KeyBook::derived(), Faults::none(), None).await;
+    // Unopened: the refusals below meet a fresh database, as the shards do theirs.
+    let world = Scenario::new().keys(30, "job-index").start_unopened().await;
+    let ids = &world.ids;
     let want: BTreeSet<String> = ids
         .iter()
         .filter(|id| shard_of(id, 3) == 1)
@@ -205,10 +211,9 @@ async fn shards_from_job_completion_index_and_their_validation() {
         (&["--shard", "1/3"][..], None),
     ] {
         let db = TestDb::sqlite();
-        let mut cmd = run_cmd(
-            &sim,
-            &db.url,
-            &[flags, &["--run-key", "night", "--csv", csv, "--rate", "0"]].concat(),
+        let mut cmd = world.command_on(
+            &db,
+            &[flags, &["--run-key", "night", "--rate", "0"]].concat(),
         );
         if let Some(index) = index {
             cmd.env("JOB_COMPLETION_INDEX", index);
@@ -239,8 +244,7 @@ async fn shards_from_job_completion_index_and_their_validation() {
     assert_eq!(results[0], want, "--shards 3 with JOB_COMPLETION_INDEX=1");
     assert_eq!(results[1], want, "--shard 1/3");
 
-    let lookups = sim.stats().lookups;
-    let db = TestDb::sqlite();
+    let lookups = world.sim.stats().lookups;
     let refused: [(&[&str], Option<&str>, &str); 4] = [
         (&["--shard", "1/3"], None, "--run-key"),
         (
@@ -260,7 +264,7 @@ async fn shards_from_job_completion_index_and_their_validation() {
         ),
     ];
     for (flags, index, says) in refused {
-        let mut cmd = run_cmd(&sim, &db.url, &[flags, &["--csv", csv]].concat());
+        let mut cmd = world.command(flags);
         if let Some(index) = index {
             cmd.env("JOB_COMPLETION_INDEX", index);
         }
@@ -272,6 +276,10 @@ async fn shards_from_job_completion_index_and_their_validation() {
             stderr_of(&out)
         );
     }
-    assert_eq!(sim.stats().lookups, lookups, "a refused shard sent lookups");
-    sim.shutdown().await;
+    assert_eq!(
+        world.sim.stats().lookups,
+        lookups,
+        "a refused shard sent lookups"
+    );
+    world.close().await;
 }
