@@ -69,7 +69,7 @@ const REFUSING: &str = "postgres://postgres@127.0.0.1:1/payple";
 async fn a_results_database_that_refuses_connections_is_told() {
     let hook = Hook::start().await;
     let set = Scenario::new().keys(5, "told-results-db").start().await;
-    let mut cmd = helpers::run_cmd(&set.sim, REFUSING, &["--csv", set.csv_arg()]);
+    let mut cmd = set.command_on_url(REFUSING, &[]);
     cmd.args(["--notify", &hook.url, "--notify-format", "json"]);
     let out = helpers::output_of(cmd).await;
     assert_exit(&out, 3);

@@ -20,9 +20,7 @@ use payple_reconcile::store::RunState;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::helpers::{
-    self, Scenario, Setup, TestDb, assert_exit, kill, only_run, scalar_i64, stderr_of,
-};
+use crate::helpers::{self, Scenario, Setup, assert_exit, kill, only_run, stderr_of};
 
 const GRACE: &str = "2";
 /// From the signal to the exit: the grace, the end-of-run floor and margin (2 s each),
@@ -334,22 +332,20 @@ async fn answer(
 /// seconds after the budget is spent, not after the 100 s retry sleeps.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_retry_after_does_not_outlive_the_outage_budget() {
-    let sim = helpers::sim_with(
-        payple_reconcile::simulator::KeyBook::derived(),
-        payple_reconcile::simulator::Faults::none(),
-        None,
-    )
-    .await;
-    let (payple, lookups) = unavailable_payple(sim.url().trim_end_matches('/').to_owned()).await;
-    let (_dir, _ids, csv) = helpers::keys_csv(50, "retry-after-budget");
-    let db = TestDb::sqlite();
+    // Unopened: the binary meets a fresh database, as before; the store opens after it ran.
+    let world = Scenario::new()
+        .keys(50, "retry-after-budget")
+        .start_unopened()
+        .await;
+    let (payple, lookups) =
+        unavailable_payple(world.sim.url().trim_end_matches('/').to_owned()).await;
     let mut cmd = helpers::command(&payple);
     cmd.args([
         "run",
         "--database-url",
-        &db.url,
+        &world.db.url,
         "--csv",
-        csv.to_str().expect("utf-8"),
+        world.csv_arg(),
         "--outage-budget",
         "3",
         "--rate",
@@ -368,13 +364,8 @@ async fn a_long_retry_after_does_not_outlive_the_outage_budget() {
         took < Duration::from_secs(15),
         "the run took {took:?} with a 3 s outage budget"
     );
-    let store = db.store().await;
-    assert_eq!(only_run(&store).await.state, RunState::Interrupted);
-    assert_eq!(
-        scalar_i64(&store, "SELECT COUNT(*) FROM billing_key_checks").await,
-        0,
-        "no key failed for an outage"
-    );
-    store.close().await;
-    sim.shutdown().await;
+    let set = world.open().await;
+    assert_eq!(set.run_record().await.state, RunState::Interrupted);
+    assert_eq!(set.rows().await, 0, "no key failed for an outage");
+    set.close().await;
 }

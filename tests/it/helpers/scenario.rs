@@ -204,12 +204,12 @@ impl Scenario {
 
 fn scenario_command(
     sim: &SimHandle,
-    db: &TestDb,
+    url: &str,
     args: &[String],
     env: &[(String, String)],
     extra: &[&str],
 ) -> Command {
-    let mut cmd = run_cmd(sim, &db.url, extra);
+    let mut cmd = run_cmd(sim, url, extra);
     cmd.args(args);
     for (name, value) in env {
         cmd.env(name, value);
@@ -255,19 +255,25 @@ impl World {
 
     /// The scenario's `run` (its key file and flags) with `extra` flags.
     pub fn command(&self, extra: &[&str]) -> Command {
-        scenario_command(&self.sim, &self.db, &self.args, &self.env, extra)
+        scenario_command(&self.sim, &self.db.url, &self.args, &self.env, extra)
     }
 
     /// The scenario's `run` (its key file, flags and environment) with `extra` flags against
     /// another database `db`: the same keys and simulator on a second, fresh database.
     pub fn command_on(&self, db: &TestDb, extra: &[&str]) -> Command {
-        scenario_command(&self.sim, db, &self.args, &self.env, extra)
+        scenario_command(&self.sim, &db.url, &self.args, &self.env, extra)
+    }
+
+    /// The scenario's `run` (its key file, flags and environment) with `extra` flags against
+    /// a database URL no [`TestDb`] stands for (one that refuses connections, say).
+    pub fn command_on_url(&self, url: &str, extra: &[&str]) -> Command {
+        scenario_command(&self.sim, url, &self.args, &self.env, extra)
     }
 
     /// The scenario's `run` (its key file, flags and environment) with `extra` flags against
     /// another simulator `sim` ([`Self::second_sim`]) and the scenario's database.
     pub fn command_with_sim(&self, sim: &SimHandle, extra: &[&str]) -> Command {
-        scenario_command(sim, &self.db, &self.args, &self.env, extra)
+        scenario_command(sim, &self.db.url, &self.args, &self.env, extra)
     }
 
     /// `run --database-url URL --retry-base-ms 10 ARGS...` against another simulator `sim`
