@@ -15,8 +15,8 @@ use serde_json::{Value, json};
 use sqlx::Row;
 
 use crate::helpers::{
-    self, DbKind, TestDb, assert_exit, exec, key_file, output_of, run_cmd, scalar_i64, sim_with,
-    stderr_of, summary_of,
+    self, DbKind, Scenario, TestDb, assert_exit, exec, key_file, output_of, run_cmd, scalar_i64,
+    sim_with, stderr_of, summary_of,
 };
 
 /// The rows of `billing_keys`, in order.
@@ -42,9 +42,8 @@ fn assert_error_line(out: &Output, code: i64) -> String {
 /// Every write through `--source-query` is refused with exit 3, with and without
 /// `--dry-run`, and the merchant's table is exactly as it was.
 async fn source_query_cannot_write(db: TestDb) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let sim = sim_with(KeyBook::derived(), Faults::none(), None).await;
-    let store = db.store().await;
+    let set = Scenario::new().on(db).start().await;
+    let (dir, store) = (&set.dir, &set.store);
     let pool = store.pool().clone();
     exec(
         &pool,
@@ -72,7 +71,7 @@ async fn source_query_cannot_write(db: TestDb) {
         format!("VACUUM INTO '{}'", copy.display()),
     ];
     // Writes that pass the one-SELECT check and only the read-only session refuses.
-    match db.kind {
+    match set.db.kind {
         DbKind::Sqlite => writes.push(
             "WITH x AS (SELECT 1) DELETE FROM billing_keys RETURNING payer_id, customer_ref"
                 .to_owned(),
@@ -89,7 +88,7 @@ async fn source_query_cannot_write(db: TestDb) {
             if dry {
                 args.push("--dry-run");
             }
-            let out = output_of(run_cmd(&sim, &db.url, &args)).await;
+            let out = output_of(set.bare_command(&args)).await;
             assert_exit(&out, 3);
             // One JSON line: the error, or (a write the database refused while the run
             // read its keys) the failed run's summary.
@@ -107,16 +106,16 @@ async fn source_query_cannot_write(db: TestDb) {
         !dir.path().join("a.db").exists(),
         "ATTACH created a database"
     );
-    assert_eq!(sim.stats().lookups, 0);
+    assert_eq!(set.sim.stats().lookups, 0);
     let completed = scalar_i64(
-        &store,
+        store,
         "SELECT COUNT(*) FROM reconcile_runs WHERE state = 'completed'",
     )
     .await;
     assert_eq!(completed, 0, "a refused source completed a run");
 
     // The read-only connection itself refuses writes, whatever SQL reaches it.
-    let source = readonly::connect(&db.url)
+    let source = readonly::connect(&set.db.url)
         .await
         .expect("read-only connection");
     for sql in ["DELETE FROM billing_keys", "DROP TABLE billing_keys"] {
@@ -130,21 +129,16 @@ async fn source_query_cannot_write(db: TestDb) {
     assert_eq!(source_rows(&pool).await, before);
 
     // A plain SELECT still works, from the results database itself.
-    let out = output_of(run_cmd(
-        &sim,
-        &db.url,
-        &[
-            "--source-query",
-            "SELECT payer_id, customer_ref FROM billing_keys",
-            "--rate",
-            "0",
-        ],
-    ))
+    let out = output_of(set.bare_command(&[
+        "--source-query",
+        "SELECT payer_id, customer_ref FROM billing_keys",
+        "--rate",
+        "0",
+    ]))
     .await;
     assert_exit(&out, 0);
     assert_eq!(summary_of(&out)["keys"], 3);
-    store.close().await;
-    sim.shutdown().await;
+    set.close().await;
 }
 
 helpers::per_database!(
@@ -159,15 +153,14 @@ helpers::per_database!(
 /// the database file through a read-write connection).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dry_run_opens_nothing_it_could_write_to() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let sim = sim_with(KeyBook::derived(), Faults::none(), None).await;
-    let path = dir.path().join("absent.db");
-    let url = format!("sqlite://{}", path.display());
-    let out = output_of(run_cmd(&sim, &url, &["--dry-run", "--rate", "0"])).await;
+    // Unopened: the scenario's SQLite database does not exist.
+    let world = Scenario::new().start_unopened().await;
+    let path = std::path::PathBuf::from(world.db.url.trim_start_matches("sqlite://"));
+    let out = output_of(world.bare_command(&["--dry-run", "--rate", "0"])).await;
     assert_exit(&out, 3);
     assert_error_line(&out, 3);
     assert!(!path.exists(), "a dry run created {}", path.display());
-    sim.shutdown().await;
+    world.close().await;
 }
 
 // ---- poison rows --------------------------------------------------------------------------
@@ -186,17 +179,19 @@ async fn long_fields_never_fail_a_batch(db: TestDb) {
         })
         .collect();
     let book = key_file(dir.path(), "keys.jsonl", &lines);
-    let sim = sim_with(book, Faults::none(), None).await;
-    let csv = helpers::write_csv(dir.path(), "keys.csv", &ids[..3]);
-    let csv_arg = csv.to_str().expect("utf-8 path");
-    let csv_args = ["--csv", csv_arg, "--rate", "0", "--concurrency", "8"];
-    let out = output_of(run_cmd(&sim, &db.url, &csv_args)).await;
-    assert_exit(&out, 0);
-    let summary = summary_of(&out);
+    let ran = Scenario::new()
+        .on(db)
+        .book(book)
+        .ids(&ids[..3])
+        .args(&["--rate", "0", "--concurrency", "8"])
+        .run()
+        .await;
+    ran.expect_exit(0);
+    let summary = ran.summary();
     assert_eq!(summary["state"], "completed");
-    let store = db.store().await;
+    let store = &ran.store;
     let run_id = summary["run_id"].as_i64().expect("run id");
-    let checks = helpers::all_checks(&store, run_id).await;
+    let checks = helpers::all_checks(store, run_id).await;
     assert_eq!(checks.len(), 3);
     for check in checks.values() {
         assert_eq!(check.status, KeyStatus::Active);
@@ -208,8 +203,7 @@ async fn long_fields_never_fail_a_batch(db: TestDb) {
             Some(500)
         );
     }
-    store.close().await;
-    sim.shutdown().await;
+    ran.close().await;
 }
 
 helpers::per_database!(
@@ -235,15 +229,17 @@ async fn a_row_the_database_refuses_fails_only_its_key_on_postgres() {
                             "numeric_codes": false, "bom": false}),
     ];
     let book = key_file(dir.path(), "keys.jsonl", &lines);
-    let sim = sim_with(book, Faults::none(), None).await;
-    let csv = helpers::write_csv(dir.path(), "keys.csv", &ids);
-    let csv_arg = csv.to_str().expect("utf-8 path");
-    let csv_args = ["--csv", csv_arg, "--rate", "0", "--concurrency", "8"];
-    let out = output_of(run_cmd(&sim, &db.url, &csv_args)).await;
-    let summary = summary_of(&out);
-    assert_eq!(summary["state"], "completed", "{}", stderr_of(&out));
-    let store = db.store().await;
-    let checks = helpers::all_checks(&store, summary["run_id"].as_i64().expect("id")).await;
+    let ran = Scenario::new()
+        .on(db)
+        .book(book)
+        .ids(&ids)
+        .args(&["--rate", "0", "--concurrency", "8"])
+        .run()
+        .await;
+    let summary = ran.summary();
+    assert_eq!(summary["state"], "completed", "{}", ran.stderr());
+    let store = &ran.store;
+    let checks = helpers::all_checks(store, summary["run_id"].as_i64().expect("id")).await;
     assert_eq!(checks.len(), 30, "every key has its row");
     let poisoned = &checks[&ids[7]];
     assert_eq!(poisoned.status, KeyStatus::Failed);
@@ -251,10 +247,9 @@ async fn a_row_the_database_refuses_fails_only_its_key_on_postgres() {
     let msg = poisoned.result_msg.as_deref().unwrap_or_default();
     assert!(msg.contains("0x00"), "{msg}");
     // And the next night does not fail the same way: the key is simply failed again.
-    let out = output_of(run_cmd(&sim, &db.url, &csv_args)).await;
+    let out = ran.output(&[]).await;
     assert_eq!(summary_of(&out)["state"], "completed");
-    store.close().await;
-    sim.shutdown().await;
+    ran.close().await;
 }
 
 // ---- bounded replies ----------------------------------------------------------------------
@@ -295,18 +290,18 @@ fn output_with_peak_rss(mut cmd: Command) -> (Output, i64) {
 /// each key ends `failed` with `TOO_LARGE`, not retried.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_100_mb_reply_keeps_memory_bounded_and_fails_the_key() {
-    let dir = tempfile::tempdir().expect("temp dir");
     let faults = Faults {
         huge_reply: Some(100 * 1024 * 1024),
         ..Faults::none()
     };
-    let sim = sim_with(KeyBook::derived(), faults, None).await;
-    let db = TestDb::sqlite();
-    let ids = helpers::payer_ids(3, "huge-reply");
-    let csv = helpers::write_csv(dir.path(), "keys.csv", &ids);
-    let csv_arg = csv.to_str().expect("utf-8 path");
-    let csv_args = ["--csv", csv_arg, "--rate", "0", "--concurrency", "3"];
-    let cmd = run_cmd(&sim, &db.url, &csv_args);
+    // Unopened: the binary meets a fresh database; the store opens after it ran.
+    let world = Scenario::new()
+        .faults(faults)
+        .ids(&helpers::payer_ids(3, "huge-reply"))
+        .args(&["--rate", "0", "--concurrency", "3"])
+        .start_unopened()
+        .await;
+    let cmd = world.command(&[]);
     let (out, peak_kib) = tokio::task::spawn_blocking(move || output_with_peak_rss(cmd))
         .await
         .expect("child finished");
@@ -315,14 +310,14 @@ async fn a_100_mb_reply_keeps_memory_bounded_and_fails_the_key() {
     assert!(peak_kib < 64 * 1024, "peak RSS {peak_kib} KiB");
     let summary = summary_of(&out);
     assert_eq!(summary["failed"], 3);
-    let store = db.store().await;
-    let checks = helpers::all_checks(&store, summary["run_id"].as_i64().expect("id")).await;
+    let set = world.open().await;
+    let store = &set.store;
+    let checks = helpers::all_checks(store, summary["run_id"].as_i64().expect("id")).await;
     for check in checks.values() {
         assert_eq!(check.result_code.as_deref(), Some("TOO_LARGE"), "{check:?}");
         assert_eq!(check.attempts, 1, "a too-large reply is not retried");
     }
-    store.close().await;
-    sim.shutdown().await;
+    set.close().await;
 }
 
 // ---- private files ------------------------------------------------------------------------
