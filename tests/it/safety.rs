@@ -8,15 +8,15 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use payple_reconcile::domain::KeyStatus;
-use payple_reconcile::simulator::{Faults, KeyBook};
+use payple_reconcile::simulator::Faults;
 use payple_reconcile::source::readonly;
 use payple_reconcile::store::{NewRun, Store};
 use serde_json::{Value, json};
 use sqlx::Row;
 
 use crate::helpers::{
-    self, DbKind, Scenario, TestDb, assert_exit, exec, key_file, output_of, run_cmd, scalar_i64,
-    sim_with, stderr_of, summary_of,
+    self, DbKind, Scenario, TestDb, assert_exit, exec, key_file, output_of, scalar_i64, stderr_of,
+    summary_of,
 };
 
 /// The rows of `billing_keys`, in order.
@@ -334,28 +334,22 @@ fn mode_of(path: &Path) -> u32 {
 /// created 0600 under the usual umask 022.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn created_files_are_readable_by_the_owner_only() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let sim = sim_with(KeyBook::derived(), Faults::none(), None).await;
-    let ids = helpers::payer_ids(5, "private-files");
-    let csv = helpers::write_csv(dir.path(), "keys.csv", &ids);
-    let db = dir.path().join("results.db");
-    let report = dir.path().join("night.csv");
-    let metrics = dir.path().join("job.prom");
-    let url = format!("sqlite://{}", db.display());
-    let cmd = run_cmd(
-        &sim,
-        &url,
-        &[
-            "--csv",
-            csv.to_str().unwrap(),
-            "--rate",
-            "0",
-            "--report",
-            report.to_str().unwrap(),
-            "--metrics-file",
-            metrics.to_str().unwrap(),
-        ],
-    );
+    // Unopened: the binary creates the results database.
+    let world = Scenario::new()
+        .keys(5, "private-files")
+        .start_unopened()
+        .await;
+    let db = std::path::PathBuf::from(world.db.url.trim_start_matches("sqlite://"));
+    let report = world.dir.path().join("night.csv");
+    let metrics = world.dir.path().join("job.prom");
+    let cmd = world.command(&[
+        "--rate",
+        "0",
+        "--report",
+        report.to_str().unwrap(),
+        "--metrics-file",
+        metrics.to_str().unwrap(),
+    ]);
     let mut cmd = tokio::process::Command::from(cmd);
     // SAFETY: umask is async-signal-safe and touches only the child.
     unsafe {
@@ -370,15 +364,14 @@ async fn created_files_are_readable_by_the_owner_only() {
         assert_eq!(mode_of(path), 0o600, "{}", path.display());
     }
     // The WAL files exist while a connection is open.
-    let store = Store::open(&url).await.expect("store");
+    let set = world.open().await;
     for suffix in ["-wal", "-shm"] {
-        let path = dir.path().join(format!("results.db{suffix}"));
+        let path = std::path::PathBuf::from(format!("{}{suffix}", db.display()));
         if path.exists() {
             assert_eq!(mode_of(&path), 0o600, "{}", path.display());
         }
     }
-    store.close().await;
-    sim.shutdown().await;
+    set.close().await;
 }
 
 // ---- exit codes ---------------------------------------------------------------------------
@@ -387,25 +380,26 @@ async fn created_files_are_readable_by_the_owner_only() {
 /// version exit 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_errors_exit_3_and_help_exits_0() {
-    let sim = sim_with(KeyBook::derived(), Faults::none(), None).await;
+    // Unopened: no subcommand here touches a database.
+    let world = Scenario::new().start_unopened().await;
     for args in [
         &["run", "--concurrency", "many"][..],
         &["run", "--no-such-flag"],
         &["no-such-command"],
     ] {
-        let mut cmd = helpers::command(&sim.url());
+        let mut cmd = helpers::command(&world.sim.url());
         cmd.args(args);
         let out = output_of(cmd).await;
         assert_exit(&out, 3);
         assert_error_line(&out, 3);
     }
     for args in [&["--help"][..], &["run", "--help"], &["--version"]] {
-        let mut cmd = helpers::command(&sim.url());
+        let mut cmd = helpers::command(&world.sim.url());
         cmd.args(args);
         let out = output_of(cmd).await;
         assert_exit(&out, 0);
     }
-    sim.shutdown().await;
+    world.close().await;
 }
 
 /// Configuration problems found before the first lookup exit 3 with a JSON error line,
@@ -413,34 +407,25 @@ async fn usage_errors_exit_3_and_help_exits_0() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn configuration_problems_exit_3_before_any_lookup() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let sim = sim_with(KeyBook::derived(), Faults::none(), None).await;
-    let (_keys_dir, _, csv) = helpers::keys_csv(5, "config-exit");
-    let csv = csv.to_str().unwrap().to_owned();
-    let db = TestDb::sqlite();
+    // Unopened: each problem is met before any database is made.
+    let world = Scenario::new()
+        .keys(5, "config-exit")
+        .start_unopened()
+        .await;
 
     // `0000` is the success code: it cannot mean "gone".
-    let out = output_of(run_cmd(
-        &sim,
-        &db.url,
-        &["--csv", &csv, "--gone-codes", "0000"],
-    ))
-    .await;
+    let out = output_of(world.command(&["--gone-codes", "0000"])).await;
     assert_exit(&out, 3);
     assert!(assert_error_line(&out, 3).contains("--gone-codes"));
 
     // A key file that never ends fails fast.
     let started = Instant::now();
-    let out = output_of(run_cmd(
-        &sim,
-        &db.url,
-        &["--csv", &csv, "--cust-key-file", "/dev/zero"],
-    ))
-    .await;
+    let out = output_of(world.command(&["--cust-key-file", "/dev/zero"])).await;
     assert_exit(&out, 3);
     assert!(started.elapsed() < Duration::from_secs(10));
 
     // A source table that does not exist.
-    let out = output_of(run_cmd(&sim, &db.url, &["--source-table", "no_such_table"])).await;
+    let out = output_of(world.bare_command(&["--source-table", "no_such_table"])).await;
     assert_exit(&out, 3);
     // Found while staging: the run's summary says failed, exit 3.
     assert_eq!(summary_of(&out)["exit_code"], 3);
@@ -457,25 +442,20 @@ async fn configuration_problems_exit_3_before_any_lookup() {
         .expect("store");
     store.close().await;
     let ro = format!("sqlite://{}?mode=ro", path.display());
-    let out = output_of(run_cmd(&sim, &ro, &["--csv", &csv, "--rate", "0"])).await;
+    let out = output_of(world.command_on_url(&ro, &["--rate", "0"])).await;
     assert_exit(&out, 3);
     assert_error_line(&out, 3);
 
     // A PostgreSQL server that refuses connections is reported within seconds.
     let started = Instant::now();
-    let out = output_of(run_cmd(
-        &sim,
-        "postgres://postgres@127.0.0.1:1/nothing",
-        &["--csv", &csv],
-    ))
-    .await;
+    let out = output_of(world.command_on_url("postgres://postgres@127.0.0.1:1/nothing", &[])).await;
     let took = started.elapsed();
     assert_exit(&out, 3);
     let error = assert_error_line(&out, 3);
     assert!(error.contains("refused"), "the cause is named: {error}");
     assert!(took < Duration::from_secs(15), "took {took:?}");
-    assert_eq!(sim.stats().lookups, 0);
-    sim.shutdown().await;
+    assert_eq!(world.sim.stats().lookups, 0);
+    world.close().await;
 }
 
 /// `report` and `changes` never take a run in progress as `latest`: exit 3 and no file;

@@ -24,15 +24,6 @@ pub fn payer_ids(n: usize, seed: &str) -> Vec<String> {
         .collect()
 }
 
-/// A temporary folder holding `keys.csv` with `n` payer ids (see [`payer_ids`]); the folder
-/// lives as long as the returned `TempDir`.
-pub fn keys_csv(n: usize, seed: &str) -> (tempfile::TempDir, Vec<String>, PathBuf) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let ids = payer_ids(n, seed);
-    let csv = write_csv(dir.path(), "keys.csv", &ids);
-    (dir, ids, csv)
-}
-
 /// A key CSV (`payer_id,customer_ref`) holding these rows, quoted as needed.
 pub fn write_csv_rows(dir: &Path, name: &str, rows: &[(&str, &str)]) -> PathBuf {
     let path = dir.join(name);

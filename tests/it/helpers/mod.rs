@@ -23,7 +23,7 @@ pub use db::{
     DbKind, TestDb, all_checks, assert_ground_truth, count_rows_sql, exec, on_database, only_run,
     scalar_i64, wait_for_count, wait_for_rows,
 };
-pub use files::{keys_csv, payer_ids, write_csv, write_csv_rows};
+pub use files::{payer_ids, write_csv, write_csv_rows};
 pub use process::{
     BIN, assert_exit, bin_output, command, finish, json_lines, kill, output_of, run_bin, run_cmd,
     spawn, stderr_of, summary_of, token_shaped, wait_output,

@@ -71,7 +71,7 @@ impl Scenario {
         }
     }
 
-    /// `--csv keys.csv` with `n` keys made from `seed` ([`keys_csv`](super::files::keys_csv)).
+    /// `--csv keys.csv` with `n` keys made from `seed` ([`payer_ids`], [`write_csv`]).
     pub fn keys(mut self, n: usize, seed: &str) -> Self {
         self.input = Input::Keys(n, seed.to_owned());
         self
