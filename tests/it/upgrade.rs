@@ -8,9 +8,7 @@ use std::process::Output;
 use payple_reconcile::simulator::SimConfig;
 use sqlx::Connection;
 
-use crate::helpers::{
-    DbKind, TestDb, assert_exit, command, json_lines, run_bin, run_cmd, spawn_sim,
-};
+use crate::helpers::{DbKind, Scenario, TestDb, assert_exit, command, json_lines, run_bin};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -61,17 +59,16 @@ fn assert_outputs_intact(db_url: &str, prefix: &str, dir: &Path) {
 
 /// The night after the upgrade: a new run on the same database, diffed against the last
 /// night the previous release wrote.
-async fn next_night_runs(db_url: &str, dir: &Path) {
-    let csv = dir.join("keys.csv");
+async fn next_night_runs(db_url: &str) {
     let sample = read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/payer_ids.csv"));
     let head: Vec<&str> = sample.lines().take(31).collect();
-    std::fs::write(&csv, head.join("\n") + "\n").expect("keys written");
-    let sim = spawn_sim(SimConfig::default()).await;
-    let out = run_bin(&mut run_cmd(
-        &sim,
-        db_url,
-        &["--csv", &csv.to_string_lossy(), "--rate", "0"],
-    ));
+    // Unopened: the database is the upgraded fixture at `db_url`, not the scenario's.
+    let world = Scenario::new()
+        .sim(SimConfig::default())
+        .csv_file("keys.csv", head.join("\n") + "\n")
+        .start_unopened()
+        .await;
+    let out = run_bin(&mut world.command_on_url(db_url, &["--rate", "0"]));
     assert_exit(&out, 0);
     let summary = json_lines(&out).pop().expect("summary line");
     assert_eq!(summary["run_id"], 3, "{summary}");
@@ -81,7 +78,7 @@ async fn next_night_runs(db_url: &str, dir: &Path) {
     );
     let changes = offline(db_url, &["changes", "--since", "2", "--run", "3"]);
     assert_exit(&changes, 0);
-    sim.shutdown().await;
+    world.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -95,7 +92,7 @@ async fn a_sqlite_database_of_the_previous_release_upgrades_in_place() {
     std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600)).expect("chmod 600");
     let url = format!("sqlite://{}", db.display());
     assert_outputs_intact(&url, "sqlite", dir.path());
-    next_night_runs(&url, dir.path()).await;
+    next_night_runs(&url).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,5 +110,5 @@ async fn a_postgres_database_of_the_previous_release_upgrades_in_place() {
     conn.close().await.expect("close");
     let dir = tempfile::tempdir().expect("temp dir");
     assert_outputs_intact(&db.url, "postgres", dir.path());
-    next_night_runs(&db.url, dir.path()).await;
+    next_night_runs(&db.url).await;
 }

@@ -25,11 +25,11 @@ pub use db::{
 };
 pub use files::{payer_ids, write_csv, write_csv_rows};
 pub use process::{
-    BIN, assert_exit, bin_output, command, finish, json_lines, kill, output_of, run_bin, run_cmd,
-    spawn, stderr_of, summary_of, token_shaped, wait_output,
+    BIN, assert_exit, bin_output, command, finish, json_lines, kill, output_of, run_bin, spawn,
+    stderr_of, summary_of, token_shaped, wait_output,
 };
 pub use scenario::{Ran, Scenario, Setup};
 pub use sim::{
-    derived_status, key_file, key_hash, latency, logged_lookups, sim_from_file, sim_with,
-    spawn_sim, write_key_file,
+    derived_status, key_file, key_hash, latency, logged_lookups, sim_from_file, spawn_sim,
+    write_key_file,
 };

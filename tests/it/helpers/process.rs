@@ -39,14 +39,6 @@ pub fn json_lines(output: &Output) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// `payple-reconcile run --database-url URL ARGS...` against the simulator, quick retries.
-pub fn run_cmd(sim: &SimHandle, db_url: &str, args: &[&str]) -> Command {
-    let mut cmd = command(&sim.url());
-    cmd.args(["run", "--database-url", db_url, "--retry-base-ms", "10"])
-        .args(args);
-    cmd
-}
-
 /// The binary (`ARGS`, any subcommand) against `sim`, with `DATABASE_URL` set to `db`'s
 /// and the temporary folder as its working folder, run to the end ([`output_of`]).
 pub async fn bin_output(sim: &SimHandle, db: &TestDb, args: &[&str]) -> Output {

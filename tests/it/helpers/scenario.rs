@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use super::db::{TestDb, all_checks, only_run, scalar_i64};
 use super::files::{payer_ids, write_csv};
-use super::process::{assert_exit, command, output_of, run_cmd, spawn, stderr_of, summary_of};
+use super::process::{assert_exit, command, output_of, spawn, stderr_of, summary_of};
 use super::sim::{seeded, spawn_sim};
 
 /// The common set-up of a run test as one expression: a keys CSV, a simulator (key book,
@@ -58,8 +58,8 @@ impl Default for Scenario {
 }
 
 impl Scenario {
-    /// No keys, a simulator deriving every key without faults (seed 7, as
-    /// [`sim_with`](super::sim::sim_with)), a fresh SQLite file, no extra flags.
+    /// No keys, a simulator deriving every key without faults (seed 7, [`seeded`]), a
+    /// fresh SQLite file, no extra flags.
     pub fn new() -> Self {
         Self {
             input: Input::None,
@@ -202,6 +202,14 @@ impl Scenario {
     }
 }
 
+/// `payple-reconcile run --database-url URL --retry-base-ms 10 ARGS...` against `sim`.
+fn run_command(sim: &SimHandle, url: &str, args: &[&str]) -> Command {
+    let mut cmd = command(&sim.url());
+    cmd.args(["run", "--database-url", url, "--retry-base-ms", "10"])
+        .args(args);
+    cmd
+}
+
 fn scenario_command(
     sim: &SimHandle,
     url: &str,
@@ -209,7 +217,7 @@ fn scenario_command(
     env: &[(String, String)],
     extra: &[&str],
 ) -> Command {
-    let mut cmd = run_cmd(sim, url, extra);
+    let mut cmd = run_command(sim, url, extra);
     cmd.args(args);
     for (name, value) in env {
         cmd.env(name, value);
@@ -280,7 +288,7 @@ impl World {
     /// ([`Self::second_sim`]) and the scenario's database, without the scenario's key file
     /// and flags.
     pub fn bare_command_with_sim(&self, sim: &SimHandle, args: &[&str]) -> Command {
-        run_cmd(sim, &self.db.url, args)
+        run_command(sim, &self.db.url, args)
     }
 
     /// A second simulator (seed 7, as the scenario's) answering from `keys` with `faults`,
@@ -298,7 +306,7 @@ impl World {
     /// `run --database-url URL --retry-base-ms 10 ARGS...` against the scenario's
     /// simulator and database, without the scenario's key file and flags.
     pub fn bare_command(&self, args: &[&str]) -> Command {
-        run_cmd(&self.sim, &self.db.url, args)
+        run_command(&self.sim, &self.db.url, args)
     }
 
     /// `payple-reconcile ARGS --database-url URL` (any subcommand) against the scenario's

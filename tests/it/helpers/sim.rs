@@ -31,11 +31,6 @@ pub fn seeded(keys: KeyBook, faults: Faults, log: Option<PathBuf>) -> SimConfig 
     }
 }
 
-/// A simulator with these keys and faults (and optionally a request log), seed 7.
-pub async fn sim_with(keys: KeyBook, faults: Faults, log: Option<PathBuf>) -> SimHandle {
-    spawn_sim(seeded(keys, faults, log)).await
-}
-
 /// A simulator answering from the key file at `keys`, its random choices from `seed`.
 pub async fn sim_from_file(keys: &Path, seed: u64) -> SimHandle {
     spawn_sim(SimConfig {

@@ -1,8 +1,8 @@
 //! Operations: leases, run keys, dry runs, shards, personal data, metrics, MySQL, and the
 //! deployment samples under `samples/`.
 //!
-//! Every run test starts the real binary (`helpers::run_cmd`, mostly through
-//! `helpers::Scenario`) against an in-process simulator and a fresh results database, then
+//! Every run test starts the real binary (through `helpers::Scenario`) against an
+//! in-process simulator and a fresh results database, then
 //! reads the database, the simulator's counters and the process's stdout, stderr and exit
 //! code. The Kubernetes manifests and the Dockerfile cannot run here (no cluster, no Docker
 //! engine): they are parsed and their required fields checked, and the manifests' container

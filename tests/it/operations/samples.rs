@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use clap::Parser;
-use payple_reconcile::simulator::{self, Faults, KeyBook, SimHandle};
+use payple_reconcile::simulator::{self, SimHandle};
 use payple_reconcile::store::Store;
 use serde_json::Value;
 
-use crate::helpers::{self, assert_exit, only_run, output_of, sim_with, summary_of};
+use crate::helpers::{self, Scenario, assert_exit, only_run, output_of, summary_of};
 
 fn sample(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -608,17 +608,16 @@ async fn crontab_sample_runs_as_cron_would() {
     let example = checked_env_example();
 
     // Run it: the example env file with test values, the keys in a SQLite billing_keys table.
-    let dir = tempfile::tempdir().expect("temp dir");
-    let root = dir.path();
+    // Unopened: the cron line's run makes the results database.
+    let world = Scenario::new().start_unopened().await;
+    let (root, sim, results_url) = (world.dir.path(), &world.sim, &world.db.url);
     for sub in ["reports", "log", "textfile"] {
         std::fs::create_dir_all(root.join(sub)).expect("mkdir");
     }
     let ids = helpers::payer_ids(15, "crontab");
     let source_url = billing_keys_source(root, &ids).await;
-    let sim = sim_with(KeyBook::derived(), Faults::none(), None).await;
-    let results_url = format!("sqlite://{}", root.join("results.db").display());
     let env_path = root.join("env");
-    let env_file = test_env_file(&example, &sim, &results_url, &source_url);
+    let env_file = test_env_file(&example, sim, results_url, &source_url);
     std::fs::write(&env_path, env_file).expect("write env");
     let script = cron_script(&cmd, root, &env_path);
 
@@ -628,7 +627,7 @@ async fn crontab_sample_runs_as_cron_would() {
     assert_eq!(summary["state"], "completed", "{summary}");
     assert_eq!(summary["checked_now"], 15, "{summary}");
     assert_eq!(sim.stats().lookups, 15);
-    assert_cron_outputs(root, &results_url).await;
+    assert_cron_outputs(root, results_url).await;
 
     // Started again the same day (by hand, or a second cron daemon): already completed.
     let out = output_of(cron(&script)).await;
@@ -641,5 +640,5 @@ async fn crontab_sample_runs_as_cron_would() {
         "{again}"
     );
     assert_eq!(sim.stats().lookups, 15, "the second start sent lookups");
-    sim.shutdown().await;
+    world.close().await;
 }
