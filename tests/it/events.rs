@@ -18,9 +18,9 @@ use serde_json::{Value, json};
 
 use crate::helpers::{
     self, Scenario, Setup, TestDb, assert_exit, derived_status, json_lines, output_of,
-    per_database, spawn_sim, stderr_of, summary_of,
+    per_database, stderr_of, summary_of,
 };
-use payple_reconcile::simulator::{Faults, SimConfig, SimHandle};
+use payple_reconcile::simulator::{Faults, SimHandle};
 
 /// A test secret (32 bytes of base64 after the prefix).
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSwZTIzNDU2Nzg5MDE=";
@@ -191,13 +191,7 @@ async fn two_nights(db: TestDb, n: usize, gone: usize) -> (Setup, SimHandle, Vec
         .map(|id| json!({"payer_id": id, "kind": "gone"}))
         .collect();
     let book = helpers::key_file(setup.dir.path(), "night2.jsonl", &lines);
-    let sim = spawn_sim(SimConfig {
-        keys: book,
-        faults: Faults::none(),
-        seed: 7,
-        ..SimConfig::default()
-    })
-    .await;
+    let sim = setup.second_sim(book, Faults::none(), None).await;
     (setup, sim, going)
 }
 

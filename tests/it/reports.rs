@@ -20,7 +20,8 @@ use payple_reconcile::store::{RunState, StatusCounts, Store};
 use serde_json::json;
 
 use crate::helpers::{
-    self, TestDb, assert_exit, bin_output, sim_from_file, stderr_of, write_csv_rows, write_key_file,
+    self, Scenario, TestDb, assert_exit, bin_output, sim_from_file, stderr_of, write_csv_rows,
+    write_key_file,
 };
 
 const GONE: &str = "GoneKey000000000000001";
@@ -551,9 +552,13 @@ helpers::per_database!(
 /// Commands on a database without runs, or without a database at all, exit 3 and say why.
 #[tokio::test]
 async fn no_runs_and_no_database() {
-    let sim = helpers::spawn_sim(SimConfig::default()).await;
-    let db = TestDb::sqlite();
-    let out = bin_output(&sim, &db, &["summary"]).await;
+    // Unopened: first no database at all.
+    let world = Scenario::new()
+        .sim(SimConfig::default())
+        .start_unopened()
+        .await;
+    let (sim, db) = (&world.sim, &world.db);
+    let out = bin_output(sim, db, &["summary"]).await;
     assert_exit(&out, 3);
     assert!(
         stderr_of(&out).contains("does not exist"),
@@ -567,14 +572,13 @@ async fn no_runs_and_no_database() {
     );
 
     db.store().await.close().await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let target = dir.path().join("r.csv");
+    let target = world.dir.path().join("r.csv");
     let target_s = target.display().to_string();
-    let out = bin_output(&sim, &db, &["report", "--output", &target_s]).await;
+    let out = bin_output(sim, db, &["report", "--output", &target_s]).await;
     assert_exit(&out, 3);
     assert!(stderr_of(&out).contains("no runs"), "{}", stderr_of(&out));
     assert!(!target.exists());
-    let out = bin_output(&sim, &db, &["changes"]).await;
+    let out = bin_output(sim, db, &["changes"]).await;
     assert_exit(&out, 3);
-    sim.shutdown().await;
+    world.close().await;
 }

@@ -22,7 +22,8 @@ use payple_reconcile::store::{RunState, Store};
 use serde_json::json;
 
 use crate::helpers::{
-    self, TestDb, assert_exit, bin_output, sim_from_file, stderr_of, write_csv_rows, write_key_file,
+    self, Scenario, TestDb, assert_exit, bin_output, sim_from_file, stderr_of, write_csv_rows,
+    write_key_file,
 };
 
 const KEY_A: &str = "WbKeyA0000000000000001";
@@ -341,29 +342,26 @@ async fn check_spill(store: &Store, run: i64, dir: &Path) {
 /// `--status` refused for a workbook.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn report_command_writes_workbooks() {
-    let db = TestDb::sqlite();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let ids = helpers::payer_ids(12, "workbook-cmd");
-    let csv = helpers::write_csv(dir.path(), "keys.csv", &ids);
-    let sim = helpers::spawn_sim(SimConfig::default()).await;
-    let out = bin_output(
-        &sim,
-        &db,
-        &["run", "--rate", "0", "--csv", csv.to_str().unwrap()],
-    )
-    .await;
+    // Unopened: the binary's `run` makes the database.
+    let world = Scenario::new()
+        .sim(SimConfig::default())
+        .keys(12, "workbook-cmd")
+        .start_unopened()
+        .await;
+    let (sim, db) = (&world.sim, &world.db);
+    let out = bin_output(sim, db, &["run", "--rate", "0", "--csv", world.csv_arg()]).await;
     assert_exit(&out, 0);
-    let path = dir.path().join("r.XLSX");
-    let out = bin_output(&sim, &db, &["report", "--output", path.to_str().unwrap()]).await;
+    let path = world.dir.path().join("r.XLSX");
+    let out = bin_output(sim, db, &["report", "--output", path.to_str().unwrap()]).await;
     assert_exit(&out, 0);
     let mut book: Xlsx<_> = open_workbook(&path).expect("workbook");
     assert_eq!(sheet(&mut book, "Keys").len(), 13);
-    let out = bin_output(&sim, &db, &["report", "--format", "xlsx", "--output", "-"]).await;
+    let out = bin_output(sim, db, &["report", "--format", "xlsx", "--output", "-"]).await;
     assert_exit(&out, 0);
     assert!(out.stdout.starts_with(b"PK\x03\x04"), "a zip on stdout");
     let out = bin_output(
-        &sim,
-        &db,
+        sim,
+        db,
         &[
             "report",
             "--status",
@@ -375,7 +373,7 @@ async fn report_command_writes_workbooks() {
     .await;
     assert_exit(&out, 3);
     assert!(stderr_of(&out).contains("--status"), "{}", stderr_of(&out));
-    sim.shutdown().await;
+    world.close().await;
 }
 
 /// The workbook of a 1,000,000-key run (`WORKBOOK_ROWS` to change it): two completed runs
