@@ -426,20 +426,13 @@ fn read_ahead<T: Send + 'static>(
             }
         }
     });
-    let reader = AbortOnDrop(task);
+    // Aborted when the stream is dropped: a page reader outlives no run.
+    let reader = tokio_util::task::AbortOnDropHandle::new(task);
     stream::unfold((rx, reader), |(mut rx, reader)| async move {
         rx.recv().await.map(|page| (page, (rx, reader)))
     })
 }
 
-/// Aborts a task when dropped: a page reader outlives no run.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
 #[cfg(test)]
 mod tests {
     use super::*;
